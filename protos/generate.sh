@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates the Python code of the contract from protos/assay/v1/*.proto.
+# With --check, fails if the committed output differs from a fresh generation.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$here/gen/python"
+target="$out"
+if [[ "${1:-}" == "--check" ]]; then
+  target="$(mktemp -d)"
+fi
+mkdir -p "$target/assay/v1"
+python -m grpc_tools.protoc -I "$here" \
+  --python_out="$target" --pyi_out="$target" --grpc_python_out="$target" \
+  "$here"/assay/v1/*.proto
+touch "$target/assay/v1/__init__.py"
+if [[ "${1:-}" == "--check" ]]; then
+  if ! diff -r -x __init__.py -x __pycache__ "$target/assay/v1" "$out/assay/v1"; then
+    echo "generated code is stale: run protos/generate.sh" >&2
+    exit 1
+  fi
+  echo "generated code matches protos/"
+fi
