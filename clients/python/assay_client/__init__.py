@@ -1,0 +1,286 @@
+"""Python client of Assay: NumPy arrays in, NumPy arrays out.
+
+>>> from assay.client import Client
+>>> with Client("127.0.0.1:50051") as c:
+...     sel = c.select("entropy", 10, probs=probs)
+...     sel.indices  # int64[10], best first
+
+Large arrays go to pools with ``append``, which streams them in chunks; every
+call has a deadline; ``select`` is retried on UNAVAILABLE with the same request
+id (the server answers a retried id identically). Every failure surfaces as
+``AssayError`` carrying the gRPC status code.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from assay.server.tensors import enum_of, to_proto
+from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
+
+__all__ = ["AssayError", "Client", "Pool", "Selection", "StrategyInfo"]
+
+#: Bytes per streamed chunk: large enough to amortize per-message cost, far below limits.
+CHUNK_BYTES = 4 << 20
+#: Inline arrays above this go to a temporary pool instead (the server's default is 32 MiB).
+INLINE_HINT = "upload large arrays with create_pool/append and select(pool=...)"
+
+
+class AssayError(Exception):
+    """A failed call: ``code`` is the ``grpc.StatusCode``, ``message`` the server's text."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: Any = None):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    @classmethod
+    def from_rpc(cls, error: grpc.RpcError) -> AssayError:
+        code = error.code()
+        message = error.details() or ""
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:
+            message += f" ({INLINE_HINT})"
+        return cls(code, message, error)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A Select answer."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    strategy: str
+    backend: str
+    seed: int
+    pool_version: int
+    request_id: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    pseudo_label_indices: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    pseudo_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    compute_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A pool's metadata."""
+
+    pool_id: str
+    item_count: int
+    labeled_count: int
+    version: int
+    arrays: dict[str, tuple[str, tuple[int, ...]]]
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """What ListStrategies says of one strategy."""
+
+    name: str
+    kind: str
+    description: str
+    required_inputs: tuple[str, ...]
+    optional_inputs: tuple[str, ...]
+    params: dict[str, dict[str, Any]]
+
+
+_INPUT_NAMES = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields]
+_ITEM_AXIS = {"samples": 1, "predictions": 1}
+
+
+def _pool(p: assay_pb2.Pool) -> Pool:
+    return Pool(p.pool_id, p.item_count, p.labeled_count, p.version,
+                {a.name: (tensor_pb2.DataType.Name(a.dtype), tuple(a.shape)) for a in p.arrays},
+                p.size_bytes)
+
+
+def _param(value: Any) -> assay_pb2.ParamValue:
+    if isinstance(value, bool | np.bool_):
+        return assay_pb2.ParamValue(bool_value=bool(value))
+    if isinstance(value, int | np.integer):
+        return assay_pb2.ParamValue(int_value=int(value))
+    if isinstance(value, float | np.floating):
+        return assay_pb2.ParamValue(double_value=float(value))
+    return assay_pb2.ParamValue(string_value=str(value))
+
+
+def _unparam(value: assay_pb2.ParamValue) -> Any:
+    kind = value.WhichOneof("kind")
+    return None if kind is None else getattr(value, kind)
+
+
+class Client:
+    """A connection to an Assay server.
+
+    Parameters
+    ----------
+    target : "host:port" or "unix:/path".
+    timeout : default deadline in seconds for every call.
+    retries : attempts of ``select`` on UNAVAILABLE (same request id each time).
+    credentials : ``grpc.ChannelCredentials`` for TLS; None for plaintext.
+    token : bearer token sent as ``authorization: Bearer <token>``.
+    """
+
+    def __init__(self, target: str, *, timeout: float = 60.0, retries: int = 3,
+                 credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
+                 max_message_bytes: int = 64 << 20):
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._stub = assay_pb2_grpc.AssayServiceStub(self._channel)
+        self.timeout = timeout
+        self.retries = retries
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request, timeout: float | None = None):
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise AssayError.from_rpc(error) from None
+
+    # -- strategies --------------------------------------------------------------------
+
+    def list_strategies(self) -> list[StrategyInfo]:
+        """Every strategy the server offers, with inputs and parameter declarations."""
+        response = self._call(self._stub.ListStrategies, assay_pb2.ListStrategiesRequest())
+        return [
+            StrategyInfo(
+                s.name, s.kind, s.description, tuple(s.required_inputs), tuple(s.optional_inputs),
+                {p.name: {"type": assay_pb2.ParamType.Name(p.type),
+                          "default": _unparam(p.default_value),
+                          "minimum": p.minimum if p.HasField("minimum") else None,
+                          "maximum": p.maximum if p.HasField("maximum") else None,
+                          "choices": list(p.choices), "description": p.description}
+                 for p in s.params})
+            for s in response.strategies
+        ]
+
+    def select(self, strategy: str, budget: int, *, pool: str | None = None,
+               probs: np.ndarray | None = None, samples: np.ndarray | None = None,
+               embeddings: np.ndarray | None = None,
+               labeled_embeddings: np.ndarray | None = None, scores: np.ndarray | None = None,
+               loss: np.ndarray | None = None, discriminator: np.ndarray | None = None,
+               predictions: np.ndarray | None = None, params: Mapping[str, Any] | None = None,
+               seed: int | None = None, request_id: str | None = None,
+               exclude: np.ndarray | None = None, timeout: float | None = None) -> Selection:
+        """Select ``budget`` items by ``strategy`` from inline arrays or a stored pool.
+
+        Retries on UNAVAILABLE with the same ``request_id`` (one is generated when
+        not given), so a retry never yields a second, different answer.
+        """
+        given = {"probs": probs, "samples": samples, "embeddings": embeddings,
+                 "labeled_embeddings": labeled_embeddings, "scores": scores, "loss": loss,
+                 "discriminator": discriminator, "predictions": predictions}
+        request = assay_pb2.SelectRequest(
+            strategy=strategy, budget=int(budget),
+            params={k: _param(v) for k, v in (params or {}).items()},
+            request_id=request_id or str(uuid.uuid4()),
+            exclude_indices=[] if exclude is None else np.asarray(exclude, np.int64).tolist())
+        if seed is not None:
+            request.seed = int(seed)
+        if pool is not None:
+            request.pool_id = pool
+        else:
+            request.inputs.SetInParent()
+            for name, value in given.items():
+                if value is not None:
+                    getattr(request.inputs, name).CopyFrom(to_proto(np.asarray(value)))
+        for attempt in range(self.retries + 1):
+            try:
+                r = self._stub.Select(request, timeout=timeout or self.timeout,
+                                      metadata=self._metadata)
+                break
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise AssayError.from_rpc(error) from None
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        return Selection(
+            indices=np.asarray(r.indices, dtype=np.int64),
+            scores=np.asarray(r.scores, dtype=np.float64),
+            strategy=r.strategy, backend=r.backend, seed=r.seed, pool_version=r.pool_version,
+            request_id=r.request_id, metrics=dict(r.metrics),
+            pseudo_label_indices=np.asarray(r.pseudo_label_indices, dtype=np.int64),
+            pseudo_labels=np.asarray(r.pseudo_labels, dtype=np.int64),
+            compute_seconds=r.compute_seconds)
+
+    # -- pools -------------------------------------------------------------------------
+
+    def create_pool(self, pool_id: str) -> Pool:
+        return _pool(self._call(self._stub.CreatePool,
+                                assay_pb2.CreatePoolRequest(pool_id=pool_id)).pool)
+
+    def get_pool(self, pool_id: str) -> Pool:
+        return _pool(self._call(self._stub.GetPool, assay_pb2.GetPoolRequest(pool_id=pool_id)).pool)
+
+    def list_pools(self, page_size: int = 100) -> list[Pool]:
+        """Every pool, following pagination."""
+        pools, token = [], ""
+        while True:
+            r = self._call(self._stub.ListPools,
+                           assay_pb2.ListPoolsRequest(page_size=page_size, page_token=token))
+            pools.extend(_pool(p) for p in r.pools)
+            token = r.next_page_token
+            if not token:
+                return pools
+
+    def delete_pool(self, pool_id: str) -> None:
+        self._call(self._stub.DeletePool, assay_pb2.DeletePoolRequest(pool_id=pool_id))
+
+    def label(self, pool_id: str, indices, labels, *, request_id: str | None = None) -> Pool:
+        """Mark items labeled with their class labels."""
+        request = assay_pb2.LabelPoolItemsRequest(
+            pool_id=pool_id, indices=np.asarray(indices, np.int64).tolist(),
+            labels=np.asarray(labels, np.int64).tolist(),
+            request_id=request_id or str(uuid.uuid4()))
+        return _pool(self._call(self._stub.LabelPoolItems, request).pool)
+
+    def append(self, pool_id: str, *, request_id: str | None = None,
+               chunk_bytes: int = CHUNK_BYTES, timeout: float | None = None,
+               **arrays: np.ndarray) -> tuple[Pool, int, int]:
+        """Stream arrays (``probs=``, ``embeddings=``, ...) into a pool in chunks.
+
+        Returns (pool, first_index, appended_count). Nothing is stored unless the
+        whole stream arrives.
+        """
+        unknown = set(arrays) - set(_INPUT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown pool arrays {sorted(unknown)}; use {_INPUT_NAMES}")
+        prepared = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
+        header = assay_pb2.AppendHeader(pool_id=pool_id, request_id=request_id or str(uuid.uuid4()))
+        for name, a in prepared.items():
+            header.arrays.add(name=name, dtype=enum_of(a.dtype), shape=a.shape)
+        r = self._call(self._stub.AppendPoolItems,
+                       self._chunks(header, prepared, chunk_bytes), timeout)
+        return _pool(r.pool), r.first_index, r.appended_count
+
+    @staticmethod
+    def _chunks(header: assay_pb2.AppendHeader, arrays: dict[str, np.ndarray],
+                chunk_bytes: int) -> Iterator[assay_pb2.AppendPoolItemsRequest]:
+        yield assay_pb2.AppendPoolItemsRequest(header=header)
+        for index, array in enumerate(arrays.values()):
+            if array.dtype.byteorder == ">":
+                array = array.astype(array.dtype.newbyteorder("<"))
+            data = memoryview(array.reshape(-1).view(np.uint8))
+            for offset in range(0, len(data), chunk_bytes):
+                yield assay_pb2.AppendPoolItemsRequest(chunk=assay_pb2.AppendChunk(
+                    array_index=index, offset=offset,
+                    data=bytes(data[offset:offset + chunk_bytes])))

@@ -1,0 +1,292 @@
+"""The gRPC servicer: translates protobuf to domain calls and back, nothing more.
+
+Protobuf stops here: below this module there are only NumPy arrays and domain
+types. Every check of the wire (sizes, oneofs, tensor byte lengths) happens here
+or in the codecs it calls; domain errors are mapped to statuses by the
+interceptor.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+from assay.server import acquisition
+from assay.server.config import ServerConfig
+from assay.server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    ResourceExhausted,
+)
+from assay.server.metrics import Metrics
+from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
+from assay.server.strategies import registry
+from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
+from assay.v1 import assay_pb2, assay_pb2_grpc
+from google.protobuf import timestamp_pb2
+
+_PARAM_TYPES = {
+    float: assay_pb2.PARAM_TYPE_DOUBLE,
+    int: assay_pb2.PARAM_TYPE_INT,
+    str: assay_pb2.PARAM_TYPE_STRING,
+    bool: assay_pb2.PARAM_TYPE_BOOL,
+}
+_INPUT_FIELDS = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields]
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+#: Stored dtype name (see ``store.ArraySpec.dtype``) -> wire enum.
+_STORED_DTYPES = {("bfloat16" if d == BFLOAT16 else d.str): k for k, d in DTYPES.items()}
+
+
+def pool_to_proto(info: PoolInfo) -> assay_pb2.Pool:
+    return assay_pb2.Pool(
+        pool_id=info.pool_id,
+        item_count=info.item_count,
+        labeled_count=info.labeled_count,
+        version=info.version,
+        arrays=[assay_pb2.ArrayInfo(name=a.name, dtype=_STORED_DTYPES[a.dtype], shape=a.shape)
+                for a in info.arrays],
+        create_time=_timestamp(info.create_time),
+        update_time=_timestamp(info.update_time),
+        size_bytes=info.size_bytes,
+    )
+
+
+def param_from_proto(value: assay_pb2.ParamValue, name: str):
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidInput(f"params.{name} has no value set", field=f"params.{name}")
+    return getattr(value, kind)
+
+
+def param_to_proto(value) -> assay_pb2.ParamValue:
+    if isinstance(value, bool):
+        return assay_pb2.ParamValue(bool_value=value)
+    if isinstance(value, int):
+        return assay_pb2.ParamValue(int_value=value)
+    if isinstance(value, float):
+        return assay_pb2.ParamValue(double_value=value)
+    return assay_pb2.ParamValue(string_value=str(value))
+
+
+def _fingerprint(message) -> str:
+    """Hash of a request without its request_id: what makes two retries 'the same'."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    copy.ClearField("request_id")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _cancellation(context: grpc.ServicerContext):
+    def check() -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the request deadline passed during selection; nothing "
+                                   "was stored")
+        if not context.is_active():
+            raise Cancelled("the client cancelled the request")
+    return check
+
+
+class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
+    """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
+
+    def __init__(self, store: PoolStore, config: ServerConfig, metrics: Metrics):
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
+
+    # -- pools -------------------------------------------------------------------------
+
+    def CreatePool(self, request, context):
+        return assay_pb2.CreatePoolResponse(pool=pool_to_proto(
+            self.store.create_pool(request.pool_id)))
+
+    def GetPool(self, request, context):
+        return assay_pb2.GetPoolResponse(pool=pool_to_proto(self.store.get_pool(request.pool_id)))
+
+    def ListPools(self, request, context):
+        size = request.page_size or 100
+        if not 0 < size <= 1000:
+            raise InvalidInput("page_size must be between 1 and 1000", field="page_size")
+        try:
+            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("page_token is not a token from ListPools",
+                               field="page_token") from None
+        pools = self.store.list_pools(after, size + 1)
+        token = ""
+        if len(pools) > size:
+            pools = pools[:size]
+            token = base64.urlsafe_b64encode(pools[-1].pool_id.encode()).decode()
+        return assay_pb2.ListPoolsResponse(pools=[pool_to_proto(p) for p in pools],
+                                           next_page_token=token)
+
+    def DeletePool(self, request, context):
+        self.store.delete_pool(request.pool_id)
+        return assay_pb2.DeletePoolResponse()
+
+    def LabelPoolItems(self, request, context):
+        key = None
+        if request.request_id:
+            fp = _fingerprint(request)
+            cached = self.store.get_request(request.request_id, "LabelPoolItems", fp)
+            if cached is not None:
+                return assay_pb2.LabelPoolItemsResponse.FromString(cached)
+            key = (request.request_id, "LabelPoolItems", fp)
+        info = self.store.label(
+            request.pool_id, np.asarray(request.indices, dtype=np.int64),
+            np.asarray(request.labels, dtype=np.int64), key,
+            lambda i: assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(i)).SerializeToString())
+        return assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(info))
+
+    def AppendPoolItems(self, request_iterator: Iterator, context):
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            raise InvalidInput("the append stream is empty: send a header message first",
+                               field="header") from None
+        if first.WhichOneof("part") != "header":
+            raise InvalidInput("the first message of an append stream must be the header",
+                               field="header", reason="OUT_OF_ORDER")
+        header = first.header
+        check_pool_id(header.pool_id, "header.pool_id")
+        key = None
+        if header.request_id:
+            fp = _fingerprint(header)
+            cached = self.store.get_request(header.request_id, "AppendPoolItems", fp)
+            if cached is not None:
+                return assay_pb2.AppendPoolItemsResponse.FromString(cached)
+            key = (header.request_id, "AppendPoolItems", fp)
+        specs = []
+        for i, a in enumerate(header.arrays):
+            numpy_dtype(a.dtype, f"header.arrays[{i}]")
+            name = next(k for k, v in _STORED_DTYPES.items() if v == a.dtype)
+            specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]")))
+        writer = self.store.begin_append(header.pool_id, specs)
+        committed = False
+        try:
+            for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidInput("only chunk messages may follow the header",
+                                       field="chunk", reason="OUT_OF_ORDER")
+                chunk = message.chunk
+                writer.write(chunk.array_index, chunk.offset, chunk.data)
+                self.metrics.add_bytes(len(chunk.data))
+            if not context.is_active():
+                raise Cancelled("the client cancelled the upload; nothing was stored")
+
+            def response(info: PoolInfo, first_index: int, count: int) -> bytes:
+                return assay_pb2.AppendPoolItemsResponse(
+                    pool=pool_to_proto(info), first_index=first_index,
+                    appended_count=count).SerializeToString()
+
+            info, first_index, count = writer.commit(key, response)
+            committed = True
+        finally:
+            if not committed:
+                writer.abort()
+        return assay_pb2.AppendPoolItemsResponse(pool=pool_to_proto(info),
+                                                 first_index=first_index, appended_count=count)
+
+    # -- selection ---------------------------------------------------------------------
+
+    def Select(self, request, context):
+        key = None
+        if request.request_id:
+            fp = _fingerprint(request)
+            cached = self.store.get_request(request.request_id, "Select", fp)
+            if cached is not None:
+                return assay_pb2.SelectResponse.FromString(cached)
+            key = (request.request_id, "Select", fp)
+        if not request.strategy:
+            raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
+        registry.get(request.strategy)
+        params = {k: param_from_proto(v, k) for k, v in request.params.items()}
+        exclude = np.asarray(request.exclude_indices, dtype=np.int64)
+        source = request.WhichOneof("source")
+        pool_version = 0
+        validated = False
+        if source == "inputs":
+            size = request.inputs.ByteSize()
+            if size > self.config.max_inline_bytes:
+                raise ResourceExhausted(
+                    f"inline inputs are {size} bytes, over the server's inline limit of "
+                    f"{self.config.max_inline_bytes}; upload them to a pool (CreatePool, "
+                    "AppendPoolItems) and Select by pool_id", field="inputs",
+                    reason="INLINE_TOO_LARGE")
+            arrays = {
+                name: from_proto(getattr(request.inputs, name), f"inputs.{name}")
+                for name in _INPUT_FIELDS if request.inputs.HasField(name)
+            }
+        elif source == "pool_id":
+            data = self.store.load(request.pool_id)
+            arrays = dict(data.arrays)
+            pool_version = data.info.version
+            validated = True
+            if data.labeled.size:
+                exclude = np.union1d(exclude, data.labeled)
+                if "embeddings" in arrays:
+                    arrays["labeled_embeddings"] = arrays["embeddings"][data.labeled]
+        else:
+            raise InvalidInput("set either inputs or pool_id", field="source")
+        if not self._selects.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"the server is already running {self.config.max_concurrent_selects} "
+                "selections; retry with backoff", reason="TOO_MANY_SELECTS")
+        try:
+            result = acquisition.select(
+                request.strategy, request.budget, arrays, params,
+                seed=request.seed if request.HasField("seed") else None,
+                exclude=exclude, validated=validated,
+                check_cancelled=_cancellation(context))
+        finally:
+            self._selects.release()
+        self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
+        response = assay_pb2.SelectResponse(
+            indices=result.indices.tolist(),
+            scores=[] if result.scores is None else result.scores.tolist(),
+            strategy=result.strategy,
+            backend=result.backend,
+            seed=result.seed,
+            pool_version=pool_version,
+            request_id=request.request_id,
+            metrics=result.metrics,
+            compute_seconds=result.compute_seconds,
+        )
+        if result.pseudo_label_indices is not None:
+            response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
+            response.pseudo_labels.extend(result.pseudo_labels.tolist())
+        if key is not None:
+            self.store.put_request(*key, response.SerializeToString())
+        return response
+
+    def ListStrategies(self, request, context):
+        infos = []
+        for s in registry.all_strategies():
+            params = []
+            for p in registry.all_params(s):
+                spec = assay_pb2.ParamSpec(name=p.name, type=_PARAM_TYPES[p.type],
+                                           default_value=param_to_proto(p.default),
+                                           choices=list(p.choices), description=p.description)
+                if p.minimum is not None:
+                    spec.minimum = p.minimum
+                if p.maximum is not None:
+                    spec.maximum = p.maximum
+                params.append(spec)
+            infos.append(assay_pb2.StrategyInfo(
+                name=s.name, description=s.description, required_inputs=list(s.required),
+                optional_inputs=list(s.optional), params=params, kind=s.kind))
+        return assay_pb2.ListStrategiesResponse(strategies=infos)

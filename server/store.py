@@ -1,0 +1,536 @@
+"""Pools on local disk: arrays as ``.npy`` segments, metadata in SQLite.
+
+Why this shape:
+
+* ``.npy`` is memory-mappable and pickle-free; an append stream is written
+  straight into its file as chunks arrive (the wire bytes are already
+  little-endian, row-major), so receiving and writing overlap and one fsync at
+  commit makes it durable.
+* Each append is a new *segment* directory; a pool's array is the concatenation
+  of its segments along the item axis. Appending never rewrites old data.
+* SQLite is the single commit point. A segment is renamed into place first and
+  only becomes part of a pool when the SQLite transaction that references it
+  commits, so ``kill -9`` at any moment leaves either the old or the new pool,
+  never half of one. Unreferenced directories are swept at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from assay.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+)
+from assay.server.strategies.registry import INPUT_ROLES
+from assay.server.tensors import BFLOAT16
+from assay.server.validation import check_consistency, shape_doc, validate_array
+
+POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pools (
+    pool_id TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL,
+    arrays TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    pool_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    dir TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, seq)
+);
+CREATE TABLE IF NOT EXISTS labels (
+    pool_id TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, item)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    response BLOB NOT NULL,
+    create_time REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a pool: role name, dtype name and full shape."""
+
+    name: str
+    dtype: str  # numpy dtype string, "bfloat16" for BF16
+    shape: tuple[int, ...]
+
+    @property
+    def item_axis(self) -> int:
+        return INPUT_ROLES[self.name][1]
+
+    def trailing(self) -> tuple[int, ...]:
+        """The shape without its item axis: must match across appends."""
+        return self.shape[: self.item_axis] + self.shape[self.item_axis + 1:]
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool's metadata as stored."""
+
+    pool_id: str
+    item_count: int
+    labeled_count: int
+    version: int
+    arrays: tuple[ArraySpec, ...]
+    create_time: float
+    update_time: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class PoolData:
+    """A pool's arrays at one version, with its labeled items."""
+
+    info: PoolInfo
+    arrays: dict[str, np.ndarray]
+    labeled: np.ndarray  # int64[L], sorted
+    labels: np.ndarray  # int64[L]
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return "bfloat16" if dtype == BFLOAT16 else np.dtype(dtype).newbyteorder("<").str
+
+
+def _dtype_of(name: str) -> np.dtype:
+    return BFLOAT16 if name == "bfloat16" else np.dtype(name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_pool_id(pool_id: str, field: str = "pool_id") -> str:
+    """Raise ``InvalidInput`` unless ``pool_id`` has the documented form."""
+    if not POOL_ID.match(pool_id or ""):
+        raise InvalidInput(
+            f"{field} {pool_id!r} is not a valid pool id: 1-63 characters of [a-z0-9._-], "
+            "starting with a letter or digit",
+            field=field,
+        )
+    return pool_id
+
+
+class PoolStore:
+    """Durable pools under ``data_dir``; safe for concurrent use from threads."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, max_pool_bytes: int = 0,
+                 max_pools: int = 0, cache_entries: int = 4):
+        self.data_dir = Path(data_dir)
+        self.pools_dir = self.data_dir / "pools"
+        self.tmp_dir = self.data_dir / "tmp"
+        self.max_pool_bytes = max_pool_bytes
+        self.max_pools = max_pools
+        self.pools_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.data_dir / "assay.sqlite", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._cache: OrderedDict[tuple[str, int], PoolData] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._sweep()
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove what a crash left behind: temp uploads and unreferenced segments."""
+        for entry in self.tmp_dir.iterdir():
+            shutil.rmtree(entry, ignore_errors=True)
+        referenced = {row[0] for row in self._db.execute("SELECT dir FROM segments")}
+        live_uids = {row[0] for row in self._db.execute("SELECT uid FROM pools")}
+        for pool_dir in self.pools_dir.iterdir():
+            if pool_dir.name not in live_uids:
+                shutil.rmtree(pool_dir, ignore_errors=True)
+                continue
+            for seg in pool_dir.iterdir():
+                if f"{pool_dir.name}/{seg.name}" not in referenced:
+                    shutil.rmtree(seg, ignore_errors=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- metadata ----------------------------------------------------------------------
+
+    def _row(self, pool_id: str) -> tuple:
+        row = self._db.execute(
+            "SELECT pool_id, uid, item_count, version, create_time, update_time, arrays "
+            "FROM pools WHERE pool_id = ?", (pool_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"pool {pool_id!r} does not exist; create it with CreatePool",
+                           field="pool_id", reason="POOL_NOT_FOUND")
+        return row
+
+    def _info(self, row: tuple) -> PoolInfo:
+        pool_id, _, item_count, version, ctime, utime, arrays_json = row
+        specs = tuple(
+            ArraySpec(a["name"], a["dtype"], tuple(a["shape"])) for a in json.loads(arrays_json)
+        )
+        labeled = self._db.execute("SELECT COUNT(*) FROM labels WHERE pool_id = ?",
+                                   (pool_id,)).fetchone()[0]
+        size = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM segments "
+                                "WHERE pool_id = ?", (pool_id,)).fetchone()[0]
+        return PoolInfo(pool_id, item_count, labeled, version, specs, ctime, utime, size)
+
+    def create_pool(self, pool_id: str) -> PoolInfo:
+        check_pool_id(pool_id)
+        with self._lock:
+            if self.max_pools:
+                count = self._db.execute("SELECT COUNT(*) FROM pools").fetchone()[0]
+                if count >= self.max_pools:
+                    raise ResourceExhausted(f"the server holds its maximum of {self.max_pools} "
+                                            "pools; delete one first")
+            now = time.time()
+            try:
+                self._db.execute(
+                    "INSERT INTO pools VALUES (?, ?, 0, 0, ?, ?, '[]')",
+                    (pool_id, uuid.uuid4().hex, now, now))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id") from None
+            return self._info(self._row(pool_id))
+
+    def get_pool(self, pool_id: str) -> PoolInfo:
+        check_pool_id(pool_id)
+        with self._lock:
+            return self._info(self._row(pool_id))
+
+    def list_pools(self, after: str = "", limit: int = 100) -> list[PoolInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT pool_id, uid, item_count, version, create_time, update_time, arrays "
+                "FROM pools WHERE pool_id > ? ORDER BY pool_id LIMIT ?", (after, limit)).fetchall()
+            return [self._info(r) for r in rows]
+
+    def delete_pool(self, pool_id: str) -> None:
+        check_pool_id(pool_id)
+        with self._lock:
+            uid = self._row(pool_id)[1]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("pools", "segments", "labels"):
+                    self._db.execute(f"DELETE FROM {table} WHERE pool_id = ?", (pool_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._drop_cache(pool_id)
+        shutil.rmtree(self.pools_dir / uid, ignore_errors=True)
+
+    def _drop_cache(self, pool_id: str) -> None:
+        for key in [k for k in self._cache if k[0] == pool_id]:
+            del self._cache[key]
+
+    # -- appends -----------------------------------------------------------------------
+
+    def begin_append(self, pool_id: str, specs: list[ArraySpec]) -> AppendWriter:
+        """Check an append header against the pool and open its temp files."""
+        check_pool_id(pool_id)
+        if not specs:
+            raise InvalidInput("the append header declares no arrays", field="header.arrays")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise InvalidInput("the append header names an array twice", field="header.arrays")
+        counts = set()
+        for i, spec in enumerate(specs):
+            where = f"header.arrays[{i}]"
+            if spec.name not in INPUT_ROLES or spec.name == "labeled_embeddings":
+                allowed = ", ".join(r for r in INPUT_ROLES if r != "labeled_embeddings")
+                raise InvalidInput(f"{where}.name {spec.name!r} is not a pool array; use one of "
+                                   f"{allowed}", field=f"{where}.name")
+            rank = INPUT_ROLES[spec.name][0]
+            if len(spec.shape) != rank:
+                raise InvalidInput(f"{where}.shape must be {shape_doc(spec.name)}, got "
+                                   f"{list(spec.shape)}", field=f"{where}.shape")
+            counts.add(spec.shape[spec.item_axis])
+        if len(counts) != 1:
+            raise InvalidInput("the appended arrays disagree on the number of new items",
+                               field="header.arrays", reason="SHAPE_MISMATCH")
+        with self._lock:
+            info = self._info(self._row(pool_id))
+            uid = self._row(pool_id)[1]
+        self._check_schema(info, specs)
+        total = sum(int(np.prod(s.shape)) * _dtype_of(s.dtype).itemsize for s in specs)
+        if self.max_pool_bytes and info.size_bytes + total > self.max_pool_bytes:
+            raise ResourceExhausted(
+                f"pool {pool_id!r} would hold {info.size_bytes + total} bytes, over the "
+                f"server's limit of {self.max_pool_bytes}", field="header.arrays")
+        free = shutil.disk_usage(self.data_dir).free
+        if total + (64 << 20) > free:
+            raise ResourceExhausted(f"the data directory has {free} bytes free; this append "
+                                    f"needs {total}", reason="DISK_FULL")
+        return AppendWriter(self, pool_id, uid, specs)
+
+    @staticmethod
+    def _check_schema(info: PoolInfo, specs: list[ArraySpec]) -> None:
+        if not info.arrays:
+            return
+        existing = {a.name: a for a in info.arrays}
+        if set(existing) != {s.name for s in specs}:
+            raise FailedPrecondition(
+                f"pool {info.pool_id!r} holds arrays {sorted(existing)}; every append must "
+                f"carry exactly those, got {sorted(s.name for s in specs)}",
+                field="header.arrays", reason="SCHEMA_MISMATCH")
+        for spec in specs:
+            old = existing[spec.name]
+            if old.dtype != spec.dtype or old.trailing() != spec.trailing():
+                raise FailedPrecondition(
+                    f"array {spec.name!r} is stored as {old.dtype} with shape {list(old.shape)}; "
+                    f"an append must keep the dtype and every dimension but the item axis, got "
+                    f"{spec.dtype} {list(spec.shape)}", field="header.arrays",
+                    reason="SCHEMA_MISMATCH")
+
+    def _commit_append(self, writer: AppendWriter, request: tuple[str, str, bytes] | None,
+                       make_response) -> tuple[PoolInfo, int, int]:
+        """Make a fully written segment part of its pool, atomically."""
+        specs = writer.specs
+        added = specs[0].shape[specs[0].item_axis]
+        seg_name = f"seg-{uuid.uuid4().hex[:12]}"
+        final = self.pools_dir / writer.uid / seg_name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(writer.tmp, final)
+        _fsync_dir(final.parent)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(writer.pool_id)
+                if row[1] != writer.uid:
+                    raise NotFound(f"pool {writer.pool_id!r} was deleted during the upload",
+                                   field="pool_id", reason="POOL_NOT_FOUND")
+                info = self._info(row)
+                self._check_schema(info, specs)
+                first = info.item_count
+                merged = [
+                    {"name": s.name, "dtype": s.dtype,
+                     "shape": list(self._grown(info, s, added))} for s in specs
+                ]
+                seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM segments "
+                                       "WHERE pool_id = ?", (writer.pool_id,)).fetchone()[0]
+                self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                                 (writer.pool_id, seq, f"{writer.uid}/{seg_name}", added,
+                                  writer.total_bytes))
+                self._db.execute(
+                    "UPDATE pools SET item_count = ?, version = version + 1, update_time = ?, "
+                    "arrays = ? WHERE pool_id = ?",
+                    (first + added, time.time(), json.dumps(merged), writer.pool_id))
+                new_info = self._info(self._row(writer.pool_id))
+                if request is not None:
+                    self._put_request(*request, make_response(new_info, first, added))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        return new_info, first, added
+
+    @staticmethod
+    def _grown(info: PoolInfo, spec: ArraySpec, added: int) -> tuple[int, ...]:
+        shape = list(spec.shape)
+        shape[spec.item_axis] = info.item_count + added
+        return tuple(shape)
+
+    # -- labels ------------------------------------------------------------------------
+
+    def label(self, pool_id: str, indices: np.ndarray, labels: np.ndarray,
+              request: tuple[str, str, bytes] | None = None, make_response=None) -> PoolInfo:
+        """Mark items labeled (relabeling replaces). Validates everything before writing."""
+        check_pool_id(pool_id)
+        indices = np.asarray(indices, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if indices.size == 0:
+            raise InvalidInput("indices is empty: name at least one item to label",
+                               field="indices")
+        if indices.size != labels.size:
+            raise InvalidInput(f"indices has {indices.size} entries but labels has "
+                               f"{labels.size}; give one label per index", field="labels")
+        if labels.min() < 0:
+            raise InvalidInput("labels must be >= 0 (class ids)", field="labels")
+        uniq, counts = np.unique(indices, return_counts=True)
+        if (counts > 1).any():
+            raise InvalidInput(f"indices lists item {int(uniq[counts > 1][0])} more than once",
+                               field="indices")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                info = self._info(self._row(pool_id))
+                if indices.min() < 0 or indices.max() >= info.item_count:
+                    bad = int(indices[(indices < 0) | (indices >= info.item_count)][0])
+                    raise InvalidInput(f"index {bad} is outside the pool's items "
+                                       f"[0, {info.item_count})", field="indices")
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
+                    ((pool_id, int(i), int(y)) for i, y in zip(indices, labels, strict=True)))
+                self._db.execute("UPDATE pools SET version = version + 1, update_time = ? "
+                                 "WHERE pool_id = ?", (time.time(), pool_id))
+                new_info = self._info(self._row(pool_id))
+                if request is not None:
+                    self._put_request(*request, make_response(new_info))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return new_info
+
+    # -- reads -------------------------------------------------------------------------
+
+    def load(self, pool_id: str) -> PoolData:
+        """The pool's arrays (memory-mapped; concatenated when it has several segments)."""
+        check_pool_id(pool_id)
+        with self._lock:
+            row = self._row(pool_id)
+            key = (pool_id, row[3])
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            info = self._info(row)
+            segs = [r[0] for r in self._db.execute(
+                "SELECT dir FROM segments WHERE pool_id = ? ORDER BY seq", (pool_id,))]
+            lab = np.array(self._db.execute(
+                "SELECT item, label FROM labels WHERE pool_id = ? ORDER BY item",
+                (pool_id,)).fetchall(), dtype=np.int64).reshape(-1, 2)
+        arrays = {}
+        for spec in info.arrays:
+            parts = [self._open(self.pools_dir / d / f"{spec.name}.npy", spec) for d in segs]
+            arrays[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(
+                parts, axis=spec.item_axis)
+        data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy())
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return data
+
+    @staticmethod
+    def _open(path: Path, spec: ArraySpec) -> np.ndarray:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return array.view(BFLOAT16) if spec.dtype == "bfloat16" else array
+
+    # -- idempotency -------------------------------------------------------------------
+
+    def get_request(self, request_id: str, method: str, fingerprint: str) -> bytes | None:
+        """A stored response for ``request_id``, or None. A reused id with another request
+        is FAILED_PRECONDITION: silently answering a different question would be worse."""
+        with self._lock:
+            row = self._db.execute("SELECT method, fingerprint, response FROM requests "
+                                   "WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        if row[0] != method or row[1] != fingerprint:
+            raise FailedPrecondition(
+                f"request_id {request_id!r} was already used for a different {row[0]} request; "
+                "use a new request_id for a new request", field="request_id",
+                reason="REQUEST_ID_REUSED")
+        return row[2]
+
+    def put_request(self, request_id: str, method: str, fingerprint: str, response: bytes) -> None:
+        with self._lock:
+            self._put_request(request_id, method, fingerprint, response)
+
+    def _put_request(self, request_id: str, method: str, fingerprint: str,
+                     response: bytes) -> None:
+        self._db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)",
+                         (request_id, method, fingerprint, response, time.time()))
+
+
+class AppendWriter:
+    """Receives one append stream's chunks straight into temp ``.npy`` files."""
+
+    def __init__(self, store: PoolStore, pool_id: str, uid: str, specs: list[ArraySpec]):
+        self.store = store
+        self.pool_id = pool_id
+        self.uid = uid
+        self.specs = specs
+        self.tmp = store.tmp_dir / uuid.uuid4().hex
+        self.tmp.mkdir()
+        self.expected = [int(np.prod(s.shape)) * _dtype_of(s.dtype).itemsize for s in specs]
+        self.received = [0] * len(specs)
+        self.total_bytes = sum(self.expected)
+        self._files = []
+        try:
+            for spec in specs:
+                f = open(self.tmp / f"{spec.name}.npy", "wb")
+                self._files.append(f)
+                disk = "<u2" if spec.dtype == "bfloat16" else spec.dtype
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": disk, "fortran_order": False, "shape": spec.shape})
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        """Append one chunk; it must continue exactly where the array's last one ended."""
+        if not 0 <= index < len(self.specs):
+            raise InvalidInput(f"chunk.array_index {index} does not name a declared array "
+                               f"(0..{len(self.specs) - 1})", field="chunk.array_index")
+        if offset != self.received[index]:
+            raise InvalidInput(
+                f"chunk for array {self.specs[index].name!r} starts at byte {offset} but "
+                f"{self.received[index]} bytes were received: chunks must arrive in order",
+                field="chunk.offset", reason="OUT_OF_ORDER")
+        if offset + len(data) > self.expected[index]:
+            raise InvalidInput(
+                f"array {self.specs[index].name!r} gets more than the {self.expected[index]} "
+                "bytes its shape declares", field="chunk.data", reason="OVERRUN")
+        self._files[index].write(data)
+        self.received[index] += len(data)
+
+    def commit(self, request: tuple[str, str, bytes] | None = None,
+               make_response=None) -> tuple[PoolInfo, int, int]:
+        """Check completeness and content, fsync, then publish the segment."""
+        for spec, got, want in zip(self.specs, self.received, self.expected, strict=True):
+            if got != want:
+                raise InvalidInput(
+                    f"the stream ended after {got} of {want} bytes of array {spec.name!r}: "
+                    "the upload was truncated and nothing was stored",
+                    field="chunk.data", reason="TRUNCATED")
+        for f in self._files:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        arrays = {s.name: PoolStore._open(self.tmp / f"{s.name}.npy", s) for s in self.specs}
+        for name, array in arrays.items():
+            validate_array(name, array, field=f"array {name!r}")
+        check_consistency(arrays)
+        del arrays
+        _fsync_dir(self.tmp)
+        return self.store._commit_append(self, request, make_response)
+
+    def abort(self) -> None:
+        for f in self._files:
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

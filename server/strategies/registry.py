@@ -1,0 +1,206 @@
+"""One registry of acquisition strategies, declared as data.
+
+A strategy declares its required inputs and its parameters (type, range,
+default) the way scikit-learn's ``_parameter_constraints`` does; one validator
+turns them into one error-message form, and ``ListStrategies`` is generated from
+the same declarations, so what a client discovers is what the server checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from assay.server.errors import InvalidInput, NotFound
+
+Inputs = Mapping[str, np.ndarray]
+
+#: Every input role the service knows, with its rank and the axis of its items.
+INPUT_ROLES: dict[str, tuple[int, int]] = {
+    "probs": (2, 0),
+    "samples": (3, 1),
+    "embeddings": (2, 0),
+    "labeled_embeddings": (2, 0),
+    "scores": (1, 0),
+    "loss": (1, 0),
+    "discriminator": (1, 0),
+    "predictions": (2, 1),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """Declaration of one strategy parameter."""
+
+    name: str
+    type: type  # float, int, str or bool
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass
+class Context:
+    """What a strategy may use besides its inputs.
+
+    ``candidates`` are the selectable item indices (sorted); ``rng`` is the
+    request's seeded generator; ``tiebreak_rng`` is set only when the caller gave
+    a seed, so ties fall to the lower index unless randomness was asked for;
+    ``check_cancelled`` must be called between greedy steps so a cancelled or
+    past-deadline request stops within one step.
+    """
+
+    candidates: np.ndarray
+    rng: np.random.Generator
+    tiebreak_rng: np.random.Generator | None = None
+    check_cancelled: Callable[[], None] = lambda: None
+    metrics: dict[str, float] = field(default_factory=dict)
+    backend: str = "numpy"
+
+
+@dataclass
+class Selection:
+    """A strategy's answer: indices best first, optional per-item scores."""
+
+    indices: np.ndarray
+    scores: np.ndarray | None = None
+    pseudo_label_indices: np.ndarray | None = None
+    pseudo_labels: np.ndarray | None = None
+
+
+ScoreFn = Callable[[Inputs, dict[str, Any], Context], np.ndarray]
+BatchFn = Callable[[Inputs, int, dict[str, Any], Context], Selection]
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A registered strategy.
+
+    ``kind == "score"``: ``fn(inputs, params, ctx) -> float64[N]``, higher first,
+    selected by the shared tie-breaking top-b. ``kind == "batch"``:
+    ``fn(inputs, budget, params, ctx) -> Selection`` builds the batch jointly
+    among ``ctx.candidates``.
+    """
+
+    name: str
+    kind: Literal["score", "batch"]
+    fn: Callable[..., Any]
+    required: tuple[str, ...]
+    description: str
+    params: tuple[Param, ...] = ()
+    optional: tuple[str, ...] = ()
+    min_classes: int = 1
+
+
+#: Parameters every strategy accepts: the two-stage composition.
+COMPOSITION_PARAMS: tuple[Param, ...] = (
+    Param(
+        "prefilter",
+        str,
+        "",
+        "Score strategy whose top prefilter_k items are the only candidates (two-stage "
+        "composition); empty for none.",
+    ),
+    Param(
+        "prefilter_k",
+        int,
+        0,
+        "Number of candidates kept by the prefilter; 0 means 10 x budget.",
+        minimum=0,
+    ),
+)
+
+_REGISTRY: dict[str, Strategy] = {}
+
+
+def register(strategy: Strategy) -> Strategy:
+    """Add a strategy; names are unique and parameters may not shadow the generic ones."""
+    if strategy.name in _REGISTRY:
+        raise ValueError(f"strategy {strategy.name!r} registered twice")
+    generic = {p.name for p in COMPOSITION_PARAMS}
+    if generic & {p.name for p in strategy.params}:
+        raise ValueError(f"strategy {strategy.name!r} redeclares a composition parameter")
+    unknown = set(strategy.required + strategy.optional) - set(INPUT_ROLES)
+    if unknown:
+        raise ValueError(f"strategy {strategy.name!r} names unknown inputs {sorted(unknown)}")
+    _REGISTRY[strategy.name] = strategy
+    return strategy
+
+
+def get(name: str) -> Strategy:
+    """Look a strategy up by name, or raise ``NotFound`` listing the known ones."""
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise NotFound(f"unknown strategy {name!r}; known strategies: {known}",
+                       field="strategy", reason="UNKNOWN_STRATEGY") from None
+
+
+def all_strategies() -> list[Strategy]:
+    """Every registered strategy, sorted by name."""
+    _load_builtin()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def all_params(strategy: Strategy) -> tuple[Param, ...]:
+    """The strategy's own parameters followed by the generic composition ones."""
+    return strategy.params + COMPOSITION_PARAMS
+
+
+def resolve_params(strategy: Strategy, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``given`` against the declarations and fill in defaults.
+
+    Raises ``InvalidInput`` naming the parameter for unknown names, wrong types,
+    out-of-range numbers and values outside ``choices``.
+    """
+    specs = {p.name: p for p in all_params(strategy)}
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        allowed = ", ".join(sorted(specs)) or "none"
+        raise InvalidInput(
+            f"strategy {strategy.name!r} has no parameter {unknown[0]!r}; allowed: {allowed}",
+            field=f"params.{unknown[0]}",
+        )
+    resolved: dict[str, Any] = {}
+    for name, spec in specs.items():
+        value = given.get(name, spec.default)
+        resolved[name] = _check_value(spec, value, f"params.{name}")
+    return resolved
+
+
+def _check_value(spec: Param, value: Any, where: str) -> Any:
+    if spec.type is float and isinstance(value, int | float) and not isinstance(value, bool):
+        value = float(value)
+        if not np.isfinite(value):
+            raise InvalidInput(f"{where} must be finite, got {value}", field=where)
+    elif not (isinstance(value, spec.type) and not (spec.type is int and isinstance(value, bool))):
+        raise InvalidInput(
+            f"{where} must be {spec.type.__name__}, got {type(value).__name__} {value!r}",
+            field=where,
+        )
+    if spec.minimum is not None and value < spec.minimum:
+        raise InvalidInput(f"{where} must be >= {spec.minimum}, got {value}", field=where)
+    if spec.maximum is not None and value > spec.maximum:
+        raise InvalidInput(f"{where} must be <= {spec.maximum}, got {value}", field=where)
+    if spec.choices and value not in spec.choices:
+        raise InvalidInput(
+            f"{where} must be one of {', '.join(spec.choices)}; got {value!r}", field=where
+        )
+    return value
+
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    """Import the strategy modules once; each registers itself on import."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from assay.server.strategies import builtin  # noqa: F401

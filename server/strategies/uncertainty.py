@@ -1,0 +1,47 @@
+"""Uncertainty sampling on one model's class probabilities ``probs: float[N, C]``.
+
+Scores are computed in float64 whatever the input precision, so rankings agree
+with a float64 reference exactly, not just up to rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from assay.server.strategies.registry import Context, Inputs, Strategy, register
+from scipy.special import entr
+
+
+def probs64(inputs: Inputs, name: str = "probs") -> np.ndarray:
+    """The probabilities as float64, clipped into [0, 1] (inputs were checked within tolerance)."""
+    return np.clip(np.asarray(inputs[name], dtype=np.float64), 0.0, 1.0)
+
+
+def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Shannon entropy in nats along ``axis``, with 0 log 0 = 0."""
+    return entr(p).sum(axis=axis)
+
+
+def least_confident(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
+    """1 - max_y P(y|x) (Settles 2010)."""
+    return 1.0 - probs64(inputs).max(axis=1)
+
+
+def margin(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
+    """-(P(y1|x) - P(y2|x)) for the two most likely classes (Scheffer 2001)."""
+    p = probs64(inputs)
+    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    return -(top2[:, 1] - top2[:, 0])
+
+
+def entropy_score(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
+    """-sum_y P(y|x) log P(y|x) (Shannon; Settles 2010)."""
+    return entropy(probs64(inputs))
+
+
+register(Strategy("least_confident", "score", least_confident, ("probs",),
+                  "1 - max_y P(y|x): least confident prediction first (Settles 2010)."))
+register(Strategy("margin", "score", margin, ("probs",),
+                  "Smallest gap between the two most likely classes first (Scheffer 2001).",
+                  min_classes=2))
+register(Strategy("entropy", "score", entropy_score, ("probs",),
+                  "Highest predictive entropy first (Shannon; Settles 2010)."))

@@ -1,0 +1,122 @@
+"""Checks of input arrays by role, done once at the edge.
+
+Tolerances (documented in the README): class probabilities must lie in
+[-PROB_TOL, 1 + PROB_TOL] and each row must sum to 1 within ``SUM_TOL`` for
+32/64-bit floats, ``SUM_TOL_16`` for 16-bit floats (whose rounding alone moves a
+10-class row sum by ~5e-3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from assay.server.errors import InvalidInput
+from assay.server.strategies.registry import INPUT_ROLES
+from assay.server.tensors import BFLOAT16
+
+PROB_TOL = 1e-6
+SUM_TOL = 1e-3
+SUM_TOL_16 = 1e-2
+#: Rows checked per block, so validation of a large pool never doubles its memory.
+_BLOCK = 1 << 20
+
+_SHAPE_DOC = {
+    "probs": "[N, C]",
+    "samples": "[S, N, C]",
+    "embeddings": "[N, d]",
+    "labeled_embeddings": "[L, d]",
+    "scores": "[N]",
+    "loss": "[N]",
+    "discriminator": "[N]",
+    "predictions": "[T, N]",
+}
+
+
+def shape_doc(role: str) -> str:
+    """The documented shape of a role, for error messages."""
+    return _SHAPE_DOC[role]
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype == BFLOAT16
+
+
+def validate_array(role: str, array: np.ndarray, field: str | None = None) -> None:
+    """Raise ``InvalidInput`` unless ``array`` is a valid ``role`` array."""
+    field = field or f"inputs.{role}"
+    if role not in INPUT_ROLES:
+        raise InvalidInput(f"unknown input {role!r}; known: {', '.join(INPUT_ROLES)}", field=field)
+    rank, _ = INPUT_ROLES[role]
+    if array.ndim != rank:
+        raise InvalidInput(
+            f"{field} must have shape {_SHAPE_DOC[role]} (rank {rank}), got {list(array.shape)}",
+            field=field,
+        )
+    if role == "predictions":
+        if array.dtype.kind not in "iu":
+            raise InvalidInput(f"{field} must be INT32 or INT64 class labels, got {array.dtype}",
+                               field=field)
+        if array.size and array.min() < 0:
+            raise InvalidInput(f"{field} holds negative class labels", field=field)
+        return
+    if not _is_float(array.dtype):
+        raise InvalidInput(f"{field} must be FP32, FP16, BF16 or FP64, got {array.dtype}",
+                           field=field)
+    if role in ("probs", "samples") and array.shape[-1] < 1:
+        raise InvalidInput(f"{field} has no classes (C = 0)", field=field)
+    flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(-1, 1)
+    sum_tol = SUM_TOL_16 if array.dtype.itemsize == 2 else SUM_TOL
+    for start in range(0, flat.shape[0], _BLOCK):
+        block = np.asarray(flat[start:start + _BLOCK], dtype=np.float64)
+        bad = ~np.isfinite(block)
+        if bad.any():
+            row = start + int(np.flatnonzero(bad.any(axis=1))[0])
+            raise InvalidInput(f"{field} contains NaN or Inf (first at flat row {row})",
+                               field=field, reason="NON_FINITE")
+        if role in ("probs", "samples", "discriminator"):
+            if block.min() < -PROB_TOL or block.max() > 1 + PROB_TOL:
+                raise InvalidInput(f"{field} has values outside [0, 1]", field=field,
+                                   reason="NOT_PROBABILITIES")
+        if role in ("probs", "samples"):
+            err = np.abs(block.sum(axis=1) - 1.0)
+            if (err > sum_tol).any():
+                row = start + int(np.argmax(err > sum_tol))
+                raise InvalidInput(
+                    f"{field} row {row} sums to {block[row - start].sum():.6g}; class "
+                    f"probabilities must sum to 1 within {sum_tol:g} (apply softmax first)",
+                    field=field, reason="NOT_PROBABILITIES",
+                )
+
+
+def item_count(arrays: Mapping[str, np.ndarray]) -> int:
+    """The common item count N of ``arrays``, or raise if they disagree.
+
+    ``labeled_embeddings`` has its own count and is skipped.
+    """
+    counts = {
+        role: a.shape[INPUT_ROLES[role][1]]
+        for role, a in arrays.items()
+        if role != "labeled_embeddings"
+    }
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{r}: {n}" for r, n in counts.items())
+        raise InvalidInput(f"inputs disagree on the number of items N ({detail})",
+                           field="inputs", reason="SHAPE_MISMATCH")
+    return next(iter(counts.values()), 0)
+
+
+def check_consistency(arrays: Mapping[str, np.ndarray]) -> int:
+    """Cross-array checks (N, C, d); returns N."""
+    n = item_count(arrays)
+    if "probs" in arrays and "samples" in arrays:
+        if arrays["probs"].shape[1] != arrays["samples"].shape[2]:
+            raise InvalidInput("inputs.probs and inputs.samples disagree on the class count C",
+                               field="inputs.samples", reason="SHAPE_MISMATCH")
+    if "embeddings" in arrays and "labeled_embeddings" in arrays:
+        if arrays["embeddings"].shape[1] != arrays["labeled_embeddings"].shape[1]:
+            raise InvalidInput(
+                "inputs.labeled_embeddings must have the same width d as inputs.embeddings",
+                field="inputs.labeled_embeddings", reason="SHAPE_MISMATCH",
+            )
+    return n
