@@ -59,7 +59,8 @@ def kl_disagreement(samples):
 
 
 def bald(samples):
-    return np.array([_h(m.mean(axis=0)) - sum(_h(p) for p in m) / len(m) for m in _columns(samples)])
+    return np.array([_h(m.mean(axis=0)) - sum(_h(p) for p in m) / len(m)
+                     for m in _columns(samples)])
 
 
 def variation_ratio(samples):
@@ -113,7 +114,8 @@ def information_density(base_scores, embeddings, candidates, beta):
             nx, nu = np.linalg.norm(h[i]), np.linalg.norm(h[u])
             sims.append(0.0 if nx == 0 or nu == 0 else float(h[i] @ h[u]) / (nx * nu))
         sim = sum(sims) / len(sims)
-        out.append(base_scores[i] * (sim ** beta if float(beta).is_integer() else max(sim, 0) ** beta))
+        density = sim**beta if float(beta).is_integer() else max(sim, 0.0) ** beta
+        out.append(base_scores[i] * density)
     return np.array(out)
 
 

@@ -52,7 +52,8 @@ CASES: dict[str, Case] = {
         lambda rng, n, c: {"predictions": rng.integers(0, c, size=(7, n))},
         lambda x, cand: ref.label_dispersion(x["predictions"]), {}),
     "information_density": Case(
-        lambda rng, n, c: {"probs": dirichlet(rng, n, c), "embeddings": rng.normal(size=(n, 3)) + 0.5},
+        lambda rng, n, c: {"probs": dirichlet(rng, n, c),
+                           "embeddings": rng.normal(size=(n, 3)) + 0.5},
         lambda x, cand: ref.information_density(ref.margin(x["probs"]), x["embeddings"], cand, 2.0),
         {"base": "margin", "beta": 2.0}),
     "precomputed": Case(lambda rng, n, c: {"scores": rng.normal(size=n)},
