@@ -1,4 +1,4 @@
-"""Builds and runs the gRPC server: servicer, health, reflection, limits, drain."""
+"""Builds and runs the gRPC server: servicer, health, reflection, security, limits, drain."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from assay.server.config import ServerConfig
 from assay.server.interceptors import ErrorInterceptor
 from assay.server.metrics import Metrics
@@ -25,7 +26,7 @@ SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
 
 @dataclass
 class RunningServer:
-    """A started server; ``port`` is the bound port (useful with port 0)."""
+    """A started server; ``port`` is the first bound TCP port (useful with port 0)."""
 
     server: grpc.Server
     port: int
@@ -34,20 +35,25 @@ class RunningServer:
     metrics: Metrics
     config: ServerConfig
     http: ThreadingHTTPServer | None = None
+    #: Bound port per listen address, in ``config.addresses()`` order (1 for sockets).
+    ports: list[int] = field(default_factory=list)
+    health_server: grpc.Server | None = None
+    health_port: int = 0
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
         self.health.enter_graceful_shutdown()
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         if self.http is not None:
             self.http.shutdown()
+            self.http.server_close()
         self.store.close()
 
 
-def start(config: ServerConfig) -> RunningServer:
-    """Open the store, then start serving; health turns SERVING only after both."""
-    metrics = Metrics()
-    options = [
+def _options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
@@ -55,10 +61,50 @@ def start(config: ServerConfig) -> RunningServer:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+def _bind(server: grpc.Server, address: str,
+          credentials: grpc.ServerCredentials | None) -> int:
+    port = (server.add_insecure_port(address) if credentials is None
+            else server.add_secure_port(address, credentials))
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return port
+
+
+def _health_only_server(address: str, servicer: health.HealthServicer) -> tuple[grpc.Server, int]:
+    """A plaintext server with nothing but grpc.health.v1, for kubelet probes: they can send
+    neither a token nor a client certificate, and this port exposes no data."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                         options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=8)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return server, _bind(server, address, None)
+
+
+def start(config: ServerConfig) -> RunningServer:
+    """Check the security settings, open the store, then serve; health turns SERVING only
+    after both.
+
+    Raises
+    ------
+    ValueError
+        For settings out of range, or (``auth.ConfigError``) an exposed address
+        without TLS or token, or unreadable certificates / token file.
+    OSError
+        When an address cannot be bound.
+    """
+    config.validate()
+    check_exposure(config)
+    credentials = server_credentials(config)
+    metrics = Metrics()
+    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(metrics)]
+    if config.auth_token_file:
+        # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
+        interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="assay"),
-        interceptors=[ErrorInterceptor(metrics)],
-        options=options,
+        interceptors=interceptors,
+        options=_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     health_servicer = health.HealthServicer()
@@ -67,19 +113,40 @@ def start(config: ServerConfig) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.address)
-    if port == 0:
-        raise OSError(f"could not bind {config.address}")
+    ports = [_bind(server, address, credentials) for address in config.addresses()]
+    health_server, health_port = (None, 0)
+    if config.health_address:
+        health_server, health_port = _health_only_server(config.health_address, health_servicer)
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
-                      max_pools=config.max_pools)
+                      max_pools=config.max_pools, max_pool_items=config.max_pool_items,
+                      min_free_bytes=config.min_free_disk_bytes)
     assay_pb2_grpc.add_AssayServiceServicer_to_server(AssayServicer(store, config, metrics),
                                                       server)
     server.start()
+    if health_server is not None:
+        health_server.start()
     http = _serve_metrics(config, metrics) if config.metrics_port else None
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("assay serving on port %d, data in %s", port, config.data_dir)
-    return RunningServer(server, port, store, health_servicer, metrics, config, http)
+    log.info("assay serving on %s (%s), data in %s", ", ".join(config.addresses()),
+             "TLS" if credentials else "plaintext", config.data_dir)
+    tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
+    return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
+                         http, ports, health_server, health_port)
+
+
+def _is_socket(address: str) -> bool:
+    return address.startswith(("unix:", "unix-abstract:"))
+
+
+def metrics_host(config: ServerConfig) -> str:
+    """Where /metrics binds: explicit, else the first TCP listen host, else loopback."""
+    if config.metrics_host:
+        return config.metrics_host
+    for address in config.addresses():
+        if not _is_socket(address):
+            return address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    return "127.0.0.1"
 
 
 def _serve_metrics(config: ServerConfig, metrics: Metrics) -> ThreadingHTTPServer:
@@ -98,8 +165,7 @@ def _serve_metrics(config: ServerConfig, metrics: Metrics) -> ThreadingHTTPServe
         def log_message(self, *args):
             pass
 
-    host = config.address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
-    http = ThreadingHTTPServer((host, config.metrics_port), Handler)
+    http = ThreadingHTTPServer((metrics_host(config), config.metrics_port), Handler)
     threading.Thread(target=http.serve_forever, daemon=True).start()
     return http
 
@@ -115,6 +181,12 @@ def serve_forever(config: ServerConfig) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    print(f"assay listening on {config.address.rsplit(':', 1)[0]}:{running.port}", flush=True)
+    bound = []
+    for address, port in zip(config.addresses(), running.ports, strict=True):
+        bound.append(address if _is_socket(address) else f"{address.rsplit(':', 1)[0]}:{port}")
+    if running.health_server is not None:
+        bound.append(f"health {config.health_address.rsplit(':', 1)[0]}:{running.health_port}")
+    print(f"assay listening on {', '.join(bound)}", flush=True)
     done.wait()
     running.stop()
+    log.info("drained; exiting")

@@ -6,8 +6,11 @@ import argparse
 import logging
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from assay.server.config import ServerConfig
+
+_TYPES = {"int": int, "float": float, "str": str}
 
 
 def _serve_parser(sub) -> None:
@@ -15,10 +18,31 @@ def _serve_parser(sub) -> None:
                        description="Every flag can also be set as ASSAY_<FLAG> (e.g. "
                                    "ASSAY_DATA_DIR); flags win.")
     for f in fields(ServerConfig):
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       help=f"{f.metadata['help']} [env {ServerConfig.env_name(f.name)}]")
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {ServerConfig.env_name(f.name)}]"
+        if str(f.type) == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=_TYPES[str(f.type)], default=None,
+                           help=help_text)
     p.add_argument("--log-level", default="INFO")
+
+
+def _health_parser(sub) -> None:
+    h = sub.add_parser("health", help="check a server's grpc.health.v1 status (exit 0 if "
+                                      "SERVING): the container and Kubernetes exec probe")
+    h.add_argument("--target", default="127.0.0.1:50051", help="host:port or unix:/path")
+    h.add_argument("--timeout", type=float, default=3.0)
+    h.add_argument("--service", default="", help="service name to ask about ('' = server)")
+    h.add_argument("--tls", action="store_true",
+                   help="use TLS with the system trust store (implied by --tls-ca)")
+    h.add_argument("--tls-ca", help="PEM CA bundle that signed the server certificate")
+    h.add_argument("--tls-cert", help="PEM client certificate, for servers requiring mTLS")
+    h.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    h.add_argument("--tls-server-name", help="name to verify in the server certificate, when "
+                                             "it differs from the target host")
+    h.add_argument("--token-file", help="file whose first line is a bearer token to send")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,34 +57,66 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seeds", type=int, default=3)
     d.add_argument("--strategies", default="random,entropy,margin,least_confident,bald")
     d.add_argument("--plot", default="assay-demo.png", help="PNG learning-curve path")
-    h = sub.add_parser("health", help="check a server's grpc.health.v1 status (exit 0 if SERVING)")
-    h.add_argument("--target", default="127.0.0.1:50051")
-    h.add_argument("--timeout", type=float, default=3.0)
+    _health_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
-        from assay.server.app import serve_forever
-        overrides = {f.name: getattr(args, f.name) for f in fields(ServerConfig)}
-        serve_forever(ServerConfig.from_env(**overrides))
-        return 0
+        return _serve(args)
     if args.command == "demo":
         from assay.server.demo import run_demo
         return run_demo(target=args.target, rounds=args.rounds, batch=args.batch,
                         seeds=args.seeds, strategies=args.strategies.split(","), plot=args.plot)
     if args.command == "health":
-        return _health(args.target, args.timeout)
+        return _health(args)
     return 2
 
 
-def _health(target: str, timeout: float) -> int:
+def _serve(args: argparse.Namespace) -> int:
+    """Start serving; configuration mistakes end with a one-line message and exit 2."""
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from assay.server.app import serve_forever
+    overrides = {f.name: getattr(args, f.name) for f in fields(ServerConfig)}
+    try:
+        config = ServerConfig.from_env(**overrides)
+        serve_forever(config)
+    except (ValueError, OSError) as error:
+        print(f"assay serve: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _read(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
+def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    with grpc.insecure_channel(target) as channel:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("unhealthy: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        metadata = ()
+        if args.token_file:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip().splitlines()[0]
+            metadata = (("authorization", f"Bearer {token.strip()}"),)
+        options = [("grpc.ssl_target_name_override", args.tls_server_name)] \
+            if args.tls_server_name else []
+        if args.tls or args.tls_ca or args.tls_cert:
+            creds = grpc.ssl_channel_credentials(_read(args.tls_ca), _read(args.tls_key),
+                                                 _read(args.tls_cert))
+            channel = grpc.secure_channel(args.target, creds, options=options)
+        else:
+            channel = grpc.insecure_channel(args.target, options=options)
+    except (OSError, IndexError) as error:
+        print(f"unhealthy: cannot read TLS or token file: {error}", file=sys.stderr)
+        return 2
+    with channel:
         try:
-            r = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                          timeout=timeout)
+            r = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout,
+                metadata=metadata)
         except grpc.RpcError as error:
             print(f"unhealthy: {error.code().name} {error.details()}", file=sys.stderr)
             return 1

@@ -1,7 +1,8 @@
 """Server settings: one dataclass, filled from flags and ``ASSAY_*`` environment variables.
 
 Each field's metadata holds its help text, so ``assay serve --help`` and the
-README's table come from the same place.
+table in ``docs/deployment.md`` (``python -m assay.server.config``) come from the
+same place and cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from pathlib import Path
 import platformdirs
 
 MIB = 1 << 20
+#: protobuf cannot encode a message of 2 GiB or more.
+PROTOBUF_LIMIT = (2 << 30) - 1
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
 def default_data_dir() -> str:
@@ -20,14 +25,38 @@ def default_data_dir() -> str:
     return platformdirs.user_data_dir("assay", appauthor=False)
 
 
+def parse_bool(raw: str) -> bool:
+    """Read a boolean environment value strictly: a typo must not switch security off."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not a boolean; use one of {sorted(_TRUE | _FALSE - {''})}")
+
+
 @dataclass
 class ServerConfig:
     address: str = field(default="127.0.0.1:50051", metadata={
-        "help": "host:port to listen on (loopback by default); port 0 picks a free one"})
+        "help": "where to listen: host:port or unix:/path, several separated by commas; port 0 "
+                "picks a free one. A non-loopback host needs TLS or a token, or --insecure"})
     data_dir: str = field(default_factory=default_data_dir, metadata={
         "help": "directory holding pools (SQLite metadata and .npy arrays)"})
+    tls_cert: str = field(default="", metadata={
+        "help": "PEM server certificate chain; turns TLS on (needs --tls-key)"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str = field(default="", metadata={
+        "help": "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)"})
+    auth_token_file: str = field(default="", metadata={
+        "help": "file of bearer tokens, one per line (16+ characters each); calls without "
+                "'authorization: Bearer <token>' get UNAUTHENTICATED (health checks excepted)"})
+    insecure: bool = field(default=False, metadata={
+        "help": "allow a non-loopback address without TLS or token (trusted networks only)"})
+    health_address: str = field(default="", metadata={
+        "help": "extra plaintext host:port serving only grpc.health.v1, for kubelet probes "
+                "while the API stays on loopback or a socket (empty: off)"})
     max_message_bytes: int = field(default=64 * MIB, metadata={
-        "help": "largest gRPC message accepted (transport limit)"})
+        "help": "largest gRPC message accepted or sent (transport limit)"})
     max_inline_bytes: int = field(default=32 * MIB, metadata={
         "help": "largest inline Select inputs; larger inputs belong in a pool"})
     workers: int = field(default=8, metadata={"help": "gRPC worker threads"})
@@ -35,13 +64,24 @@ class ServerConfig:
         "help": "RPCs in flight before new ones get RESOURCE_EXHAUSTED (load shedding)"})
     max_concurrent_selects: int = field(default=4, metadata={
         "help": "Select calls computing at once; more get RESOURCE_EXHAUSTED at once"})
+    max_deadline_seconds: float = field(default=0.0, metadata={
+        "help": "ceiling on the time one Select or upload may run, whatever deadline the "
+                "client set (DEADLINE_EXCEEDED past it; 0: the client's deadline only)"})
     max_pool_bytes: int = field(default=0, metadata={
         "help": "largest pool in bytes (0: no limit besides free disk)"})
+    max_pool_items: int = field(default=0, metadata={
+        "help": "most items in one pool (0: no limit)"})
     max_pools: int = field(default=0, metadata={"help": "most pools held (0: no limit)"})
+    min_free_disk_bytes: int = field(default=64 * MIB, metadata={
+        "help": "free bytes the data directory must keep after an upload; uploads that would "
+                "eat into them get RESOURCE_EXHAUSTED before anything is written"})
     grace_seconds: float = field(default=10.0, metadata={
         "help": "seconds in-flight RPCs get to finish on SIGTERM"})
     metrics_port: int = field(default=0, metadata={
-        "help": "port of the Prometheus /metrics endpoint on the listen host (0: off)"})
+        "help": "port of the Prometheus /metrics endpoint (0: off)"})
+    metrics_host: str = field(default="", metadata={
+        "help": "host the /metrics endpoint binds (empty: the first TCP listen host, or "
+                "127.0.0.1 when listening on sockets only)"})
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -49,15 +89,73 @@ class ServerConfig:
 
     @classmethod
     def from_env(cls, **overrides) -> ServerConfig:
-        """Defaults, then ``ASSAY_*`` variables, then explicit overrides (flags)."""
+        """Defaults, then ``ASSAY_*`` variables, then explicit overrides (flags).
+
+        Raises ``ValueError`` naming the variable when one cannot be read or a
+        setting is out of range.
+        """
         config = cls()
         for f in fields(cls):
             raw = os.environ.get(cls.env_name(f.name))
-            if raw is not None:
-                kind = type(getattr(config, f.name))
-                setattr(config, f.name, kind(raw))
+            if raw is None:
+                continue
+            kind = type(getattr(config, f.name))
+            try:
+                value = parse_bool(raw) if kind is bool else kind(raw)
+            except ValueError as error:
+                raise ValueError(f"{cls.env_name(f.name)}: {error}") from None
+            setattr(config, f.name, value)
         for name, value in overrides.items():
             if value is not None:
                 setattr(config, name, value)
+        config.validate()
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         return config
+
+    def addresses(self) -> list[str]:
+        """The listen addresses, in the order given."""
+        return [a.strip() for a in self.address.split(",") if a.strip()]
+
+    def validate(self) -> None:
+        """Reject settings that would fail later or silently mean something else."""
+        if not self.addresses():
+            raise ValueError("address is empty: give host:port or unix:/path")
+        if not 0 < self.max_message_bytes <= PROTOBUF_LIMIT:
+            raise ValueError(f"max_message_bytes must be in (0, {PROTOBUF_LIMIT}], got "
+                             f"{self.max_message_bytes}")
+        for name in ("workers", "max_concurrent_rpcs", "max_concurrent_selects",
+                     "max_inline_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_pool_bytes", "max_pool_items", "max_pools", "min_free_disk_bytes",
+                     "max_deadline_seconds", "grace_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 switches it off), got "
+                                 f"{getattr(self, name)}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+
+
+def markdown_table() -> str:
+    """Every setting as a Markdown table: flag, environment variable, default, meaning."""
+    rows = ["| flag | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    defaults = ServerConfig(data_dir="")
+    for f in fields(ServerConfig):
+        if f.name == "data_dir":
+            default = "per-user data dir"
+        elif isinstance(getattr(defaults, f.name), bool):
+            default = "off"
+        else:
+            value = getattr(defaults, f.name)
+            default = f"`{value}`" if value != "" else "(empty)"
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{ServerConfig.env_name(f.name)}` | "
+                    f"{default} | {f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -88,8 +89,15 @@ def _fingerprint(message) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _cancellation(context: grpc.ServicerContext):
+def _cancellation(context: grpc.ServicerContext, ceiling: float = 0.0):
+    """A check that raises once the caller left, its deadline passed, or the server's
+    ceiling (``max_deadline_seconds``, 0: none) did."""
+    stop_at = time.monotonic() + ceiling if ceiling > 0 else None
+
     def check() -> None:
+        if stop_at is not None and time.monotonic() > stop_at:
+            raise DeadlineExceeded(f"the request ran past the server's ceiling of {ceiling} s "
+                                   "(max_deadline_seconds); nothing was stored")
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             raise DeadlineExceeded("the request deadline passed during selection; nothing "
@@ -177,8 +185,10 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]")))
         writer = self.store.begin_append(header.pool_id, specs)
         committed = False
+        check = _cancellation(context, self.config.max_deadline_seconds)
         try:
             for message in request_iterator:
+                check()
                 if message.WhichOneof("part") != "chunk":
                     raise InvalidInput("only chunk messages may follow the header",
                                        field="chunk", reason="OUT_OF_ORDER")
@@ -251,7 +261,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 request.strategy, request.budget, arrays, params,
                 seed=request.seed if request.HasField("seed") else None,
                 exclude=exclude, validated=validated,
-                check_cancelled=_cancellation(context))
+                check_cancelled=_cancellation(context, self.config.max_deadline_seconds))
         finally:
             self._selects.release()
         self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)

@@ -148,12 +148,15 @@ class PoolStore:
     """Durable pools under ``data_dir``; safe for concurrent use from threads."""
 
     def __init__(self, data_dir: str | os.PathLike, *, max_pool_bytes: int = 0,
-                 max_pools: int = 0, cache_entries: int = 4):
+                 max_pools: int = 0, cache_entries: int = 4, max_pool_items: int = 0,
+                 min_free_bytes: int = 64 << 20):
         self.data_dir = Path(data_dir)
         self.pools_dir = self.data_dir / "pools"
         self.tmp_dir = self.data_dir / "tmp"
         self.max_pool_bytes = max_pool_bytes
         self.max_pools = max_pools
+        self.max_pool_items = max_pool_items
+        self.min_free_bytes = min_free_bytes
         self.pools_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -290,10 +293,17 @@ class PoolStore:
             raise ResourceExhausted(
                 f"pool {pool_id!r} would hold {info.size_bytes + total} bytes, over the "
                 f"server's limit of {self.max_pool_bytes}", field="header.arrays")
+        added = counts.pop()
+        if self.max_pool_items and info.item_count + added > self.max_pool_items:
+            raise ResourceExhausted(
+                f"pool {pool_id!r} would hold {info.item_count + added} items, over the "
+                f"server's limit of {self.max_pool_items}", field="header.arrays",
+                reason="TOO_MANY_ITEMS")
         free = shutil.disk_usage(self.data_dir).free
-        if total + (64 << 20) > free:
+        if total + self.min_free_bytes > free:
             raise ResourceExhausted(f"the data directory has {free} bytes free; this append "
-                                    f"needs {total}", reason="DISK_FULL")
+                                    f"needs {total} and {self.min_free_bytes} must stay free",
+                                    reason="DISK_FULL")
         return AppendWriter(self, pool_id, uid, specs)
 
     @staticmethod
