@@ -130,8 +130,10 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         if not 0 < size <= 1000:
             raise InvalidInput("page_size must be between 1 and 1000", field="page_size")
         try:
-            after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
-        except (ValueError, UnicodeDecodeError):
+            after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
+            if after:
+                check_pool_id(after)
+        except (ValueError, UnicodeDecodeError, InvalidInput):
             raise InvalidInput("page_token is not a token from ListPools",
                                field="page_token") from None
         pools = self.store.list_pools(after, size + 1)
