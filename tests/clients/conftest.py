@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from assay.server.app import start
 from assay.server.config import ServerConfig
 

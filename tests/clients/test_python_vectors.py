@@ -7,6 +7,7 @@ import uuid
 import client_vectors as vectors
 import numpy as np
 import pytest
+
 from assay.client import AssayError, Client
 
 DOC = vectors.load()

@@ -1,0 +1,311 @@
+// Client: channel setup, deadlines, retries, and translation to and from assay.v1.
+#include <cmath>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "assay/client.h"
+#include "assay/v1/assay.grpc.pb.h"
+
+namespace assay {
+
+namespace {
+
+const char* const kStatusNames[] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED"};
+
+Error to_error(const grpc::Status& status) {
+  return Error(status.error_code(), status.error_message());
+}
+
+v1::ParamValue to_proto(const Param& p) {
+  v1::ParamValue out;
+  std::visit(
+      [&](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, double>) out.set_double_value(v);
+        else if constexpr (std::is_same_v<T, std::int64_t>) out.set_int_value(v);
+        else if constexpr (std::is_same_v<T, std::string>) out.set_string_value(v);
+        else out.set_bool_value(v);
+      },
+      p.value);
+  return out;
+}
+
+std::optional<Param> from_proto(const v1::ParamValue& p) {
+  switch (p.kind_case()) {
+    case v1::ParamValue::kDoubleValue: return Param(p.double_value());
+    case v1::ParamValue::kIntValue: return Param(p.int_value());
+    case v1::ParamValue::kStringValue: return Param(p.string_value());
+    case v1::ParamValue::kBoolValue: return Param(p.bool_value());
+    default: return std::nullopt;
+  }
+}
+
+Pool from_proto(const v1::Pool& p) {
+  Pool out{p.pool_id(), p.item_count(), p.labeled_count(), p.version(), {}, p.size_bytes()};
+  for (const auto& a : p.arrays()) {
+    out.arrays.push_back({a.name(), static_cast<DType>(a.dtype()),
+                          {a.shape().begin(), a.shape().end()}});
+  }
+  return out;
+}
+
+v1::Tensor* input_field(v1::Inputs* in, const std::string& role) {
+  if (role == "probs") return in->mutable_probs();
+  if (role == "samples") return in->mutable_samples();
+  if (role == "embeddings") return in->mutable_embeddings();
+  if (role == "labeled_embeddings") return in->mutable_labeled_embeddings();
+  if (role == "scores") return in->mutable_scores();
+  if (role == "loss") return in->mutable_loss();
+  if (role == "discriminator") return in->mutable_discriminator();
+  if (role == "predictions") return in->mutable_predictions();
+  throw std::invalid_argument("unknown input role '" + role +
+                              "' (probs, samples, embeddings, labeled_embeddings, scores, "
+                              "loss, discriminator, predictions)");
+}
+
+}  // namespace
+
+const char* status_code_name(grpc::StatusCode code) {
+  const int i = static_cast<int>(code);
+  return (i >= 0 && i <= 16) ? kStatusNames[i] : "UNKNOWN";
+}
+
+Error::Error(grpc::StatusCode code, std::string message)
+    : std::runtime_error(std::string(status_code_name(code)) + ": " + message),
+      code_(code),
+      message_(std::move(message)) {}
+
+const char* Error::code_name() const { return status_code_name(code_); }
+
+std::string new_request_id() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uint64_t hi = rng(), lo = rng();
+  hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
+  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant 10
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx",
+                static_cast<unsigned>(hi >> 32), static_cast<unsigned>((hi >> 16) & 0xffff),
+                static_cast<unsigned>(hi & 0xffff), static_cast<unsigned>(lo >> 48),
+                static_cast<unsigned long long>(lo & 0xffffffffffffULL));
+  return buf;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+struct Client::Impl {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::AssayService::Stub> stub;
+
+  void prepare(grpc::ClientContext* ctx, const ClientOptions& o,
+               std::optional<std::chrono::milliseconds> timeout = std::nullopt) const {
+    ctx->set_deadline(std::chrono::system_clock::now() + timeout.value_or(o.timeout));
+    if (!o.token.empty()) ctx->AddMetadata("authorization", "Bearer " + o.token);
+  }
+};
+
+Client::Client(const std::string& target, ClientOptions options)
+    : options_(std::move(options)), impl_(std::make_unique<Impl>()) {
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(options_.max_message_bytes);
+  args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (options_.tls) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options_.root_certs_pem;
+    ssl.pem_cert_chain = options_.client_cert_pem;
+    ssl.pem_private_key = options_.client_key_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!options_.server_name_override.empty()) {
+      args.SetSslTargetNameOverride(options_.server_name_override);
+    }
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  impl_->channel = grpc::CreateCustomChannel(target, creds, args);
+  impl_->stub = v1::AssayService::NewStub(impl_->channel);
+}
+
+Client::~Client() = default;
+
+std::vector<StrategyInfo> Client::list_strategies() {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::ListStrategiesResponse resp;
+  auto status = impl_->stub->ListStrategies(&ctx, v1::ListStrategiesRequest(), &resp);
+  if (!status.ok()) throw to_error(status);
+  std::vector<StrategyInfo> out;
+  for (const auto& s : resp.strategies()) {
+    StrategyInfo info{s.name(), s.kind(), s.description(),
+                      {s.required_inputs().begin(), s.required_inputs().end()},
+                      {s.optional_inputs().begin(), s.optional_inputs().end()}, {}};
+    for (const auto& p : s.params()) {
+      ParamInfo pi{p.name(), v1::ParamType_Name(p.type()), from_proto(p.default_value()),
+                   std::nullopt, std::nullopt, {p.choices().begin(), p.choices().end()},
+                   p.description()};
+      if (p.has_minimum()) pi.minimum = p.minimum();
+      if (p.has_maximum()) pi.maximum = p.maximum();
+      info.params.push_back(std::move(pi));
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+Selection Client::select(const SelectOptions& r) {
+  v1::SelectRequest req;
+  req.set_strategy(r.strategy);
+  req.set_budget(r.budget);
+  req.set_request_id(r.request_id.empty() ? new_request_id() : r.request_id);
+  if (r.seed) req.set_seed(*r.seed);
+  for (const auto& [name, value] : r.params) (*req.mutable_params())[name] = to_proto(value);
+  for (auto i : r.exclude) req.add_exclude_indices(i);
+  if (!r.pool_id.empty()) {
+    req.set_pool_id(r.pool_id);
+  } else {
+    auto* inputs = req.mutable_inputs();
+    for (const auto& [role, view] : r.inputs) view.to_proto(input_field(inputs, role));
+  }
+  v1::SelectResponse resp;
+  for (int attempt = 0;; ++attempt) {
+    grpc::ClientContext ctx;
+    impl_->prepare(&ctx, options_, r.timeout);
+    auto status = impl_->stub->Select(&ctx, req, &resp);
+    if (status.ok()) break;
+    if (status.error_code() != grpc::StatusCode::UNAVAILABLE || attempt >= options_.retries) {
+      throw to_error(status);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(
+        static_cast<int>(std::min(2000.0, 100.0 * std::pow(2.0, attempt)))));
+  }
+  Selection out;
+  out.indices.assign(resp.indices().begin(), resp.indices().end());
+  out.scores.assign(resp.scores().begin(), resp.scores().end());
+  out.strategy = resp.strategy();
+  out.backend = resp.backend();
+  out.seed = resp.seed();
+  out.pool_version = resp.pool_version();
+  out.request_id = resp.request_id();
+  out.metrics.insert(resp.metrics().begin(), resp.metrics().end());
+  out.pseudo_label_indices.assign(resp.pseudo_label_indices().begin(),
+                                  resp.pseudo_label_indices().end());
+  out.pseudo_labels.assign(resp.pseudo_labels().begin(), resp.pseudo_labels().end());
+  out.compute_seconds = resp.compute_seconds();
+  return out;
+}
+
+Pool Client::create_pool(const std::string& pool_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::CreatePoolRequest req;
+  req.set_pool_id(pool_id);
+  v1::CreatePoolResponse resp;
+  auto status = impl_->stub->CreatePool(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
+  return from_proto(resp.pool());
+}
+
+Pool Client::get_pool(const std::string& pool_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::GetPoolRequest req;
+  req.set_pool_id(pool_id);
+  v1::GetPoolResponse resp;
+  auto status = impl_->stub->GetPool(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
+  return from_proto(resp.pool());
+}
+
+std::vector<Pool> Client::list_pools(int page_size) {
+  std::vector<Pool> out;
+  std::string token;
+  do {
+    grpc::ClientContext ctx;
+    impl_->prepare(&ctx, options_);
+    v1::ListPoolsRequest req;
+    req.set_page_size(page_size);
+    req.set_page_token(token);
+    v1::ListPoolsResponse resp;
+    auto status = impl_->stub->ListPools(&ctx, req, &resp);
+    if (!status.ok()) throw to_error(status);
+    for (const auto& p : resp.pools()) out.push_back(from_proto(p));
+    token = resp.next_page_token();
+  } while (!token.empty());
+  return out;
+}
+
+void Client::delete_pool(const std::string& pool_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::DeletePoolRequest req;
+  req.set_pool_id(pool_id);
+  v1::DeletePoolResponse resp;
+  auto status = impl_->stub->DeletePool(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
+}
+
+AppendResult Client::append(const std::string& pool_id,
+                            const std::vector<std::pair<std::string, TensorView>>& arrays,
+                            std::size_t chunk_bytes, std::string request_id) {
+  if (chunk_bytes < 8) throw std::invalid_argument("chunk_bytes must be at least 8");
+  chunk_bytes -= chunk_bytes % 8;  // whole elements of every dtype per chunk
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::AppendPoolItemsResponse resp;
+  auto writer = impl_->stub->AppendPoolItems(&ctx, &resp);
+  v1::AppendPoolItemsRequest msg;
+  auto* header = msg.mutable_header();
+  header->set_pool_id(pool_id);
+  header->set_request_id(request_id.empty() ? new_request_id() : request_id);
+  for (const auto& [name, view] : arrays) {
+    auto* a = header->add_arrays();
+    a->set_name(name);
+    a->set_dtype(static_cast<v1::DataType>(view.dtype()));
+    for (auto d : view.shape()) a->add_shape(d);
+  }
+  bool open = writer->Write(msg);
+  for (std::size_t i = 0; open && i < arrays.size(); ++i) {
+    const TensorView& view = arrays[i].second;
+    for (std::size_t off = 0; open && off < view.size_bytes(); off += chunk_bytes) {
+      v1::AppendPoolItemsRequest chunk_msg;
+      auto* chunk = chunk_msg.mutable_chunk();
+      chunk->set_array_index(static_cast<std::int32_t>(i));
+      chunk->set_offset(static_cast<std::int64_t>(off));
+      view.append_le_bytes(off, std::min(chunk_bytes, view.size_bytes() - off),
+                           chunk->mutable_data());
+      open = writer->Write(chunk_msg);
+    }
+  }
+  if (open) writer->WritesDone();
+  auto status = writer->Finish();
+  if (!status.ok()) throw to_error(status);
+  return {from_proto(resp.pool()), resp.first_index(), resp.appended_count()};
+}
+
+Pool Client::label(const std::string& pool_id, std::span<const std::int64_t> indices,
+                   std::span<const std::int64_t> labels, std::string request_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::LabelPoolItemsRequest req;
+  req.set_pool_id(pool_id);
+  req.mutable_indices()->Add(indices.begin(), indices.end());
+  req.mutable_labels()->Add(labels.begin(), labels.end());
+  req.set_request_id(request_id.empty() ? new_request_id() : request_id);
+  v1::LabelPoolItemsResponse resp;
+  auto status = impl_->stub->LabelPoolItems(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
+  return from_proto(resp.pool());
+}
+
+}  // namespace assay
