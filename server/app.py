@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from assay.server.config import ServerConfig
 from assay.server.interceptors import ErrorInterceptor
@@ -17,8 +20,6 @@ from assay.server.metrics import Metrics
 from assay.server.servicer import AssayServicer
 from assay.server.store import PoolStore
 from assay.v1 import assay_pb2, assay_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("assay.server")
 SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name

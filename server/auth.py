@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import grpc
+
 from assay.server.config import ServerConfig
 
 #: Methods callable without a token (the standard health service).
