@@ -1,0 +1,95 @@
+"""16-bit storage for the compiled kernels: bit-exact widening to float32.
+
+Numba's CPU target has no float16 arithmetic, so 16-bit pools reach the kernels
+as ``uint16`` bit patterns and each value is widened in registers: bfloat16 is
+the top half of a float32 (a 16-bit shift), float16 is converted by LLVM's
+``fpext half -> float``, which compiles to the F16C ``vcvtph2ps`` instruction
+where the CPU has it. Both are exact and vectorize, so a distance pass over a
+16-bit pool streams half the bytes of a float32 pool with no row buffer.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+#: Storage kinds a kernel can read.
+FLOAT = "float"  # float32 or float64 read as is
+FP16 = "fp16"  # IEEE half, as uint16 bits
+BF16 = "bf16"  # bfloat16, as uint16 bits
+
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+@intrinsic
+def _fp16_bits_to_f32(typingctx, bits):
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _bf16_bits_to_f32(typingctx, bits):
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)),
+                               ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def load_float(x):
+    """Identity loader for float32/float64 storage."""
+    return x
+
+
+@njit(inline="always")
+def load_fp16(x):
+    """Widen IEEE-half bits to float32."""
+    return _fp16_bits_to_f32(x)
+
+
+@njit(inline="always")
+def load_bf16(x):
+    """Widen bfloat16 bits to float32."""
+    return _bf16_bits_to_f32(x)
+
+
+LOADERS = {FLOAT: load_float, FP16: load_fp16, BF16: load_bf16}
+
+
+def storage(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """A read-only, C-contiguous view a kernel can read, and its storage kind.
+
+    float16 and bfloat16 become ``uint16`` views of the same memory (no copy);
+    float32 and float64 are passed as they are. Every view is marked read-only so
+    that writable arrays and read-only memmaps share one compiled specialization.
+    A non-contiguous input is copied once (it cannot be streamed otherwise).
+    """
+    a = np.asarray(array)
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    if a.dtype == np.float16:
+        view, kind = a.view(np.uint16), FP16
+    elif a.dtype == _BFLOAT16:
+        view, kind = a.view(np.uint16), BF16
+    elif a.dtype in (np.float32, np.float64):
+        view, kind = a.view(), FLOAT
+    else:
+        raise TypeError(f"kernels read float16, bfloat16, float32 or float64, got {a.dtype}")
+    view.flags.writeable = False
+    return view, kind
+
+
+def rows_float32(array: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+    """Selected rows widened to a new contiguous float32 array (small gathers only)."""
+    return np.ascontiguousarray(np.asarray(array)[rows], dtype=np.float32)

@@ -1,0 +1,181 @@
+"""k-center greedy (core-set, Sener & Savarese 2018) over a pool of embeddings.
+
+Delta(x) = min over centres c of |h_x - h_c|^2; each greedy step picks
+u = argmax Delta and folds |h_x - h_u|^2 into Delta. The labeled set, when given,
+supplies the initial centres: a fused pass when it is small, a FAISS exact search
+(BLAS) when it is large. Every step is ONE pass over the candidate rows: distance
+to the newest centre, running minimum and argmax fused, so a step costs the bytes
+of the pool once (half of them for float16/bfloat16 storage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from assay.kernels import _validate, config, dispatch
+from assay.kernels._kcenter_cpu import kernels as cpu_kernels
+from assay.kernels.bits import rows_float32, storage
+from assay.server.errors import InvalidInput
+
+#: Backends of the k-center steps (FAISS serves only the large-labeled-set start).
+BACKENDS = (dispatch.NUMBA_CPU, dispatch.NUMBA_CUDA)
+
+#: Value held by chosen items: below any distance, so they never win again.
+CHOSEN = -1.0
+
+
+@dataclass
+class KCenterResult:
+    """Picks of k-center greedy.
+
+    Attributes
+    ----------
+    indices : int64[b]
+        Pool rows in pick order.
+    distances : float64[b]
+        Distance of each pick to its nearest earlier centre at pick time (+inf for a
+        random first centre when there is no labeled set).
+    radius : float
+        Covering radius after the last pick: the largest distance of any candidate
+        to its nearest centre (0 when every candidate was picked).
+    backend : str
+        Backend of the greedy steps, ``+faiss-cpu`` appended when FAISS computed the
+        initial distances.
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    radius: float
+    backend: str
+
+
+class CpuStepper:
+    """Holds the running minimum on the host and runs the Numba CPU passes."""
+
+    name = dispatch.NUMBA_CPU
+
+    def __init__(self, x: np.ndarray, kind: str, rows: np.ndarray, identity: bool):
+        self.x, self.rows, self.identity = x, rows, identity
+        self.k = cpu_kernels(kind)
+        self.delta = np.full(rows.size, np.inf, dtype=np.float32)
+        nchunks = max(1, min(rows.size, numba.get_num_threads() * config.CHUNKS_PER_THREAD))
+        self.best_val = np.empty(nchunks, dtype=np.float32)
+        self.best_pos = np.empty(nchunks, dtype=np.int64)
+
+    def init(self, centres: np.ndarray) -> tuple[float, int]:
+        with config.parallel_section():
+            v, p = self.k.init(self.x, self.rows, self.identity, centres, self.delta,
+                               self.best_val, self.best_pos)
+        return float(v), int(p)
+
+    def load(self, delta: np.ndarray) -> tuple[float, int]:
+        self.delta[:] = delta
+        p = int(np.argmax(self.delta))
+        return float(self.delta[p]), p
+
+    def step(self, centre: np.ndarray) -> tuple[float, int]:
+        with config.parallel_section():
+            v, p = self.k.step(self.x, self.rows, self.identity, centre, self.delta,
+                               self.best_val, self.best_pos)
+        return float(v), int(p)
+
+    def mark(self, pos: int) -> None:
+        self.delta[pos] = CHOSEN
+
+
+def kcenter_greedy(
+    embeddings: np.ndarray,
+    budget: int,
+    *,
+    labeled: np.ndarray | None = None,
+    candidates: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    check_cancelled: Callable[[], None] | None = None,
+    backend: str = dispatch.AUTO,
+) -> KCenterResult:
+    """Greedy k-center selection of ``budget`` candidate rows.
+
+    Parameters
+    ----------
+    embeddings : float32/float64/float16/bfloat16 [N, d]
+        The pool; read in place (16-bit storage is widened in registers).
+    budget : int
+        Picks, 1 <= budget <= number of candidates.
+    labeled : float [L, d], optional
+        Embeddings of already-labeled items: the initial centres. Empty or None
+        means the first centre is a seeded-random candidate.
+    candidates : int64[M], optional
+        Sorted unique rows that may be picked (and whose distances matter).
+    rng : Generator, optional
+        Draws the random first centre when there is no labeled set.
+    check_cancelled : callable, optional
+        Called between steps; raising from it stops the selection within one step.
+    backend : str
+        ``auto``, ``numba-cpu`` or ``numba-cuda``.
+
+    Returns
+    -------
+    KCenterResult. Exact ties in distance go to the lower row.
+    """
+    x = _validate.matrix(embeddings, "embeddings")
+    n, d = x.shape
+    rows, identity = _validate.candidates(candidates, n)
+    b = _validate.budget(budget, rows.size)
+    centres = None
+    if labeled is not None and np.asarray(labeled).shape[0] > 0:
+        lab = _validate.matrix(labeled, "labeled_embeddings")
+        if lab.shape[1] != d:
+            raise InvalidInput(f"labeled_embeddings has width {lab.shape[1]}, the pool {d}",
+                               field="labeled_embeddings")
+        centres = lab
+    check = check_cancelled or (lambda: None)
+    chosen = dispatch.choose(backend, BACKENDS, rows.size * d)
+    view, kind = storage(x)
+    if chosen == dispatch.NUMBA_CUDA:
+        from assay.kernels._kcenter_cuda import CudaStepper
+
+        stepper = CudaStepper(view, kind, rows, identity)
+    else:
+        stepper = CpuStepper(view, kind, rows, identity)
+    name = dispatch.report_name(stepper.name)
+    if centres is None:
+        gen = rng if rng is not None else np.random.default_rng()
+        top, pos = np.inf, int(gen.integers(rows.size))
+    elif centres.shape[0] >= config.FAISS_LABELED_MIN and dispatch.faiss_available():
+        top, pos = stepper.load(_faiss_min_sqdist(x, rows, centres))
+        name += "+faiss-cpu"
+    else:
+        top, pos = stepper.init(rows_float32(centres, slice(None)))
+    picks = np.empty(b, dtype=np.int64)
+    dists = np.empty(b, dtype=np.float64)
+    for s in range(b):
+        check()
+        picks[s] = rows[pos]
+        dists[s] = np.sqrt(max(top, 0.0))
+        stepper.mark(pos)
+        top, pos = stepper.step(rows_float32(x, rows[pos]))
+    radius = float(np.sqrt(max(top, 0.0))) if pos >= 0 else 0.0
+    return KCenterResult(indices=picks, distances=dists, radius=radius, backend=name)
+
+
+def _faiss_min_sqdist(x: np.ndarray, rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Squared distance of each candidate to its nearest centre, by FAISS exact search.
+
+    FAISS computes |x|^2 + |c|^2 - 2 x.c with BLAS, so near-duplicates may come out a
+    few ulps from zero (clamped at 0); rows are widened to float32 block by block.
+    """
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(rows_float32(centres, slice(None)))
+    out = np.empty(rows.size, dtype=np.float32)
+    step = config.FAISS_BLOCK_ROWS
+    for lo in range(0, rows.size, step):
+        block = rows_float32(x, rows[lo:lo + step])
+        dist, _ = index.search(block, 1)
+        out[lo:lo + step] = np.maximum(dist[:, 0], 0.0)
+    return out
