@@ -53,3 +53,16 @@ def test_cpp_conformance_counts(live_server):
     n = len(client_vectors.load()["cases"])
     out = _run([str(build / "conformance_test")], build, live_server)
     assert f"conformance: {n} passed, 0 failed" in out, out
+
+
+def test_go_test(live_server):
+    go = CLIENTS / "go"
+    if not (go / "vendor" / "modules.txt").exists() or shutil.which("go") is None:
+        _missing("the Go client")
+    import client_vectors
+    n = len(client_vectors.load()["cases"])
+    out = _run(["go", "test", "-count=1", "-v", "."], go, live_server,
+               extra_env={"GOPROXY": "off", "GOFLAGS": "-mod=vendor", "GOTOOLCHAIN": "local"})
+    assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
+    assert "--- SKIP" not in out, out[-4000:]
+    assert "\nok " in out or out.startswith("ok "), out[-4000:]
