@@ -79,7 +79,7 @@ def _build(load):
         for t in prange(nchunks):
             lo = t * per
             hi = min(m, lo + per)
-            row = np.empty(d, np.float32)
+            row = np.empty(d, centres.dtype)
             top = np.float32(-np.inf)
             arg = -1
             for i in range(lo, hi):

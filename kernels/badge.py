@@ -16,7 +16,7 @@ import numpy as np
 
 from assay.kernels import _validate, config, dispatch
 from assay.kernels._badge_cpu import kernels as cpu_kernels
-from assay.kernels.bits import rows_float32, storage
+from assay.kernels.bits import compute_dtype, rows_compute, storage
 from assay.server.errors import InvalidInput
 
 BACKENDS = (dispatch.NUMBA_CPU, dispatch.NUMBA_CUDA)
@@ -55,7 +55,7 @@ class CpuBadge:
         self.d2 = np.full(rows.size, np.inf)
 
     def norms(self, qnorm: np.ndarray) -> np.ndarray:
-        hn = np.empty(self.rows.size, dtype=np.float32)
+        hn = np.empty(self.rows.size, dtype=self.q.dtype)
         with config.parallel_section():
             self.k.sqnorms(self.h, self.rows, self.identity, hn)
         self.gnorm = qnorm * hn.astype(np.float64)
@@ -71,9 +71,9 @@ class CpuBadge:
         self.d2[pos] = 0.0
 
 
-def gradient_factors(probs: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """q = p - e_argmax(p) for the candidate rows, float32 [M, C] (ties: lower class)."""
-    p = np.asarray(probs)[rows].astype(np.float32)
+def gradient_factors(probs: np.ndarray, rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """q = p - e_argmax(p) for the candidate rows, [M, C] (argmax ties: lower class)."""
+    p = np.asarray(probs)[rows].astype(dtype)
     p[np.arange(rows.size), np.argmax(p, axis=1)] -= 1.0
     return np.ascontiguousarray(p)
 
@@ -141,7 +141,7 @@ def badge_kmeanspp(
     check = check_cancelled or (lambda: None)
     chosen_backend = dispatch.choose(backend, BACKENDS, rows.size * h.shape[1])
     view, kind = storage(h)
-    q = gradient_factors(p, rows)
+    q = gradient_factors(p, rows, compute_dtype(h))
     qnorm = (q.astype(np.float64) ** 2).sum(axis=1)
     if chosen_backend == dispatch.NUMBA_CUDA:
         from assay.kernels._badge_cuda import CudaBadge
@@ -158,7 +158,7 @@ def badge_kmeanspp(
     for s in range(b):
         if s > 0:
             check()
-            d2 = runner.step(rows_float32(h, rows[pos]), q[pos], float(gnorm[pos]))
+            d2 = runner.step(rows_compute(h, rows[pos]), q[pos], float(gnorm[pos]))
             nxt = draw(d2, float(gen.random()))
             if nxt < 0:
                 nxt = int(np.flatnonzero(~picked)[0])

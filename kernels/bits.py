@@ -90,6 +90,17 @@ def storage(array: np.ndarray) -> tuple[np.ndarray, str]:
     return view, kind
 
 
-def rows_float32(array: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+def rows_float32(array: np.ndarray, rows: np.ndarray | slice | int) -> np.ndarray:
     """Selected rows widened to a new contiguous float32 array (small gathers only)."""
     return np.ascontiguousarray(np.asarray(array)[rows], dtype=np.float32)
+
+
+def compute_dtype(array: np.ndarray) -> np.dtype:
+    """Arithmetic precision of a kernel over ``array``: float64 stays float64, all
+    other storage (float32, float16, bfloat16) is computed in float32."""
+    return np.dtype(np.float64 if np.asarray(array).dtype == np.float64 else np.float32)
+
+
+def rows_compute(array: np.ndarray, rows: np.ndarray | slice | int) -> np.ndarray:
+    """Selected rows (centres) as a contiguous array of the compute precision."""
+    return np.ascontiguousarray(np.asarray(array)[rows], dtype=compute_dtype(array))

@@ -18,7 +18,7 @@ import numpy as np
 
 from assay.kernels import _validate, config, dispatch
 from assay.kernels._kcenter_cpu import kernels as cpu_kernels
-from assay.kernels.bits import rows_float32, storage
+from assay.kernels.bits import rows_compute, rows_float32, storage
 from assay.server.errors import InvalidInput
 
 #: Backends of the k-center steps (FAISS serves only the large-labeled-set start).
@@ -149,7 +149,7 @@ def kcenter_greedy(
         top, pos = stepper.load(_faiss_min_sqdist(x, rows, centres))
         name += "+faiss-cpu"
     else:
-        top, pos = stepper.init(rows_float32(centres, slice(None)))
+        top, pos = stepper.init(np.asarray(centres, dtype=rows_compute(x, 0).dtype))
     picks = np.empty(b, dtype=np.int64)
     dists = np.empty(b, dtype=np.float64)
     for s in range(b):
@@ -157,7 +157,7 @@ def kcenter_greedy(
         picks[s] = rows[pos]
         dists[s] = np.sqrt(max(top, 0.0))
         stepper.mark(pos)
-        top, pos = stepper.step(rows_float32(x, rows[pos]))
+        top, pos = stepper.step(rows_compute(x, rows[pos]))
     radius = float(np.sqrt(max(top, 0.0))) if pos >= 0 else 0.0
     return KCenterResult(indices=picks, distances=dists, radius=radius, backend=name)
 
