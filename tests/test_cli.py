@@ -245,3 +245,33 @@ def test_sigterm_finishes_the_in_flight_upload_and_exits_0(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the example trainer shipped in deploy/ --------------------------------------------------
+
+
+def _configmap_script(path: Path, key: str) -> str:
+    """The block-scalar value of ``key`` in a ConfigMap, without a YAML parser."""
+    lines = path.read_text().splitlines()
+    start = lines.index(f"  {key}: |") + 1
+    body = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        body.append(line[4:])
+    return "\n".join(body) + "\n"
+
+
+@pytest.mark.slow
+def test_the_example_trainer_runs_against_the_sidecar_socket(server_factory, tmp_path):
+    sock = tmp_path / "assay.sock"
+    srv = server_factory(address=f"unix://{sock}")
+    script = tmp_path / "trainer.py"
+    script.write_text(_configmap_script(
+        ROOT / "deploy" / "kubernetes" / "base" / "trainer-configmap.yaml", "trainer.py"))
+    env = {**os.environ, "ASSAY_TARGET": f"unix://{sock}", "POD_NAME": "assay-trainer-x1"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "round 4: labeled 160 of 20000"
+    assert srv.store.list_pools() == []

@@ -1,0 +1,88 @@
+# syntax=docker/dockerfile:1
+# Assay images, two targets from one file:
+#   docker build --target cpu -t assay:cpu .   # slim Python base, CPU wheels only (default)
+#   docker build --target gpu -t assay:gpu .   # NVIDIA CUDA runtime base, `gpu` extra
+# Both run as an unprivileged user, keep all state under the /data volume (so the root
+# filesystem can be mounted read-only), and probe themselves with `assay health`.
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
+
+# ---- build: the CPU wheel set, in a venv that the runtime stage copies whole ----------------
+FROM ${PYTHON_IMAGE} AS build-cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY . .
+RUN python -m venv /opt/assay \
+    && /opt/assay/bin/pip install --no-cache-dir . \
+    && /opt/assay/bin/assay serve --help > /dev/null
+
+# ---- build: the GPU wheel set (CUDA libraries come as pip wheels) ----------------------------
+FROM ${CUDA_IMAGE} AS build-gpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+# Debian/Ubuntu package versions are pinned by the base image tag; pinning each one here
+# would break on every security update of the distribution.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# faiss-cpu (a core dependency) and faiss-gpu-cu12 both provide the `faiss` module: drop
+# the CPU build and reinstall the GPU one so its files are the ones left in place.
+RUN python3 -m venv /opt/assay \
+    && /opt/assay/bin/pip install --no-cache-dir ".[gpu]" \
+    && /opt/assay/bin/pip uninstall -y faiss-cpu \
+    && /opt/assay/bin/pip install --no-cache-dir --no-deps --force-reinstall \
+       "faiss-gpu-cu12>=1.8" \
+    && /opt/assay/bin/assay serve --help > /dev/null
+
+# ---- runtime: GPU --------------------------------------------------------------------------
+FROM ${CUDA_IMAGE} AS gpu
+ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin assay \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+COPY --from=build-gpu /opt/assay /opt/assay
+ENV PATH=/opt/assay/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    ASSAY_DATA_DIR=/data \
+    ASSAY_ADDRESS=0.0.0.0:50051 \
+    ASSAY_HEALTH_ADDRESS=0.0.0.0:50052
+VOLUME ["/data"]
+USER 10001:10001
+# 50051: the API (TLS or a token required off loopback); 50052: health only; 9090: metrics
+EXPOSE 50051 50052 9090
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["assay", "health", "--target", "127.0.0.1:50052"]
+ENTRYPOINT ["assay", "serve"]
+
+# ---- runtime: CPU (last, so a plain `docker build .` gives it) --------------------------------
+FROM ${PYTHON_IMAGE} AS cpu
+RUN useradd --system --uid 10001 --user-group --home-dir /tmp --no-create-home \
+       --shell /usr/sbin/nologin assay \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
+COPY --from=build-cpu /opt/assay /opt/assay
+ENV PATH=/opt/assay/bin:$PATH \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    ASSAY_DATA_DIR=/data \
+    ASSAY_ADDRESS=0.0.0.0:50051 \
+    ASSAY_HEALTH_ADDRESS=0.0.0.0:50052
+VOLUME ["/data"]
+USER 10001:10001
+EXPOSE 50051 50052 9090
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["assay", "health", "--target", "127.0.0.1:50052"]
+ENTRYPOINT ["assay", "serve"]
