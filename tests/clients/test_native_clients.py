@@ -66,3 +66,15 @@ def test_go_test(live_server):
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "--- SKIP: TestConformance" not in out, out[-4000:]
     assert "\nok " in out or out.startswith("ok "), out[-4000:]
+
+
+def test_node_test(live_server):
+    node = CLIENTS / "node"
+    if not (node / "dist" / "test" / "conformance.test.js").exists() or shutil.which("node") is None:
+        _missing("the TypeScript client")
+    import client_vectors
+    n = len(client_vectors.load()["cases"])
+    out = _run(["node", "--test", "dist/test/"], node, live_server)
+    assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
+    assert "# fail 0" in out, out[-4000:]
+    assert "# SKIP ASSAY_TARGET" not in out, out[-4000:]
