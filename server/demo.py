@@ -22,8 +22,8 @@ from assay.client import Client
 COMMITTEE = 5
 
 
-def _fit_predict(x_lab, y_lab, x_pool, n_classes, rng=None):
-    """Probabilities [N, C] of a logistic regression fitted on the labeled items.
+def _fit(x_lab, y_lab, n_classes, rng=None):
+    """A logistic regression on the labeled items, as a function x -> probabilities [N, C].
 
     Classes absent from the labeled set get probability 0, so C stays fixed.
     """
@@ -36,16 +36,22 @@ def _fit_predict(x_lab, y_lab, x_pool, n_classes, rng=None):
         pick = np.concatenate([rng.choice(np.flatnonzero(y_lab == k), size=(y_lab == k).sum())
                                for k in np.unique(y_lab)])
         x_lab, y_lab = x_lab[pick], y_lab[pick]
-    probs = np.zeros((len(x_pool), n_classes))
     classes = np.unique(y_lab)
-    if len(classes) == 1:
-        probs[:, classes[0]] = 1.0
-        return probs, None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = LogisticRegression(max_iter=500, C=1.0).fit(x_lab, y_lab)
-    probs[:, model.classes_] = model.predict_proba(x_pool)
-    return probs, model
+    model = None
+    if len(classes) > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = LogisticRegression(max_iter=500, C=1.0).fit(x_lab, y_lab)
+
+    def predict(x):
+        probs = np.zeros((len(x), n_classes))
+        if model is None:
+            probs[:, classes[0]] = 1.0
+        else:
+            probs[:, model.classes_] = model.predict_proba(x)
+        return probs
+
+    return predict
 
 
 def _learning_curve(client: Client, strategy: str, seed: int, data, rounds: int, batch: int,
@@ -55,9 +61,9 @@ def _learning_curve(client: Client, strategy: str, seed: int, data, rounds: int,
     labeled = rng.choice(len(y_pool), size=initial, replace=False)
     curve = []
     for round_no in range(rounds + 1):
-        probs, model = _fit_predict(x_pool[labeled], y_pool[labeled], x_pool, n_classes)
-        test_probs, _ = _fit_predict(x_pool[labeled], y_pool[labeled], x_test, n_classes)
-        accuracy = float((test_probs.argmax(axis=1) == y_test).mean())
+        predict = _fit(x_pool[labeled], y_pool[labeled], n_classes)
+        probs = predict(x_pool)
+        accuracy = float((predict(x_test).argmax(axis=1) == y_test).mean())
         curve.append((len(labeled), accuracy))
         if round_no == rounds:
             break
@@ -65,7 +71,7 @@ def _learning_curve(client: Client, strategy: str, seed: int, data, rounds: int,
         if strategy in ("bald", "vote_entropy", "kl_disagreement", "variation_ratio"):
             member_rng = np.random.default_rng([seed, round_no])
             arrays["samples"] = np.stack([
-                _fit_predict(x_pool[labeled], y_pool[labeled], x_pool, n_classes, member_rng)[0]
+                _fit(x_pool[labeled], y_pool[labeled], n_classes, member_rng)(x_pool)
                 for _ in range(COMMITTEE)]).astype(np.float32)
         pool_id = f"demo-{strategy.replace('_', '-')}-{seed}-r{round_no}"
         client.create_pool(pool_id)
