@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from assay.server.errors import InvalidInput
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Context, Strategy

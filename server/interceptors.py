@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 
 import grpc
-from assay.server.errors import AssayError, InvalidInput
-from assay.server.metrics import Metrics
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from assay.server.errors import AssayError, InvalidInput
+from assay.server.metrics import Metrics
 
 log = logging.getLogger("assay.server")
 

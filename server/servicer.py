@@ -16,6 +16,8 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+from google.protobuf import timestamp_pb2
+
 from assay.server import acquisition
 from assay.server.config import ServerConfig
 from assay.server.errors import (
@@ -29,7 +31,6 @@ from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
 from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
 from assay.v1 import assay_pb2, assay_pb2_grpc
-from google.protobuf import timestamp_pb2
 
 _PARAM_TYPES = {
     float: assay_pb2.PARAM_TYPE_DOUBLE,

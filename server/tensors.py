@@ -12,6 +12,7 @@ import math
 
 import ml_dtypes
 import numpy as np
+
 from assay.server.errors import InvalidInput
 from assay.v1 import tensor_pb2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+
 from assay.server.errors import InvalidInput
 from assay.server.strategies.registry import INPUT_ROLES
 from assay.server.tensors import BFLOAT16

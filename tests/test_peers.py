@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from assay.server.acquisition import select
 
 modal_uncertainty = pytest.importorskip("modAL.uncertainty")

@@ -7,10 +7,11 @@ import grpc
 import numpy as np
 import pytest
 import reference as ref
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from assay.client import AssayError, Client
 from assay.server.strategies import registry
 from assay.server.tensors import BFLOAT16
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def _probs(rng, n, c=4):

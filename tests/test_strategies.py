@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import reference as ref
+from strategy_cases import CASES, dirichlet
+
 from assay.server.acquisition import select
 from assay.server.errors import InvalidInput
 from assay.server.strategies import registry
-from strategy_cases import CASES, dirichlet
 
 SCORE_STRATEGIES = sorted(CASES)
 

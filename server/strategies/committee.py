@@ -7,9 +7,10 @@ formulas do not need to know which.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import rel_entr
+
 from assay.server.strategies.registry import Context, Inputs, Strategy, register
 from assay.server.strategies.uncertainty import entropy, probs64
-from scipy.special import rel_entr
 
 
 def vote_counts(samples: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
 from assay.server.errors import InvalidInput, NotFound
 
 Inputs = Mapping[str, np.ndarray]

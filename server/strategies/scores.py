@@ -6,11 +6,12 @@ client's own scores.
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
+
 from assay.server.errors import InvalidInput
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Context, Inputs, Param, Strategy, register
 from assay.server.strategies.uncertainty import entropy, probs64
-from scipy.stats import rankdata
 
 
 def egl(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:

@@ -9,6 +9,7 @@ finds the b-th value, then only the chosen items are sorted.
 from __future__ import annotations
 
 import numpy as np
+
 from assay.server.errors import InvalidInput
 
 

@@ -7,8 +7,9 @@ with a float64 reference exactly, not just up to rounding.
 from __future__ import annotations
 
 import numpy as np
-from assay.server.strategies.registry import Context, Inputs, Strategy, register
 from scipy.special import entr
+
+from assay.server.strategies.registry import Context, Inputs, Strategy, register
 
 
 def probs64(inputs: Inputs, name: str = "probs") -> np.ndarray:
