@@ -5,11 +5,13 @@
 # Both run as an unprivileged user, keep all state under the /data volume (so the root
 # filesystem can be mounted read-only), and probe themselves with `assay health`.
 
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-runtime-ubuntu24.04
+# Base images, each named once: build and runtime stages must share the Python they run
+# (the venv is copied from one to the other).
+FROM python:3.11.11-slim-bookworm AS python-base
+FROM nvidia/cuda:12.6.3-runtime-ubuntu24.04 AS cuda-base
 
 # ---- build: the CPU wheel set, in a venv that the runtime stage copies whole ----------------
-FROM ${PYTHON_IMAGE} AS build-cpu
+FROM python-base AS build-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
@@ -18,7 +20,7 @@ RUN python -m venv /opt/assay \
     && /opt/assay/bin/assay serve --help > /dev/null
 
 # ---- build: the GPU wheel set (CUDA libraries come as pip wheels) ----------------------------
-FROM ${CUDA_IMAGE} AS build-gpu
+FROM cuda-base AS build-gpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 # Debian/Ubuntu package versions are pinned by the base image tag; pinning each one here
 # would break on every security update of the distribution.
@@ -38,7 +40,7 @@ RUN python3 -m venv /opt/assay \
     && /opt/assay/bin/assay serve --help > /dev/null
 
 # ---- runtime: GPU --------------------------------------------------------------------------
-FROM ${CUDA_IMAGE} AS gpu
+FROM cuda-base AS gpu
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -66,7 +68,7 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
 ENTRYPOINT ["assay", "serve"]
 
 # ---- runtime: CPU (last, so a plain `docker build .` gives it) --------------------------------
-FROM ${PYTHON_IMAGE} AS cpu
+FROM python-base AS cpu
 RUN useradd --system --uid 10001 --user-group --home-dir /tmp --no-create-home \
        --shell /usr/sbin/nologin assay \
     && mkdir -p /data \
