@@ -29,6 +29,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
 from assay.client import AssayError, Client
 from assay.server import acquisition
 from assay.server.app import start
