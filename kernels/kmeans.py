@@ -37,12 +37,15 @@ class KMeansResult:
         Final k-means objective on the training sample (sum of squared distances).
     backend : str
         ``faiss-cpu`` or ``faiss-gpu``.
+    centroids : float32[b, d]
+        The cluster centres (empty when every candidate is its own cluster).
     """
 
     indices: np.ndarray
     distances: np.ndarray
     objective: float
     backend: str
+    centroids: np.ndarray
 
 
 def kmeans_closest(
@@ -83,7 +86,7 @@ def kmeans_closest(
     chosen = dispatch.choose(backend, BACKENDS, rows.size * d)
     if b == rows.size:  # every candidate is its own cluster
         return KMeansResult(indices=rows.copy(), distances=np.zeros(b), objective=0.0,
-                            backend=chosen)
+                            backend=chosen, centroids=np.zeros((0, d), np.float32))
     import faiss
 
     cap = MAX_POINTS_PER_CENTROID * b
@@ -106,7 +109,7 @@ def kmeans_closest(
     picks, picked_dist = _closest_per_cluster(label, dist, b)
     objective = float(km.obj[-1]) if len(km.obj) else 0.0
     return KMeansResult(indices=rows[picks], distances=np.sqrt(picked_dist),
-                        objective=objective, backend=chosen)
+                        objective=objective, backend=chosen, centroids=km.centroids.copy())
 
 
 def _closest_per_cluster(label: np.ndarray, dist: np.ndarray, k: int
