@@ -31,12 +31,22 @@ _SHAPE_DOC = {
     "loss": "[N]",
     "discriminator": "[N]",
     "predictions": "[T, N]",
+    "model_inputs": "[N, ...]",
 }
+#: Element types a model input may have (what onnxruntime takes for ONNX float/int inputs).
+_MODEL_INPUT_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
 
 def shape_doc(role: str) -> str:
     """The documented shape of a role, for error messages."""
     return _SHAPE_DOC[role]
+
+
+def rank_fits(role: str, ndim: int) -> bool:
+    """Whether an array of rank ``ndim`` can be a ``role`` array (roles of any rank need one
+    axis at least: their item axis)."""
+    rank = INPUT_ROLES[role][0]
+    return ndim >= 1 if rank is None else ndim == rank
 
 
 def _is_float(dtype: np.dtype) -> bool:
@@ -48,6 +58,9 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
     field = field or f"inputs.{role}"
     if role not in INPUT_ROLES:
         raise InvalidInput(f"unknown input {role!r}; known: {', '.join(INPUT_ROLES)}", field=field)
+    if role == "model_inputs":
+        _validate_model_inputs(array, field)
+        return
     rank, _ = INPUT_ROLES[role]
     if array.ndim != rank:
         raise InvalidInput(
@@ -88,6 +101,29 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
                     f"probabilities must sum to 1 within {sum_tol:g} (apply softmax first)",
                     field=field, reason="NOT_PROBABILITIES",
                 )
+
+
+def _validate_model_inputs(array: np.ndarray, field: str) -> None:
+    """Raw model inputs: any rank with an item axis, a type a model takes, finite floats.
+
+    Their meaning is the model's business; what is checked here is only what
+    would make every model fail or silently compute garbage (NaN, Inf).
+    """
+    if array.ndim < 1:
+        raise InvalidInput(f"{field} must have shape [N, ...] (rank >= 1), got a scalar",
+                           field=field)
+    if array.dtype.name not in _MODEL_INPUT_DTYPES:
+        raise InvalidInput(f"{field} must be FP32, FP16, FP64, INT32 or INT64, got "
+                           f"{array.dtype}", field=field)
+    if array.dtype.kind != "f" or array.size == 0:
+        return
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _BLOCK):
+        block = flat[start:start + _BLOCK]
+        if not np.isfinite(block).all():
+            at = start + int(np.flatnonzero(~np.isfinite(block))[0])
+            raise InvalidInput(f"{field} contains NaN or Inf (first at flat element {at})",
+                               field=field, reason="NON_FINITE")
 
 
 def item_count(arrays: Mapping[str, np.ndarray]) -> int:

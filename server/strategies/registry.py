@@ -18,8 +18,9 @@ from assay.server.errors import InvalidInput, NotFound
 
 Inputs = Mapping[str, np.ndarray]
 
-#: Every input role the service knows, with its rank and the axis of its items.
-INPUT_ROLES: dict[str, tuple[int, int]] = {
+#: Every input role the service knows, with its rank (None: any rank >= 1) and the axis
+#: of its items.
+INPUT_ROLES: dict[str, tuple[int | None, int]] = {
     "probs": (2, 0),
     "samples": (3, 1),
     "embeddings": (2, 0),
@@ -28,6 +29,8 @@ INPUT_ROLES: dict[str, tuple[int, int]] = {
     "loss": (1, 0),
     "discriminator": (1, 0),
     "predictions": (2, 1),
+    # Raw inputs of a registered ONNX model, whatever shape its graph input takes.
+    "model_inputs": (None, 0),
 }
 
 

@@ -171,7 +171,7 @@ class DeletePoolResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Inputs(_message.Message):
-    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions")
+    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "model_inputs")
     PROBS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class Inputs(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATOR_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     probs: _tensor_pb2.Tensor
     samples: _tensor_pb2.Tensor
     embeddings: _tensor_pb2.Tensor
@@ -188,7 +189,8 @@ class Inputs(_message.Message):
     loss: _tensor_pb2.Tensor
     discriminator: _tensor_pb2.Tensor
     predictions: _tensor_pb2.Tensor
-    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    model_inputs: _tensor_pb2.Tensor
+    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class ParamValue(_message.Message):
     __slots__ = ("double_value", "int_value", "string_value", "bool_value")
@@ -203,7 +205,7 @@ class ParamValue(_message.Message):
     def __init__(self, double_value: _Optional[float] = ..., int_value: _Optional[int] = ..., string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = ("strategy", "budget", "inputs", "pool_id", "params", "seed", "request_id", "exclude_indices")
+    __slots__ = ("strategy", "budget", "inputs", "pool_id", "params", "seed", "request_id", "exclude_indices", "model_ids", "mc_samples", "batch_size")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +221,9 @@ class SelectRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
+    MC_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     budget: int
     inputs: Inputs
@@ -227,7 +232,10 @@ class SelectRequest(_message.Message):
     seed: int
     request_id: str
     exclude_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, strategy: _Optional[str] = ..., budget: _Optional[int] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., pool_id: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., exclude_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    model_ids: _containers.RepeatedScalarFieldContainer[str]
+    mc_samples: int
+    batch_size: int
+    def __init__(self, strategy: _Optional[str] = ..., budget: _Optional[int] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., pool_id: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., exclude_indices: _Optional[_Iterable[int]] = ..., model_ids: _Optional[_Iterable[str]] = ..., mc_samples: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class SelectResponse(_message.Message):
     __slots__ = ("indices", "scores", "strategy", "backend", "seed", "pool_version", "request_id", "metrics", "pseudo_label_indices", "pseudo_labels", "compute_seconds")

@@ -43,6 +43,10 @@ class AssayServiceStub:
     loss                [N]        predicted loss (loss-prediction module)
     discriminator       [N]        P(labeled | x) from a VAAL/MAL discriminator, in [0, 1]
     predictions         [T, N]     predicted class labels over T epochs (integers)
+    model_inputs        [N, ...]   raw inputs of a registered ONNX model (any rank,
+    FP32/FP16/FP64/INT32/INT64); with
+    `SelectRequest.model_ids` the server runs the
+    model(s) over them to produce the arrays above
 
     N is the item axis; for `samples` and `predictions` it is axis 1.
     """
@@ -113,6 +117,10 @@ class AssayServiceServicer:
     loss                [N]        predicted loss (loss-prediction module)
     discriminator       [N]        P(labeled | x) from a VAAL/MAL discriminator, in [0, 1]
     predictions         [T, N]     predicted class labels over T epochs (integers)
+    model_inputs        [N, ...]   raw inputs of a registered ONNX model (any rank,
+    FP32/FP16/FP64/INT32/INT64); with
+    `SelectRequest.model_ids` the server runs the
+    model(s) over them to produce the arrays above
 
     N is the item axis; for `samples` and `predictions` it is axis 1.
     """
@@ -246,6 +254,10 @@ class AssayService:
     loss                [N]        predicted loss (loss-prediction module)
     discriminator       [N]        P(labeled | x) from a VAAL/MAL discriminator, in [0, 1]
     predictions         [T, N]     predicted class labels over T epochs (integers)
+    model_inputs        [N, ...]   raw inputs of a registered ONNX model (any rank,
+    FP32/FP16/FP64/INT32/INT64); with
+    `SelectRequest.model_ids` the server runs the
+    model(s) over them to produce the arrays above
 
     N is the item axis; for `samples` and `predictions` it is axis 1.
     """
