@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import certs
 import pytest
 
 from assay.server.app import start
 from assay.server.config import ServerConfig
+
+#: Bearer token of the secure server (16+ characters, as the server requires).
+TOKEN = "client-suite-token-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -16,5 +20,24 @@ def live_server(tmp_path_factory):
                                 max_concurrent_selects=8))
     try:
         yield f"127.0.0.1:{server.port}"
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def secure_server(tmp_path_factory):
+    """A server with mTLS and a bearer token; yields (target, env for the client suites)."""
+    keys = tmp_path_factory.mktemp("clients-tls")
+    paths = certs.make(keys)
+    tokens = keys / "tokens"
+    tokens.write_text(TOKEN + "\n")
+    server = start(ServerConfig(
+        address="127.0.0.1:0", data_dir=str(tmp_path_factory.mktemp("clients-secure-data")),
+        tls_cert=str(paths["server_cert"]), tls_key=str(paths["server_key"]),
+        tls_client_ca=str(paths["ca"]), auth_token_file=str(tokens)))
+    env = {"ASSAY_TOKEN": TOKEN, "ASSAY_TLS_CA": str(paths["ca"]),
+           "ASSAY_TLS_CERT": str(paths["client_cert"]), "ASSAY_TLS_KEY": str(paths["client_key"])}
+    try:
+        yield f"127.0.0.1:{server.port}", env
     finally:
         server.stop(0)

@@ -12,7 +12,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import client_vectors
+import grpc
 import pytest
+from conftest import TOKEN
+
+from assay.client import AssayError, Client
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
@@ -49,7 +54,6 @@ def test_cpp_conformance_counts(live_server):
     build = CLIENTS / "cpp" / "build"
     if not (build / "conformance_test").exists():
         _missing("the C++ client")
-    import client_vectors
     n = len(client_vectors.load()["cases"])
     out = _run([str(build / "conformance_test")], build, live_server)
     assert f"conformance: {n} passed, 0 failed" in out, out
@@ -59,7 +63,6 @@ def test_go_test(live_server):
     go = CLIENTS / "go"
     if not (go / "vendor" / "modules.txt").exists() or shutil.which("go") is None:
         _missing("the Go client")
-    import client_vectors
     n = len(client_vectors.load()["cases"])
     out = _run(["go", "test", "-count=1", "-v", "."], go, live_server,
                extra_env={"GOPROXY": "off", "GOFLAGS": "-mod=vendor", "GOTOOLCHAIN": "local"})
@@ -70,11 +73,61 @@ def test_go_test(live_server):
 
 def test_node_test(live_server):
     node = CLIENTS / "node"
-    if not (node / "dist" / "test" / "conformance.test.js").exists() or shutil.which("node") is None:
+    built = (node / "dist" / "test" / "conformance.test.js").exists()
+    if not built or shutil.which("node") is None:
         _missing("the TypeScript client")
-    import client_vectors
     n = len(client_vectors.load()["cases"])
     out = _run(["node", "--test", "dist/test/"], node, live_server)
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "# fail 0" in out, out[-4000:]
     assert "# SKIP ASSAY_TARGET" not in out, out[-4000:]
+
+
+# -- the same clients over mTLS with a bearer token ------------------------------------------
+
+
+def test_cpp_over_mtls_with_token(secure_server):
+    target, env = secure_server
+    build = CLIENTS / "cpp" / "build"
+    if not (build / "conformance_test").exists():
+        _missing("the C++ client")
+    out = _run([str(build / "conformance_test"), "--client-checks"], build, target, extra_env=env)
+    assert "client: 6 passed, 0 failed" in out, out  # the token check ran too
+    out = _run([str(build / "example_trainer"), "--rounds", "2"], build, target, extra_env=env)
+    assert "round 1:" in out
+
+
+def test_go_over_mtls_with_token(secure_server):
+    target, env = secure_server
+    go = CLIENTS / "go"
+    if not (go / "vendor" / "modules.txt").exists():
+        _missing("the Go client")
+    out = _run(["go", "test", "-count=1", "-v", "-run",
+                "TestListStrategies|TestRetried|TestPoolLifecycle|TestBearerTokenRequired", "."],
+               go, target, extra_env={**env, "GOPROXY": "off", "GOFLAGS": "-mod=vendor",
+                                      "GOTOOLCHAIN": "local"})
+    assert "--- PASS: TestBearerTokenRequired" in out, out[-4000:]
+    assert "--- SKIP" not in out, out[-4000:]
+
+
+def test_node_over_mtls_with_token(secure_server):
+    target, env = secure_server
+    node = CLIENTS / "node"
+    if not (node / "dist" / "test" / "conformance.test.js").exists():
+        _missing("the TypeScript client")
+    out = _run(["node", "--test", "--test-name-pattern=client behaviour|listStrategies|retried|"
+                "lifecycle|UNAUTHENTICATED", "dist/test/"], node, target, extra_env=env)
+    assert "# fail 0" in out, out[-4000:]
+    assert "ok 6 - a call without the bearer token is UNAUTHENTICATED" in out, out[-4000:]
+
+
+def test_python_over_mtls_with_token(secure_server):
+    target, env = secure_server
+    creds = grpc.ssl_channel_credentials(
+        Path(env["ASSAY_TLS_CA"]).read_bytes(), Path(env["ASSAY_TLS_KEY"]).read_bytes(),
+        Path(env["ASSAY_TLS_CERT"]).read_bytes())
+    with Client(target, credentials=creds, token=TOKEN, timeout=10) as c:
+        assert any(s.name == "entropy" for s in c.list_strategies())
+    with Client(target, credentials=creds, timeout=10) as c, pytest.raises(AssayError) as info:
+        c.list_strategies()
+    assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
