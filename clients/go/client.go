@@ -514,3 +514,11 @@ func (c *Client) Label(ctx context.Context, poolID string, indices, labels []int
 	}
 	return pool(r.Pool), nil
 }
+
+// Conn is the underlying connection (for tools that send pre-encoded messages).
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// CallContext applies the client's deadline and bearer token to ctx.
+func (c *Client) CallContext(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	return c.callCtx(ctx, timeout)
+}

@@ -64,7 +64,7 @@ def test_go_test(live_server):
     if not (go / "vendor" / "modules.txt").exists() or shutil.which("go") is None:
         _missing("the Go client")
     n = len(client_vectors.load()["cases"])
-    out = _run(["go", "test", "-count=1", "-v", "."], go, live_server,
+    out = _run(["go", "test", "-count=1", "-v", "./..."], go, live_server,
                extra_env={"GOPROXY": "off", "GOFLAGS": "-mod=vendor", "GOTOOLCHAIN": "local"})
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "--- SKIP: TestConformance" not in out, out[-4000:]

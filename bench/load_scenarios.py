@@ -1,0 +1,245 @@
+"""Load scenarios of the sidecar deployment, driven through the Go load generator.
+
+Starts ``assay serve`` and a raw grpcio echo server (``clients/load/echo_server.py``) on
+loopback ports, runs ``clients/go/bin/assay-load`` (build it with ``bash clients/go/build.sh``)
+and writes ``bench/load_results.json``, the plot ``docs/load_latency.png`` and a Markdown
+summary on stdout:
+
+a. sidecar: inline Selects (N = 10k, C = 10, entropy, b = 100), closed loop at rising
+   concurrency, Select and echo of the same payload; the knee, its p99, and the ratio to echo;
+   then open loop at fractions of the saturation rate for the latency-vs-load plot;
+b. mixed: open loop at half the saturation rate, with and without 100 MB pool uploads
+   streaming in the background;
+c. overload: open loop at 4x the saturation rate (the server must shed with
+   RESOURCE_EXHAUSTED/UNAVAILABLE quickly), then half the rate (it must recover);
+d. soak: open loop at 70% of saturation for --soak-seconds; server RSS and open file
+   descriptors at start and end, errors.
+
+Every run is bounded in time and requests and only talks to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADGEN = ROOT / "clients" / "go" / "bin" / "assay-load"
+
+
+def start(cmd: list[str], pattern: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    m = re.search(pattern + r".*:(\d+)\s*$", line)
+    if not m:
+        proc.kill()
+        raise RuntimeError(f"{cmd[0]} did not start: {line!r}")
+    return proc, int(m.group(1))
+
+
+def load(port: int, *args: str, timeout: float = 900) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([str(LOADGEN), "-target", f"127.0.0.1:{port}", "-json", out.name,
+                        *args], check=True, timeout=timeout)
+        return json.loads(Path(out.name).read_text())
+
+
+def proc_stats(pid: int) -> dict:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+    return {"rss_mb": round(rss, 1), "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": int(re.search(r"Threads:\s+(\d+)", status).group(1))}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    import grpc
+    go = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "grpcio": grpc.__version__, "go": go, "kernel": platform.release()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=6, help="measured seconds per step")
+    p.add_argument("--soak-seconds", type=float, default=600)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--max-concurrent-selects", type=int, default=4)
+    p.add_argument("--concurrency", default="1,2,4,8,16,32")
+    p.add_argument("--out", default=str(ROOT / "bench" / "load_results.json"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "load_latency.png"))
+    args = p.parse_args()
+    if not LOADGEN.exists():
+        sys.exit(f"{LOADGEN} is missing: run bash clients/go/build.sh")
+    dur, warm = f"{args.seconds}s", "2s"
+    results: dict = {"machine": machine(), "config": vars(args)}
+    data = tempfile.mkdtemp(prefix="assay-load-")
+    server, port = start([sys.executable, "-m", "assay.server", "serve", "--address",
+                          "127.0.0.1:0", "--data-dir", data, "--workers", str(args.workers),
+                          "--max-concurrent-selects", str(args.max_concurrent_selects),
+                          "--log-level", "WARNING"], "assay listening")
+    echo, eport = start([sys.executable, str(ROOT / "clients" / "load" / "echo_server.py"),
+                         "--address", "127.0.0.1:0", "--workers", str(args.workers),
+                         "--response-bytes", "1700"], "echo listening")
+    try:
+        # (a) closed loop at rising concurrency, Select and echo alternating.
+        sweep = []
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            sel = load(port, "-mode", "closed", "-concurrency", str(c), "-duration", dur,
+                       "-warmup", warm)
+            ech = load(eport, "-method", "echo", "-mode", "closed", "-concurrency", str(c),
+                       "-duration", dur, "-warmup", warm)
+            sweep.append({"concurrency": c, "select": sel, "echo": ech})
+        results["closed_sweep"] = sweep
+        best = max(sweep, key=lambda s: s["select"]["throughput_rps"])
+        sat = best["select"]["throughput_rps"]
+        knee = next(s for s in sweep if s["select"]["throughput_rps"] >= 0.95 * sat)
+        echo_sat = max(s["echo"]["throughput_rps"] for s in sweep)
+        results["saturation"] = {
+            "select_rps": sat, "echo_rps": echo_sat, "ratio": sat / echo_sat,
+            "knee_concurrency": knee["concurrency"],
+            "knee_rps": knee["select"]["throughput_rps"],
+            "knee_p99_ms": knee["select"]["latency_ms"]["p99"]}
+        # Open loop at fractions of saturation: latency vs offered load.
+        open_sweep = []
+        for frac in (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2):
+            r = load(port, "-mode", "open", "-rate", f"{frac * sat:.1f}", "-concurrency", "256",
+                     "-duration", dur, "-warmup", warm)
+            r["fraction"] = frac
+            open_sweep.append(r)
+        results["open_sweep"] = open_sweep
+        # (b) mixed: Selects at half saturation, without and with 100 MB uploads.
+        half = f"{0.5 * sat:.1f}"
+        results["mixed"] = {
+            "without_uploads": load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
+                                    "-duration", f"{2 * args.seconds}s", "-warmup", warm),
+            "with_uploads": load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
+                                 "-duration", f"{2 * args.seconds}s", "-warmup", warm,
+                                 "-upload-mb", "100")}
+        # (c) overload at 4x saturation, then recovery at half.
+        results["overload"] = load(port, "-mode", "open", "-rate", f"{4 * sat:.1f}",
+                                   "-concurrency", "1024", "-duration", f"{2 * args.seconds}s",
+                                   "-warmup", "1s", "-timeout", "5s")
+        results["recovery"] = load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
+                                   "-duration", f"{2 * args.seconds}s", "-warmup", "0s")
+        # (d) soak at 70% of saturation; server RSS/fds sampled every 10 s.
+        soak = subprocess.Popen([str(LOADGEN), "-target", f"127.0.0.1:{port}", "-mode", "open",
+                                 "-rate", f"{0.7 * sat:.1f}", "-concurrency", "256",
+                                 "-duration", f"{args.soak_seconds}s", "-warmup", "5s",
+                                 "-max-requests", str(int(sat * (args.soak_seconds + 10))),
+                                 "-json", args.out + ".soak"])
+        time.sleep(5)
+        samples = [{"t": 0, **proc_stats(server.pid)}]
+        t0 = time.monotonic()
+        while soak.poll() is None:
+            time.sleep(min(10, max(0.5, args.soak_seconds - (time.monotonic() - t0))))
+            samples.append({"t": round(time.monotonic() - t0, 1), **proc_stats(server.pid)})
+        results["soak"] = {"result": json.loads(Path(args.out + ".soak").read_text()),
+                           "samples": samples}
+        os.unlink(args.out + ".soak")
+    finally:
+        for proc in (server, echo):
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, args.plot)
+    print(markdown(results))
+    return 0
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = results["open_sweep"]
+    offered = [r["offered_rate"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for q, style in (("p50", "o-"), ("p90", "s-"), ("p99", "^-"), ("p99.9", "v--")):
+        ax.plot(offered, [r["latency_ms"][q] for r in rows], style, label=q)
+    sat = results["saturation"]["select_rps"]
+    ax.axvline(sat, color="grey", lw=0.8, ls=":")
+    ax.text(sat, ax.get_ylim()[1] * 0.9, " closed-loop saturation", color="grey", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (Select/s, open loop)")
+    ax.set_ylabel("latency (ms, successful calls)")
+    m = results["machine"]
+    ax.set_title(f"Inline Select, N=10k C=10 entropy b=100 — {m['cores']} cores", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _lat(r: dict) -> str:
+    lat = r["latency_ms"]
+    return f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} / {lat['p99.9']:.1f} / " \
+           f"{lat['max']:.1f}"
+
+
+def _errors(r: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
+
+
+def markdown(res: dict) -> str:
+    m, s = res["machine"], res["saturation"]
+    out = [f"Machine: {m['cpu']}, {m['cores']} cores (shared with the load generator), "
+           f"Python {m['python']}, grpcio {m['grpcio']}, {m['go']}, Linux {m['kernel']}.", "",
+           "**(a) Sidecar, closed loop** (Select: N = 10k, C = 10 float32 inline, entropy, "
+           "b = 100, 400 KB per request; echo: the same request bytes to a raw grpcio "
+           "handler answering 1.7 KB)", "",
+           "| concurrency | Select/s | Select p50 / p90 / p99 / p99.9 / max ms | errors | "
+           "echo/s | echo p99 ms |", "|---|---|---|---|---|---|"]
+    for row in res["closed_sweep"]:
+        sel, ech = row["select"], row["echo"]
+        out.append(f"| {row['concurrency']} | {sel['throughput_rps']:.0f} | {_lat(sel)} | "
+                   f"{_errors(sel)} | {ech['throughput_rps']:.0f} | "
+                   f"{ech['latency_ms']['p99']:.1f} |")
+    out += ["", f"Knee at concurrency {s['knee_concurrency']}: {s['knee_rps']:.0f} Select/s, "
+            f"p99 {s['knee_p99_ms']:.1f} ms. Saturation {s['select_rps']:.0f} Select/s vs "
+            f"{s['echo_rps']:.0f} echo/s: ratio {s['ratio']:.2f}.", "",
+            "**Open loop** (latency from the scheduled send time, so queueing is counted):", "",
+            "| offered /s | achieved /s | p50 / p90 / p99 / p99.9 / max ms | errors |",
+            "|---|---|---|---|"]
+    for r in res["open_sweep"]:
+        out.append(f"| {r['offered_rate']:.0f} | {r['throughput_rps']:.0f} | {_lat(r)} | "
+                   f"{_errors(r)} |")
+    mx = res["mixed"]
+    w, wo = mx["with_uploads"], mx["without_uploads"]
+    out += ["", f"**(b) Mixed** at {wo['offered_rate']:.0f} Select/s: p99 "
+            f"{wo['latency_ms']['p99']:.1f} ms without uploads, {w['latency_ms']['p99']:.1f} ms "
+            f"with 100 MB pool uploads streaming ({w['uploads_completed']} uploads, "
+            f"{w['upload_mb_per_s']:.0f} MB/s); errors: {_errors(wo)} / {_errors(w)}.", ""]
+    o, rc = res["overload"], res["recovery"]
+    shed = sum(o["errors"].get(k, 0) for k in ("ResourceExhausted", "Unavailable"))
+    out += [f"**(c) Overload** at {o['offered_rate']:.0f}/s (4x): {o['throughput_rps']:.0f} "
+            f"Select/s served (p99 {o['latency_ms']['p99']:.1f} ms), {shed} shed "
+            f"({_errors(o)}), rejections answered in p50 {o['error_latency_ms']['p50']:.1f} / "
+            f"p99 {o['error_latency_ms']['p99']:.1f} ms; {o['not_sent']} not sent (client "
+            f"in-flight cap). Recovery at {rc['offered_rate']:.0f}/s right after: "
+            f"{rc['throughput_rps']:.0f}/s, p99 {rc['latency_ms']['p99']:.1f} ms, errors: "
+            f"{_errors(rc)}.", ""]
+    sk = res["soak"]
+    a, z = sk["samples"][0], sk["samples"][-1]
+    r = sk["result"]
+    out += [f"**(d) Soak** {r['duration_s']:.0f} s at {r['offered_rate']:.0f}/s (70%): "
+            f"{r['ok']} Selects, errors: {_errors(r)}, p99 {r['latency_ms']['p99']:.1f} ms; "
+            f"server RSS {a['rss_mb']:.0f} -> {z['rss_mb']:.0f} MB, open fds {a['open_fds']} -> "
+            f"{z['open_fds']}, threads {a['threads']} -> {z['threads']}."]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
