@@ -17,12 +17,16 @@ from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, ser
 from assay.server.config import ServerConfig
 from assay.server.interceptors import ErrorInterceptor
 from assay.server.metrics import Metrics
-from assay.server.servicer import AssayServicer
+from assay.server.model_inference import ModelRuntime
+from assay.server.model_servicer import ModelServicer
+from assay.server.model_store import ModelStore
+from assay.server.servicer import AssayServicer, _cancellation
 from assay.server.store import PoolStore
-from assay.v1 import assay_pb2, assay_pb2_grpc
+from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
 
 log = logging.getLogger("assay.server")
 SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
+MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 
 @dataclass
@@ -40,6 +44,7 @@ class RunningServer:
     ports: list[int] = field(default_factory=list)
     health_server: grpc.Server | None = None
     health_port: int = 0
+    models: ModelStore | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
@@ -51,6 +56,8 @@ class RunningServer:
             self.http.shutdown()
             self.http.server_close()
         self.store.close()
+        if self.models is not None:
+            self.models.close()
 
 
 def _options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -109,11 +116,11 @@ def start(config: ServerConfig) -> RunningServer:
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     health_servicer = health.HealthServicer()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, MODEL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     ports = [_bind(server, address, credentials) for address in config.addresses()]
     health_server, health_port = (None, 0)
     if config.health_address:
@@ -121,19 +128,25 @@ def start(config: ServerConfig) -> RunningServer:
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
                       max_pools=config.max_pools, max_pool_items=config.max_pool_items,
                       min_free_bytes=config.min_free_disk_bytes)
-    assay_pb2_grpc.add_AssayServiceServicer_to_server(AssayServicer(store, config, metrics),
-                                                      server)
+    models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes)
+    runtime = ModelRuntime(models)
+    assay_pb2_grpc.add_AssayServiceServicer_to_server(
+        AssayServicer(store, config, metrics, runtime), server)
+    model_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(models, runtime,
+                      lambda context: _cancellation(context, config.max_deadline_seconds)),
+        server)
     server.start()
     if health_server is not None:
         health_server.start()
     http = _serve_metrics(config, metrics) if config.metrics_port else None
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("assay serving on %s (%s), data in %s", ", ".join(config.addresses()),
              "TLS" if credentials else "plaintext", config.data_dir)
     tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
     return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
-                         http, ports, health_server, health_port)
+                         http, ports, health_server, health_port, models)
 
 
 def _is_socket(address: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +28,8 @@ from assay.server.errors import (
     ResourceExhausted,
 )
 from assay.server.metrics import Metrics
+from assay.server.model_inference import ModelRuntime
+from assay.server.model_servicer import pool_cache_key, run_models
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
 from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
@@ -111,10 +114,12 @@ def _cancellation(context: grpc.ServicerContext, ceiling: float = 0.0):
 class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
 
-    def __init__(self, store: PoolStore, config: ServerConfig, metrics: Metrics):
+    def __init__(self, store: PoolStore, config: ServerConfig, metrics: Metrics,
+                 models: ModelRuntime | None = None):
         self.store = store
         self.config = config
         self.metrics = metrics
+        self.models = models
         self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
 
     # -- pools -------------------------------------------------------------------------
@@ -232,6 +237,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         source = request.WhichOneof("source")
         pool_version = 0
         validated = False
+        pool_key = labeled = None
         if source == "inputs":
             size = request.inputs.ByteSize()
             if size > self.config.max_inline_bytes:
@@ -249,22 +255,39 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             arrays = dict(data.arrays)
             pool_version = data.info.version
             validated = True
+            pool_key = pool_cache_key(data.info.pool_id, data.info.create_time, pool_version)
+            labeled = data.labeled
             if data.labeled.size:
                 exclude = np.union1d(exclude, data.labeled)
                 if "embeddings" in arrays:
                     arrays["labeled_embeddings"] = arrays["embeddings"][data.labeled]
         else:
             raise InvalidInput("set either inputs or pool_id", field="source")
+        seed = request.seed if request.HasField("seed") else None
+        if not request.model_ids and (request.mc_samples or request.batch_size):
+            raise InvalidInput("mc_samples and batch_size apply to models: name them in "
+                               "model_ids", field="model_ids")
+        if request.mc_samples and seed is None:
+            # MC passes and the strategy share the reported seed, so it replays both.
+            seed = secrets.randbits(63)
+        if request.model_ids and self.models is None:
+            raise InvalidInput("this server runs no models", field="model_ids")
+        model_metrics: dict[str, float] = {}
+        check = _cancellation(context, self.config.max_deadline_seconds)
         if not self._selects.acquire(blocking=False):
             raise ResourceExhausted(
                 f"the server is already running {self.config.max_concurrent_selects} "
                 "selections; retry with backoff", reason="TOO_MANY_SELECTS")
         try:
+            if request.model_ids:
+                arrays, model_metrics = run_models(
+                    self.models, request, arrays, params, seed or 0, pool_key=pool_key,
+                    labeled=labeled, context=context, ceiling=self.config.max_deadline_seconds,
+                    check=check)
             result = acquisition.select(
                 request.strategy, request.budget, arrays, params,
-                seed=request.seed if request.HasField("seed") else None,
-                exclude=exclude, validated=validated,
-                check_cancelled=_cancellation(context, self.config.max_deadline_seconds))
+                seed=seed,
+                exclude=exclude, validated=validated, check_cancelled=check)
         finally:
             self._selects.release()
         self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
@@ -276,7 +299,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             seed=result.seed,
             pool_version=pool_version,
             request_id=request.request_id,
-            metrics=result.metrics,
+            metrics={**result.metrics, **model_metrics},
             compute_seconds=result.compute_seconds,
         )
         if result.pseudo_label_indices is not None:
