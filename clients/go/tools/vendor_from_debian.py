@@ -60,7 +60,7 @@ def main():
     txt, req = [], []
     for (m, g), ps in sorted(mods.items()):
         v = VERSIONS.get(m, "v0.0.0-00010101000000-000000000000")
-        txt += [f"# {m} {v}", "## explicit" + (f"; go {g}" if g else "")] + ps
+        txt += [f"# {m} {v}", "## explicit" + (f"; go {g}" if g else ""), *ps]
         req.append(f"\t{m} {v}")
     with open("vendor/modules.txt", "w") as f:
         f.write("\n".join(txt) + "\n")
