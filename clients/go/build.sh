@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export GOPROXY=off GOFLAGS=-mod=vendor GOTOOLCHAIN=local
+# The build cache lives under $HOME; give it a place where HOME is not set.
+[[ -n "${HOME:-}${GOCACHE:-}" ]] || export GOCACHE=/tmp/assay-go-cache
 rm -rf gen
 mkdir -p gen bin
 protoc -I ../../protos -I /usr/include \

@@ -21,6 +21,10 @@ from assay.client import AssayError, Client
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
+#: Offline Go: the vendored tree only; the build cache where build.sh put it.
+GO_ENV = {"GOPROXY": "off", "GOFLAGS": "-mod=vendor", "GOTOOLCHAIN": "local",
+          **({} if os.environ.get("HOME") or os.environ.get("GOCACHE")
+             else {"GOCACHE": "/tmp/assay-go-cache"})}
 
 
 def _missing(what: str) -> None:
@@ -65,7 +69,7 @@ def test_go_test(live_server):
         _missing("the Go client")
     n = len(client_vectors.load()["cases"])
     out = _run(["go", "test", "-count=1", "-v", "./..."], go, live_server,
-               extra_env={"GOPROXY": "off", "GOFLAGS": "-mod=vendor", "GOTOOLCHAIN": "local"})
+               extra_env=GO_ENV)
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "--- SKIP: TestConformance" not in out, out[-4000:]
     assert "\nok " in out or out.startswith("ok "), out[-4000:]
@@ -104,8 +108,7 @@ def test_go_over_mtls_with_token(secure_server):
         _missing("the Go client")
     out = _run(["go", "test", "-count=1", "-v", "-run",
                 "TestListStrategies|TestRetried|TestPoolLifecycle|TestBearerTokenRequired", "."],
-               go, target, extra_env={**env, "GOPROXY": "off", "GOFLAGS": "-mod=vendor",
-                                      "GOTOOLCHAIN": "local"})
+               go, target, extra_env={**env, **GO_ENV})
     assert "--- PASS: TestBearerTokenRequired" in out, out[-4000:]
     assert "--- SKIP" not in out, out[-4000:]
 
