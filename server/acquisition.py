@@ -111,7 +111,7 @@ def select(
     n = check_consistency(arrays)
     arrays = _derive(arrays)
     _require(strategy, arrays)
-    if not arrays or set(arrays) == {"labeled_embeddings"}:
+    if not arrays or set(arrays) <= set(registry.LABELED_ROLES):
         raise InvalidInput("no item arrays given: send at least one input with an item axis",
                            field="inputs", reason="MISSING_INPUT")
     if budget <= 0:

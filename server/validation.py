@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from assay.server.errors import InvalidInput
-from assay.server.strategies.registry import INPUT_ROLES
+from assay.server.strategies.registry import INPUT_ROLES, LABELED_ROLES
 from assay.server.tensors import BFLOAT16
 
 PROB_TOL = 1e-6
@@ -32,6 +32,8 @@ _SHAPE_DOC = {
     "discriminator": "[N]",
     "predictions": "[T, N]",
     "model_inputs": "[N, ...]",
+    "labeled_probs": "[L, C]",
+    "labels": "[N]",
 }
 #: Element types a model input may have (what onnxruntime takes for ONNX float/int inputs).
 _MODEL_INPUT_DTYPES = ("float16", "float32", "float64", "int32", "int64")
@@ -67,6 +69,14 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
             f"{field} must have shape {_SHAPE_DOC[role]} (rank {rank}), got {list(array.shape)}",
             field=field,
         )
+    if role == "labels":
+        if array.dtype.kind not in "iu":
+            raise InvalidInput(f"{field} must be INT32 or INT64 class labels (-1: unlabeled), "
+                               f"got {array.dtype}", field=field)
+        if array.size and array.min() < -1:
+            raise InvalidInput(f"{field} holds labels below -1; use -1 for unlabeled items",
+                               field=field)
+        return
     if role == "predictions":
         if array.dtype.kind not in "iu":
             raise InvalidInput(f"{field} must be INT32 or INT64 class labels, got {array.dtype}",
@@ -77,7 +87,7 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
     if not _is_float(array.dtype):
         raise InvalidInput(f"{field} must be FP32, FP16, BF16 or FP64, got {array.dtype}",
                            field=field)
-    if role in ("probs", "samples") and array.shape[-1] < 1:
+    if role in ("probs", "samples", "labeled_probs") and array.shape[-1] < 1:
         raise InvalidInput(f"{field} has no classes (C = 0)", field=field)
     flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(-1, 1)
     sum_tol = SUM_TOL_16 if array.dtype.itemsize == 2 else SUM_TOL
@@ -88,11 +98,11 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
             row = start + int(np.flatnonzero(bad.any(axis=1))[0])
             raise InvalidInput(f"{field} contains NaN or Inf (first at flat row {row})",
                                field=field, reason="NON_FINITE")
-        if role in ("probs", "samples", "discriminator"):
+        if role in ("probs", "samples", "labeled_probs", "discriminator"):
             if block.min() < -PROB_TOL or block.max() > 1 + PROB_TOL:
                 raise InvalidInput(f"{field} has values outside [0, 1]", field=field,
                                    reason="NOT_PROBABILITIES")
-        if role in ("probs", "samples"):
+        if role in ("probs", "samples", "labeled_probs"):
             err = np.abs(block.sum(axis=1) - 1.0)
             if (err > sum_tol).any():
                 row = start + int(np.argmax(err > sum_tol))
@@ -129,12 +139,12 @@ def _validate_model_inputs(array: np.ndarray, field: str) -> None:
 def item_count(arrays: Mapping[str, np.ndarray]) -> int:
     """The common item count N of ``arrays``, or raise if they disagree.
 
-    ``labeled_embeddings`` has its own count and is skipped.
+    The labeled-set roles (``LABELED_ROLES``) have their own count and are skipped.
     """
     counts = {
         role: a.shape[INPUT_ROLES[role][1]]
         for role, a in arrays.items()
-        if role != "labeled_embeddings"
+        if role not in LABELED_ROLES
     }
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"{r}: {n}" for r, n in counts.items())
@@ -156,4 +166,13 @@ def check_consistency(arrays: Mapping[str, np.ndarray]) -> int:
                 "inputs.labeled_embeddings must have the same width d as inputs.embeddings",
                 field="inputs.labeled_embeddings", reason="SHAPE_MISMATCH",
             )
+    if "labeled_probs" in arrays and "labeled_embeddings" in arrays:
+        if arrays["labeled_probs"].shape[0] != arrays["labeled_embeddings"].shape[0]:
+            raise InvalidInput(
+                "inputs.labeled_probs and inputs.labeled_embeddings must describe the same "
+                "labeled items (same L)", field="inputs.labeled_probs", reason="SHAPE_MISMATCH")
+    classes = [arrays[r].shape[-1] for r in ("probs", "labeled_probs") if r in arrays]
+    if len(set(classes)) > 1:
+        raise InvalidInput("inputs.labeled_probs must have the same class count C as "
+                           "inputs.probs", field="inputs.labeled_probs", reason="SHAPE_MISMATCH")
     return n

@@ -3,7 +3,11 @@
 from assay.server.strategies import (  # noqa: F401
     batchbald,
     committee,
+    contrastive,
+    dynamics,
     geometry,
+    hybrid,
+    pseudolabel,
     sampling,
     scores,
     uncertainty,

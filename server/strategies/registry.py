@@ -31,7 +31,14 @@ INPUT_ROLES: dict[str, tuple[int | None, int]] = {
     "predictions": (2, 1),
     # Raw inputs of a registered ONNX model, whatever shape its graph input takes.
     "model_inputs": (None, 0),
+    # The model's class probabilities on the labeled items (CAL).
+    "labeled_probs": (2, 0),
+    # True class label per item, -1 where unlabeled (forgetting events).
+    "labels": (1, 0),
 }
+
+#: Roles that describe the labeled set, with their own item count L.
+LABELED_ROLES: tuple[str, ...] = ("labeled_embeddings", "labeled_probs")
 
 
 @dataclass(frozen=True)
