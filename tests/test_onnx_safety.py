@@ -1,0 +1,347 @@
+"""Registering models: the resource methods, the upload's integrity, and every safety check,
+each rejection with its precise status and reason, and nothing stored after one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from onnx import TensorProto, helper, numpy_helper
+from onnx_builders import ALL_OUTPUTS, mlp
+
+from assay.client import AssayError, Client
+from assay.v1 import model_pb2, model_pb2_grpc
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def reason_of(error: AssayError | grpc.RpcError) -> tuple[str, str]:
+    """(ErrorInfo reason, field) of a failed call."""
+    call = error.details if isinstance(error, AssayError) else error
+    for detail in rpc_status.from_call(call).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, info.metadata.get("field", "")
+    raise AssertionError("no ErrorInfo in the status")
+
+
+def rejected(client: Client, model: onnx.ModelProto | bytes, code=INVALID,
+             outputs=None, model_id: str = "m") -> tuple[str, str, str]:
+    """Register ``model``, expect ``code``; returns (reason, field, message). Nothing may be
+    stored afterwards."""
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    with pytest.raises(AssayError) as info:
+        client.register_model(model_id, data, {"logits": "logits"} if outputs is None else outputs)
+    assert info.value.code == code, info.value
+    assert client.list_models() == []
+    return (*reason_of(info.value), info.value.message)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()
+
+
+@pytest.fixture
+def stub(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield model_pb2_grpc.ModelServiceStub(channel)
+
+
+def _header(data: bytes, **overrides) -> model_pb2.RegisterModelRequest:
+    fields = dict(model_id="m", size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                  outputs=[model_pb2.OutputBinding(role="logits", output_name="logits")])
+    fields.update(overrides)
+    return model_pb2.RegisterModelRequest(header=model_pb2.RegisterModelHeader(**fields))
+
+
+def _chunks(data: bytes, size: int = 100):
+    return [model_pb2.RegisterModelRequest(chunk=data[i:i + size])
+            for i in range(0, len(data), size)]
+
+
+def _stream_error(stub, messages) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RegisterModel(iter(messages), timeout=30)
+    return info.value
+
+
+def _tmp_files(server) -> list[str]:
+    return os.listdir(server.models.tmp_dir)
+
+
+# -- the resource ----------------------------------------------------------------------------
+
+
+def test_register_get_list_delete(client, rng):
+    a, b = mlp(rng, dropout=0.3), mlp(rng, d_in=3, classes=2)
+    got = client.register_model("b-model", a.data, ALL_OUTPUTS, chunk_bytes=64)
+    assert got.model_id == "b-model"
+    assert got.outputs == ALL_OUTPUTS
+    assert (got.input_name, got.input_dtype, got.input_shape) == ("x", "DATA_TYPE_FP32", (-1, 6))
+    assert got.sha256 == hashlib.sha256(a.data).hexdigest()
+    assert got.size_bytes == len(a.data)
+    assert (got.opset_version, got.dropout_count) == (13, 1)
+    client.register_model("a-model", b.data, {"logits": "logits"})
+    assert client.get_model("b-model") == got
+    assert [m.model_id for m in client.list_models(page_size=1)] == ["a-model", "b-model"]
+    client.delete_model("a-model")
+    assert [m.model_id for m in client.list_models()] == ["b-model"]
+    for call in (client.get_model, client.delete_model):
+        with pytest.raises(AssayError) as info:
+            call("a-model")
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+        assert reason_of(info.value)[0] == "MODEL_NOT_FOUND"
+    # The id is free again; the new registration is a different model.
+    assert client.register_model("a-model", a.data, {"logits": "logits"}).dropout_count == 1
+
+
+def test_ids_and_pagination_are_checked(client, rng, stub):
+    data = mlp(rng).data
+    client.register_model("m", data, {"logits": "logits"})
+    with pytest.raises(AssayError) as info:
+        client.register_model("m", data, {"logits": "logits"})
+    assert info.value.code == grpc.StatusCode.ALREADY_EXISTS
+    for bad in ("Bad Id", "", "-x", "a" * 64):
+        with pytest.raises(AssayError) as info:
+            client.register_model(bad, data, {"logits": "logits"})
+        assert info.value.code == INVALID
+        assert reason_of(info.value)[1] == "header.model_id"
+        with pytest.raises(AssayError) as info:
+            client.get_model(bad)
+        assert info.value.code == INVALID
+    for request in (model_pb2.ListModelsRequest(page_token="%%%"),
+                    model_pb2.ListModelsRequest(page_size=1001)):
+        with pytest.raises(grpc.RpcError) as error:
+            stub.ListModels(request, timeout=10)
+        assert error.value.code() == INVALID
+
+
+def test_models_survive_a_restart_and_leftovers_are_swept(server_factory, rng):
+    first = server_factory()
+    m = mlp(rng)
+    with Client(f"127.0.0.1:{first.port}") as c:
+        registered = c.register_model("kept", m.data, ALL_OUTPUTS)
+    models_dir = first.models.models_dir
+    first.stop(0)
+    # What a crash could leave: a half-received upload and a renamed file never committed.
+    (models_dir / "tmp" / "upload.onnx").write_bytes(b"partial")
+    (models_dir / "0123456789abcdef.onnx").write_bytes(m.data)
+    second = server_factory()
+    with Client(f"127.0.0.1:{second.port}") as c:
+        assert c.get_model("kept") == registered
+        assert [x.model_id for x in c.list_models()] == ["kept"]
+    assert sorted(p.name for p in models_dir.iterdir()) == sorted(
+        ["tmp", f"{second.models.get('kept').uid}.onnx"])
+    assert _tmp_files(second) == []
+
+
+# -- integrity of the upload ------------------------------------------------------------------
+
+
+def test_digest_mismatch_stores_nothing(server, client, stub, rng):
+    data = mlp(rng).data
+    wrong = hashlib.sha256(data + b"x").hexdigest()
+    error = _stream_error(stub, [_header(data, sha256=wrong), *_chunks(data)])
+    assert error.code() == INVALID
+    assert reason_of(error) == ("DIGEST_MISMATCH", "header.sha256")
+    # A flipped byte in transit is caught the same way.
+    corrupted = bytearray(data)
+    corrupted[len(data) // 2] ^= 0xFF
+    error = _stream_error(stub, [_header(data), *_chunks(bytes(corrupted))])
+    assert reason_of(error)[0] == "DIGEST_MISMATCH"
+    assert client.list_models() == []
+    assert _tmp_files(server) == []
+
+
+def test_truncated_overrun_and_misordered_streams(server, client, stub, rng):
+    data = mlp(rng).data
+    cases = {
+        "TRUNCATED": [_header(data), *_chunks(data[:-10])],
+        "OVERRUN": [_header(data), *_chunks(data + b"extra")],
+        "OUT_OF_ORDER": [*_chunks(data)],
+    }
+    for reason, messages in cases.items():
+        error = _stream_error(stub, messages)
+        assert error.code() == INVALID, reason
+        assert reason_of(error)[0] == reason
+    error = _stream_error(stub, [_header(data), _header(data)])
+    assert (error.code(), reason_of(error)[0]) == (INVALID, "OUT_OF_ORDER")
+    error = _stream_error(stub, [])
+    assert error.code() == INVALID
+    for bad in ({"sha256": "abc"}, {"size_bytes": 0}):
+        error = _stream_error(stub, [_header(data, **bad), *_chunks(data)])
+        assert error.code() == INVALID
+        assert reason_of(error)[1] == f"header.{next(iter(bad))}"
+    assert client.list_models() == []
+    assert _tmp_files(server) == []
+
+
+def test_size_cap(server, client, rng):
+    data = mlp(rng).data
+    server.models.max_model_bytes = len(data) - 1
+    reason, field, message = rejected(client, data, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert (reason, field) == ("MODEL_TOO_LARGE", "header.size_bytes")
+    assert str(len(data) - 1) in message
+    server.models.max_model_bytes = len(data)
+    client.register_model("m", data, {"logits": "logits"})
+
+
+# -- what a model may contain -----------------------------------------------------------------
+
+
+def _external(model: onnx.ModelProto, name: str, location: str) -> onnx.ModelProto:
+    """Move initializer ``name`` into an external file reference (bytes dropped)."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            tensor.ClearField("raw_data")
+            tensor.ClearField("float_data")
+            tensor.data_location = TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", location
+    return model
+
+
+def test_external_data_is_refused_before_anything_reads_it(client, rng, tmp_path, monkeypatch):
+    m = mlp(rng)
+    # The referenced file exists and holds exactly the right bytes: a loader that followed
+    # the reference would succeed, so only the refusal keeps it from being read.
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(m.w["W1"].tobytes())
+    monkeypatch.chdir(tmp_path)
+    for location in ("weights.bin", str(weights), "../../etc/passwd"):
+        model = _external(mlp(rng).model, "W1", location)
+        reason, _, message = rejected(client, model)
+        assert reason == "EXTERNAL_DATA"
+        assert "'W1'" in message
+    # A tensor attribute (a Constant node) is a tensor too.
+    m = mlp(rng)
+    const = numpy_helper.from_array(np.ones(3, np.float32), "c")
+    const.ClearField("raw_data")
+    const.data_location = TensorProto.EXTERNAL
+    const.external_data.add(key="location", value=str(weights))
+    m.model.graph.node.insert(0, helper.make_node("Constant", [], ["unused"], value=const))
+    assert rejected(client, m.model)[0] == "EXTERNAL_DATA"
+
+
+def test_only_standard_domains(client, rng):
+    m = mlp(rng)
+    m.model.graph.node[-1].domain = "com.microsoft"  # the Sigmoid of the disc head
+    m.model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    reason, _, message = rejected(client, m.model)
+    assert reason == "CUSTOM_OP_DOMAIN"
+    assert "com.microsoft.Sigmoid" in message
+    # A custom-op library's domain imported without use is refused as well.
+    m = mlp(rng)
+    m.model.opset_import.append(helper.make_opsetid("my.custom.ops", 1))
+    assert rejected(client, m.model)[0] == "CUSTOM_OP_DOMAIN"
+    # ai.onnx.ml is standard.
+    m = mlp(rng)
+    m.model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    client.register_model("ml", m.data, {"logits": "logits"})
+
+
+def test_local_functions_are_checked_like_graphs(client, rng):
+    def with_function(body_domain: str) -> onnx.ModelProto:
+        m = mlp(rng)
+        body = [helper.make_node("Relu", ["a"], ["b"], domain=body_domain)]
+        function = helper.make_function("local.fn", "MyRelu", ["a"], ["b"], body,
+                                        [helper.make_opsetid("", 13),
+                                         helper.make_opsetid(body_domain, 1)]
+                                        if body_domain else [helper.make_opsetid("", 13)])
+        for node in m.model.graph.node:
+            if node.op_type == "Relu":
+                node.op_type, node.domain = "MyRelu", "local.fn"
+        m.model.functions.append(function)
+        m.model.opset_import.append(helper.make_opsetid("local.fn", 1))
+        return m.model
+
+    client.register_model("fn", with_function("").SerializeToString(), {"logits": "logits"})
+    client.delete_model("fn")
+    assert rejected(client, with_function("evil.ops"))[0] == "CUSTOM_OP_DOMAIN"
+
+
+@pytest.mark.parametrize(("domain", "version"), [("", 6), ("", 22), ("ai.onnx.ml", 6)])
+def test_opset_range(client, rng, domain, version):
+    m = mlp(rng)
+    if domain:
+        m.model.opset_import.append(helper.make_opsetid(domain, version))
+    else:
+        m.model.opset_import[0].version = version
+    reason, _, message = rejected(client, m.model)
+    assert reason == "OPSET_UNSUPPORTED"
+    assert str(version) in message
+
+
+def test_checker_and_loader_failures(client, rng):
+    m = mlp(rng)
+    m.model.graph.node[1].input[1] = "no_such_tensor"
+    reason, _, message = rejected(client, m.model)
+    assert reason == "ONNX_CHECKER"
+    assert "no_such_tensor" in message
+    assert rejected(client, b"definitely not a protobuf")[0] == "NOT_ONNX"
+    # Passes the checker (which infers no types) but onnxruntime refuses the type clash.
+    m = mlp(rng)
+    for tensor in m.model.graph.initializer:
+        if tensor.name == "W2":
+            tensor.CopyFrom(numpy_helper.from_array(m.w["W2"].astype(np.float64), "W2"))
+    reason, _, message = rejected(client, m.model)
+    assert reason == "MODEL_LOAD_FAILED"
+    assert "onnxruntime" in message
+
+
+def test_graph_input_must_be_one_tensor_of_a_pool_type(client, rng):
+    m = mlp(rng)
+    m.model.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N"]))
+    reason, _, message = rejected(client, m.model)
+    assert reason == "MODEL_INPUTS"
+    assert "'mask'" in message
+    m = mlp(rng)
+    m.model.graph.input[0].type.tensor_type.elem_type = TensorProto.STRING
+    assert rejected(client, m.model)[0] == "MODEL_INPUTS"
+    m = mlp(rng)
+    del m.model.graph.input[0].type.tensor_type.shape.dim[:]  # a scalar has no item axis
+    reason, _, message = rejected(client, m.model)
+    assert reason == "MODEL_INPUTS"
+    assert "item axis" in message
+
+
+def test_declared_outputs_are_checked_against_the_graph(client, rng):
+    data = mlp(rng).data
+    cases = [
+        ({"logits": "logitz"}, "OUTPUT_NOT_FOUND", "header.outputs[0].output_name", "'logitz'"),
+        ({"logits": "logits", "embeddings": "features", "loss": "features"}, "OUTPUT_SHAPE",
+         "header.outputs[2].output_name", "[N] or [N, 1]"),
+        ({"scores": "logits"}, "INVALID_INPUT", "header.outputs[0].role", "'scores'"),
+        ({"logits": "logits", "probs": "logits"}, "INVALID_INPUT", "header.outputs",
+         "not both"),
+        ({}, "INVALID_INPUT", "header.outputs", "at least one"),
+    ]
+    for outputs, reason, field, needle in cases:
+        got = rejected(client, data, outputs=outputs)
+        assert got[:2] == (reason, field), outputs
+        assert needle in got[2]
+    # A loss head declared on a [N, C] output names the output and its shape.
+    got = rejected(client, data, outputs={"logits": "logits", "loss": "logits"})
+    assert got[:2] == ("OUTPUT_SHAPE", "header.outputs[1].output_name")
+    assert "'logits'" in got[2] and "[N] or [N, 1]" in got[2]
+    # An integer output cannot carry a role.
+    m = mlp(rng)
+    m.model.graph.output[1].type.tensor_type.elem_type = TensorProto.INT64
+    got = rejected(client, m.model, outputs={"logits": "logits", "embeddings": "features"})
+    assert got[:2] == ("OUTPUT_SHAPE", "header.outputs[1].output_name")
+    # An embeddings output of rank 3.
+    m = mlp(rng)
+    dims = m.model.graph.output[1].type.tensor_type.shape.dim
+    dims.add().dim_value = 2
+    got = rejected(client, m.model, outputs={"embeddings": "features"})
+    assert got[:2] == ("OUTPUT_SHAPE", "header.outputs[0].output_name")
+    assert "[N, d]" in got[2]
