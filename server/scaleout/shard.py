@@ -32,6 +32,7 @@ from assay.kernels.bits import compute_dtype, rows_compute, rows_float32, storag
 from assay.kernels.kcenter import BACKENDS as KCENTER_BACKENDS
 from assay.kernels.kcenter import CpuStepper, kcenter_greedy
 from assay.kernels.knn import knn
+from assay.server.errors import InvalidInput
 from assay.server.scaleout import segments
 from assay.server.strategies import registry
 from assay.server.strategies.registry import INPUT_ROLES, Context
@@ -333,6 +334,8 @@ class Shard:
         ctx = Context(candidates=s.rows, rng=np.random.default_rng(0))
         values = np.asarray(strat.fn(arrays, registry.resolve_params(strat, params), ctx),
                             dtype=np.float64)[s.rows]
+        if np.isnan(values).any():
+            raise InvalidInput("strategy produced NaN scores; check the inputs", field="inputs")
         if values.size == 0:
             empty = np.empty(0, np.int64)
             return np.empty(0), empty, empty
