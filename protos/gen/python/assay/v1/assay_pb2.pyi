@@ -35,7 +35,7 @@ class ArrayInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Pool(_message.Message):
-    __slots__ = ("pool_id", "item_count", "labeled_count", "version", "arrays", "create_time", "update_time", "size_bytes")
+    __slots__ = ("pool_id", "item_count", "labeled_count", "version", "arrays", "create_time", "update_time", "size_bytes", "shards")
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     LABELED_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Pool(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     pool_id: str
     item_count: int
     labeled_count: int
@@ -52,13 +53,18 @@ class Pool(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     size_bytes: int
-    def __init__(self, pool_id: _Optional[str] = ..., item_count: _Optional[int] = ..., labeled_count: _Optional[int] = ..., version: _Optional[int] = ..., arrays: _Optional[_Iterable[_Union[ArrayInfo, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    shards: int
+    def __init__(self, pool_id: _Optional[str] = ..., item_count: _Optional[int] = ..., labeled_count: _Optional[int] = ..., version: _Optional[int] = ..., arrays: _Optional[_Iterable[_Union[ArrayInfo, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., shards: _Optional[int] = ...) -> None: ...
 
 class CreatePoolRequest(_message.Message):
-    __slots__ = ("pool_id",)
+    __slots__ = ("pool_id", "shards", "expected_items")
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     pool_id: str
-    def __init__(self, pool_id: _Optional[str] = ...) -> None: ...
+    shards: int
+    expected_items: int
+    def __init__(self, pool_id: _Optional[str] = ..., shards: _Optional[int] = ..., expected_items: _Optional[int] = ...) -> None: ...
 
 class CreatePoolResponse(_message.Message):
     __slots__ = ("pool",)
@@ -132,6 +138,26 @@ class LabelPoolItemsResponse(_message.Message):
     pool: Pool
     def __init__(self, pool: _Optional[_Union[Pool, _Mapping]] = ...) -> None: ...
 
+class RecordEpochRequest(_message.Message):
+    __slots__ = ("pool_id", "predicted_labels", "probs", "request_id")
+    POOL_ID_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    pool_id: str
+    predicted_labels: _tensor_pb2.Tensor
+    probs: _tensor_pb2.Tensor
+    request_id: str
+    def __init__(self, pool_id: _Optional[str] = ..., predicted_labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RecordEpochResponse(_message.Message):
+    __slots__ = ("pool", "epoch")
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    pool: Pool
+    epoch: int
+    def __init__(self, pool: _Optional[_Union[Pool, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+
 class GetPoolRequest(_message.Message):
     __slots__ = ("pool_id",)
     POOL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -171,7 +197,7 @@ class DeletePoolResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Inputs(_message.Message):
-    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "model_inputs")
+    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs")
     PROBS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +206,8 @@ class Inputs(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATOR_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELED_PROBS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     probs: _tensor_pb2.Tensor
     samples: _tensor_pb2.Tensor
@@ -189,8 +217,10 @@ class Inputs(_message.Message):
     loss: _tensor_pb2.Tensor
     discriminator: _tensor_pb2.Tensor
     predictions: _tensor_pb2.Tensor
+    labeled_probs: _tensor_pb2.Tensor
+    labels: _tensor_pb2.Tensor
     model_inputs: _tensor_pb2.Tensor
-    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class ParamValue(_message.Message):
     __slots__ = ("double_value", "int_value", "string_value", "bool_value")
