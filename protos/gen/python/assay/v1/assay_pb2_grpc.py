@@ -42,7 +42,12 @@ class AssayServiceStub:
     scores              [N]        any per-item informativeness score
     loss                [N]        predicted loss (loss-prediction module)
     discriminator       [N]        P(labeled | x) from a VAAL/MAL discriminator, in [0, 1]
-    predictions         [T, N]     predicted class labels over T epochs (integers)
+    predictions         [T, N]     predicted class labels over T epochs (integers;
+    for pools, the epochs stored by RecordEpoch)
+    labeled_probs       [L, C]     class probabilities on the labeled items (inline
+    only; for pools, `probs` at the labeled items)
+    labels              [N]        true class label per item, -1 if unlabeled
+    (inline only; for pools, the pool's labels)
     model_inputs        [N, ...]   raw inputs of a registered ONNX model (any rank,
     FP32/FP16/FP64/INT32/INT64); with
     `SelectRequest.model_ids` the server runs the
@@ -71,6 +76,11 @@ class AssayServiceStub:
                 '/assay.v1.AssayService/LabelPoolItems',
                 request_serializer=assay_dot_v1_dot_assay__pb2.LabelPoolItemsRequest.SerializeToString,
                 response_deserializer=assay_dot_v1_dot_assay__pb2.LabelPoolItemsResponse.FromString,
+                _registered_method=True)
+        self.RecordEpoch = channel.unary_unary(
+                '/assay.v1.AssayService/RecordEpoch',
+                request_serializer=assay_dot_v1_dot_assay__pb2.RecordEpochRequest.SerializeToString,
+                response_deserializer=assay_dot_v1_dot_assay__pb2.RecordEpochResponse.FromString,
                 _registered_method=True)
         self.GetPool = channel.unary_unary(
                 '/assay.v1.AssayService/GetPool',
@@ -116,7 +126,12 @@ class AssayServiceServicer:
     scores              [N]        any per-item informativeness score
     loss                [N]        predicted loss (loss-prediction module)
     discriminator       [N]        P(labeled | x) from a VAAL/MAL discriminator, in [0, 1]
-    predictions         [T, N]     predicted class labels over T epochs (integers)
+    predictions         [T, N]     predicted class labels over T epochs (integers;
+    for pools, the epochs stored by RecordEpoch)
+    labeled_probs       [L, C]     class probabilities on the labeled items (inline
+    only; for pools, `probs` at the labeled items)
+    labels              [N]        true class label per item, -1 if unlabeled
+    (inline only; for pools, the pool's labels)
     model_inputs        [N, ...]   raw inputs of a registered ONNX model (any rank,
     FP32/FP16/FP64/INT32/INT64); with
     `SelectRequest.model_ids` the server runs the
@@ -145,6 +160,16 @@ class AssayServiceServicer:
     def LabelPoolItems(self, request, context):
         """Marks pool items as labeled, with their class labels. Labeled items are
         never selected again and form the labeled set of geometric strategies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEpoch(self, request, context):
+        """Stores one evaluation epoch of the model on every pool item (predicted
+        labels, or probabilities reduced to their argmax). The stored epochs are
+        the pool's `predictions` for label_dispersion and forgetting_events, and
+        survive restarts like any pool data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +228,11 @@ def add_AssayServiceServicer_to_server(servicer, server):
                     request_deserializer=assay_dot_v1_dot_assay__pb2.LabelPoolItemsRequest.FromString,
                     response_serializer=assay_dot_v1_dot_assay__pb2.LabelPoolItemsResponse.SerializeToString,
             ),
+            'RecordEpoch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEpoch,
+                    request_deserializer=assay_dot_v1_dot_assay__pb2.RecordEpochRequest.FromString,
+                    response_serializer=assay_dot_v1_dot_assay__pb2.RecordEpochResponse.SerializeToString,
+            ),
             'GetPool': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPool,
                     request_deserializer=assay_dot_v1_dot_assay__pb2.GetPoolRequest.FromString,
@@ -253,7 +283,12 @@ class AssayService:
     scores              [N]        any per-item informativeness score
     loss                [N]        predicted loss (loss-prediction module)
     discriminator       [N]        P(labeled | x) from a VAAL/MAL discriminator, in [0, 1]
-    predictions         [T, N]     predicted class labels over T epochs (integers)
+    predictions         [T, N]     predicted class labels over T epochs (integers;
+    for pools, the epochs stored by RecordEpoch)
+    labeled_probs       [L, C]     class probabilities on the labeled items (inline
+    only; for pools, `probs` at the labeled items)
+    labels              [N]        true class label per item, -1 if unlabeled
+    (inline only; for pools, the pool's labels)
     model_inputs        [N, ...]   raw inputs of a registered ONNX model (any rank,
     FP32/FP16/FP64/INT32/INT64); with
     `SelectRequest.model_ids` the server runs the
@@ -333,6 +368,33 @@ class AssayService:
             '/assay.v1.AssayService/LabelPoolItems',
             assay_dot_v1_dot_assay__pb2.LabelPoolItemsRequest.SerializeToString,
             assay_dot_v1_dot_assay__pb2.LabelPoolItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEpoch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/assay.v1.AssayService/RecordEpoch',
+            assay_dot_v1_dot_assay__pb2.RecordEpochRequest.SerializeToString,
+            assay_dot_v1_dot_assay__pb2.RecordEpochResponse.FromString,
             options,
             channel_credentials,
             insecure,
