@@ -13,18 +13,22 @@ id (the server answers a retried id identically). Every failure surfaces as
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from assay.server.tensors import enum_of, to_proto
-from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
 
-__all__ = ["AssayError", "Client", "Pool", "Selection", "StrategyInfo"]
+from assay.server.tensors import enum_of, to_proto
+from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
+
+__all__ = ["AssayError", "Client", "Model", "Pool", "Selection", "StrategyInfo"]
 
 #: Bytes per streamed chunk: large enough to amortize per-message cost, far below limits.
 CHUNK_BYTES = 4 << 20
@@ -77,6 +81,27 @@ class Pool:
     version: int
     arrays: dict[str, tuple[str, tuple[int, ...]]]
     size_bytes: int
+
+
+@dataclass(frozen=True)
+class Model:
+    """A registered ONNX model's metadata; ``outputs`` maps role -> graph output name."""
+
+    model_id: str
+    outputs: dict[str, str]
+    input_name: str
+    input_dtype: str
+    input_shape: tuple[int, ...]
+    size_bytes: int
+    sha256: str
+    opset_version: int
+    dropout_count: int
+
+
+def _model(m: model_pb2.Model) -> Model:
+    return Model(m.model_id, {b.role: b.output_name for b in m.outputs}, m.input.name,
+                 tensor_pb2.DataType.Name(m.input.dtype), tuple(m.input.shape), m.size_bytes,
+                 m.sha256, m.opset_version, m.dropout_count)
 
 
 @dataclass(frozen=True)
@@ -138,6 +163,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = assay_pb2_grpc.AssayServiceStub(self._channel)
+        self._models = model_pb2_grpc.ModelServiceStub(self._channel)
         self.timeout = timeout
         self.retries = retries
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -181,20 +207,27 @@ class Client:
                loss: np.ndarray | None = None, discriminator: np.ndarray | None = None,
                predictions: np.ndarray | None = None, params: Mapping[str, Any] | None = None,
                seed: int | None = None, request_id: str | None = None,
-               exclude: np.ndarray | None = None, timeout: float | None = None) -> Selection:
+               exclude: np.ndarray | None = None, timeout: float | None = None,
+               model_inputs: np.ndarray | None = None, models: Sequence[str] = (),
+               mc_samples: int = 0, batch_size: int = 0) -> Selection:
         """Select ``budget`` items by ``strategy`` from inline arrays or a stored pool.
 
-        Retries on UNAVAILABLE with the same ``request_id`` (one is generated when
-        not given), so a retry never yields a second, different answer.
+        With ``models`` (registered model ids), the server runs them over the raw
+        ``model_inputs`` (inline, or the pool's) to produce the strategy's inputs;
+        ``mc_samples`` > 0 samples each with MC dropout; several models form a
+        committee. Retries on UNAVAILABLE with the same ``request_id`` (one is
+        generated when not given), so a retry never yields a second, different answer.
         """
         given = {"probs": probs, "samples": samples, "embeddings": embeddings,
                  "labeled_embeddings": labeled_embeddings, "scores": scores, "loss": loss,
-                 "discriminator": discriminator, "predictions": predictions}
+                 "discriminator": discriminator, "predictions": predictions,
+                 "model_inputs": model_inputs}
         request = assay_pb2.SelectRequest(
             strategy=strategy, budget=int(budget),
             params={k: _param(v) for k, v in (params or {}).items()},
             request_id=request_id or str(uuid.uuid4()),
-            exclude_indices=[] if exclude is None else np.asarray(exclude, np.int64).tolist())
+            exclude_indices=[] if exclude is None else np.asarray(exclude, np.int64).tolist(),
+            model_ids=list(models), mc_samples=int(mc_samples), batch_size=int(batch_size))
         if seed is not None:
             request.seed = int(seed)
         if pool is not None:
@@ -221,6 +254,47 @@ class Client:
             pseudo_label_indices=np.asarray(r.pseudo_label_indices, dtype=np.int64),
             pseudo_labels=np.asarray(r.pseudo_labels, dtype=np.int64),
             compute_seconds=r.compute_seconds)
+
+    # -- models ------------------------------------------------------------------------
+
+    def register_model(self, model_id: str, model: bytes | str | os.PathLike,
+                       outputs: Mapping[str, str], *, chunk_bytes: int = CHUNK_BYTES,
+                       timeout: float | None = None) -> Model:
+        """Upload an ONNX model (bytes or a file path) under ``model_id``.
+
+        ``outputs`` maps roles (logits or probs, embeddings, loss, discriminator)
+        to the graph's output names. The file is streamed in chunks with its
+        SHA-256, which the server verifies before storing anything.
+        """
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        header = model_pb2.RegisterModelHeader(
+            model_id=model_id, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+            outputs=[model_pb2.OutputBinding(role=r, output_name=n) for r, n in outputs.items()])
+
+        def messages() -> Iterator[model_pb2.RegisterModelRequest]:
+            yield model_pb2.RegisterModelRequest(header=header)
+            for offset in range(0, len(data), chunk_bytes):
+                yield model_pb2.RegisterModelRequest(chunk=data[offset:offset + chunk_bytes])
+
+        return _model(self._call(self._models.RegisterModel, messages(), timeout).model)
+
+    def get_model(self, model_id: str) -> Model:
+        return _model(self._call(self._models.GetModel,
+                                 model_pb2.GetModelRequest(model_id=model_id)).model)
+
+    def list_models(self, page_size: int = 100) -> list[Model]:
+        """Every registered model, following pagination."""
+        models, token = [], ""
+        while True:
+            r = self._call(self._models.ListModels,
+                           model_pb2.ListModelsRequest(page_size=page_size, page_token=token))
+            models.extend(_model(m) for m in r.models)
+            token = r.next_page_token
+            if not token:
+                return models
+
+    def delete_model(self, model_id: str) -> None:
+        self._call(self._models.DeleteModel, model_pb2.DeleteModelRequest(model_id=model_id))
 
     # -- pools -------------------------------------------------------------------------
 
