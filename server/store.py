@@ -38,7 +38,7 @@ from assay.server.errors import (
 )
 from assay.server.strategies.registry import INPUT_ROLES
 from assay.server.tensors import BFLOAT16
-from assay.server.validation import check_consistency, shape_doc, validate_array
+from assay.server.validation import check_consistency, rank_fits, shape_doc, validate_array
 
 POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -276,8 +276,7 @@ class PoolStore:
                 allowed = ", ".join(r for r in INPUT_ROLES if r != "labeled_embeddings")
                 raise InvalidInput(f"{where}.name {spec.name!r} is not a pool array; use one of "
                                    f"{allowed}", field=f"{where}.name")
-            rank = INPUT_ROLES[spec.name][0]
-            if len(spec.shape) != rank:
+            if not rank_fits(spec.name, len(spec.shape)):
                 raise InvalidInput(f"{where}.shape must be {shape_doc(spec.name)}, got "
                                    f"{list(spec.shape)}", field=f"{where}.shape")
             counts.add(spec.shape[spec.item_axis])
