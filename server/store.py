@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from assay.server.errors import (
     AlreadyExists,
     FailedPrecondition,
