@@ -33,6 +33,7 @@ from assay.server.model_servicer import pool_cache_key, run_models
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
 from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
+from assay.server.validation import validate_array
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
 _PARAM_TYPES = {
@@ -111,6 +112,31 @@ def _cancellation(context: grpc.ServicerContext, ceiling: float = 0.0):
     return check
 
 
+def _learning_arrays(strategy: str, data, arrays: dict) -> dict[str, np.ndarray]:
+    """Inputs a pool holds implicitly, derived only for strategies that use them.
+
+    ``predictions``: the recorded epochs (RecordEpoch) covering every item;
+    ``labels``: the pool's labels per item, -1 where unlabeled; ``labeled_probs``:
+    ``probs`` (or the mean of ``samples``) at the labeled items.
+    """
+    s = registry.get(strategy)
+    roles = set(s.required) | set(s.optional)
+    out: dict[str, np.ndarray] = {}
+    if "predictions" in roles and "predictions" not in arrays and data.history is not None:
+        out["predictions"] = data.history
+    if "labels" in roles:
+        labels = np.full(data.info.item_count, -1, dtype=np.int64)
+        labels[data.labeled] = data.labels
+        out["labels"] = labels
+    if "labeled_probs" in roles and data.labeled.size:
+        if "probs" in arrays:
+            out["labeled_probs"] = np.asarray(arrays["probs"][data.labeled])
+        elif "samples" in arrays:
+            out["labeled_probs"] = np.asarray(arrays["samples"][:, data.labeled],
+                                              dtype=np.float64).mean(axis=0)
+    return out
+
+
 class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
 
@@ -167,6 +193,31 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             np.asarray(request.labels, dtype=np.int64), key,
             lambda i: assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(i)).SerializeToString())
         return assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(info))
+
+    def RecordEpoch(self, request, context):
+        key = None
+        if request.request_id:
+            fp = _fingerprint(request)
+            cached = self.store.get_request(request.request_id, "RecordEpoch", fp)
+            if cached is not None:
+                return assay_pb2.RecordEpochResponse.FromString(cached)
+            key = (request.request_id, "RecordEpoch", fp)
+        check_pool_id(request.pool_id)
+        which = request.WhichOneof("predictions")
+        if which == "predicted_labels":
+            labels = from_proto(request.predicted_labels, "predicted_labels")
+        elif which == "probs":
+            probs = from_proto(request.probs, "probs")
+            validate_array("probs", probs, field="probs")
+            labels = np.asarray(probs, dtype=np.float64).argmax(axis=1)
+        else:
+            raise InvalidInput("set predicted_labels [N] or probs [N, C]: the epoch's "
+                               "predictions for every pool item", field="predictions")
+        info, epoch = self.store.record_epoch(
+            request.pool_id, labels, key,
+            lambda i, e: assay_pb2.RecordEpochResponse(pool=pool_to_proto(i),
+                                                       epoch=e).SerializeToString())
+        return assay_pb2.RecordEpochResponse(pool=pool_to_proto(info), epoch=epoch)
 
     def AppendPoolItems(self, request_iterator: Iterator, context):
         try:
@@ -261,6 +312,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 exclude = np.union1d(exclude, data.labeled)
                 if "embeddings" in arrays:
                     arrays["labeled_embeddings"] = arrays["embeddings"][data.labeled]
+            arrays.update(_learning_arrays(request.strategy, data, arrays))
         else:
             raise InvalidInput("set either inputs or pool_id", field="source")
         seed = request.seed if request.HasField("seed") else None

@@ -37,11 +37,15 @@ from assay.server.errors import (
     NotFound,
     ResourceExhausted,
 )
-from assay.server.strategies.registry import INPUT_ROLES
+from assay.server.strategies.registry import INPUT_ROLES, LABELED_ROLES
 from assay.server.tensors import BFLOAT16
 from assay.server.validation import check_consistency, rank_fits, shape_doc, validate_array
 
 POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+#: Roles the servicer derives from a pool's labels; never stored as pool arrays.
+_DERIVED_ROLES = (*LABELED_ROLES, "labels")
+#: Directory of a pool's recorded epochs, beside its segments.
+_HISTORY = "history"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -73,6 +77,13 @@ CREATE TABLE IF NOT EXISTS requests (
     fingerprint TEXT NOT NULL,
     response BLOB NOT NULL,
     create_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    pool_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, epoch)
 );
 """
 
@@ -116,6 +127,8 @@ class PoolData:
     arrays: dict[str, np.ndarray]
     labeled: np.ndarray  # int64[L], sorted
     labels: np.ndarray  # int64[L]
+    #: int32[T, N]: the recorded epochs that cover every item (None when there are none).
+    history: np.ndarray | None = None
 
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -183,8 +196,17 @@ class PoolStore:
                 shutil.rmtree(pool_dir, ignore_errors=True)
                 continue
             for seg in pool_dir.iterdir():
-                if f"{pool_dir.name}/{seg.name}" not in referenced:
+                if seg.name == _HISTORY:
+                    self._sweep_history(seg)
+                elif f"{pool_dir.name}/{seg.name}" not in referenced:
                     shutil.rmtree(seg, ignore_errors=True)
+
+    def _sweep_history(self, history: Path) -> None:
+        """Remove epoch files a crash left unreferenced (renamed in, never committed)."""
+        kept = {row[0] for row in self._db.execute("SELECT file FROM epochs")}
+        for entry in history.iterdir():
+            if f"{history.parent.name}/{_HISTORY}/{entry.name}" not in kept:
+                entry.unlink(missing_ok=True)
 
     def close(self) -> None:
         with self._lock:
@@ -247,7 +269,7 @@ class PoolStore:
             uid = self._row(pool_id)[1]
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for table in ("pools", "segments", "labels"):
+                for table in ("pools", "segments", "labels", "epochs"):
                     self._db.execute(f"DELETE FROM {table} WHERE pool_id = ?", (pool_id,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -273,8 +295,8 @@ class PoolStore:
         counts = set()
         for i, spec in enumerate(specs):
             where = f"header.arrays[{i}]"
-            if spec.name not in INPUT_ROLES or spec.name == "labeled_embeddings":
-                allowed = ", ".join(r for r in INPUT_ROLES if r != "labeled_embeddings")
+            if spec.name not in INPUT_ROLES or spec.name in _DERIVED_ROLES:
+                allowed = ", ".join(r for r in INPUT_ROLES if r not in _DERIVED_ROLES)
                 raise InvalidInput(f"{where}.name {spec.name!r} is not a pool array; use one of "
                                    f"{allowed}", field=f"{where}.name")
             if not rank_fits(spec.name, len(spec.shape)):
@@ -416,6 +438,80 @@ class PoolStore:
                 raise
             return new_info
 
+    # -- learning dynamics -------------------------------------------------------------
+
+    def record_epoch(self, pool_id: str, predicted: np.ndarray,
+                     request: tuple[str, str, bytes] | None = None,
+                     make_response=None) -> tuple[PoolInfo, int]:
+        """Store one epoch's predicted labels for every item; returns (pool, epoch index).
+
+        The labels go to their own ``.npy`` file (written to a temp file, fsync'd and
+        renamed into the pool's history directory) that becomes part of the pool only
+        when the SQLite row referencing it commits, like an append segment.
+        """
+        check_pool_id(pool_id)
+        labels = np.asarray(predicted)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise InvalidInput(f"predicted_labels must be INT32 or INT64 class labels [N], got "
+                               f"{labels.dtype} {list(labels.shape)}", field="predicted_labels")
+        if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+            raise InvalidInput("predicted_labels must be class ids in [0, 2^31)",
+                               field="predicted_labels")
+        with self._lock:
+            row = self._row(pool_id)
+        if row[2] == 0:
+            raise FailedPrecondition(f"pool {pool_id!r} has no items; append items before "
+                                     "recording an epoch", field="pool_id", reason="EMPTY_POOL")
+        if labels.size != row[2]:
+            raise InvalidInput(f"the epoch has {labels.size} predictions but pool {pool_id!r} "
+                               f"has {row[2]} items; send one per item, in item order",
+                               field="predicted_labels", reason="SHAPE_MISMATCH")
+        uid = row[1]
+        name = f"epoch-{uuid.uuid4().hex[:12]}.npy"
+        tmp = self.tmp_dir / name
+        with open(tmp, "wb") as f:
+            np.save(f, labels.astype("<i4"), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        folder = self.pools_dir / uid / _HISTORY
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / name
+        os.rename(tmp, final)
+        _fsync_dir(folder)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(pool_id)
+                if row[1] != uid or row[2] != labels.size:
+                    raise FailedPrecondition(
+                        f"pool {pool_id!r} changed while the epoch was written (now {row[2]} "
+                        "items); send the epoch again for the current items", field="pool_id",
+                        reason="POOL_CHANGED")
+                epoch = self._db.execute("SELECT COALESCE(MAX(epoch) + 1, 0) FROM epochs "
+                                         "WHERE pool_id = ?", (pool_id,)).fetchone()[0]
+                self._db.execute("INSERT INTO epochs VALUES (?, ?, ?, ?)",
+                                 (pool_id, epoch, f"{uid}/{_HISTORY}/{name}", labels.size))
+                self._db.execute("UPDATE pools SET version = version + 1, update_time = ? "
+                                 "WHERE pool_id = ?", (time.time(), pool_id))
+                new_info = self._info(self._row(pool_id))
+                if request is not None:
+                    self._put_request(*request, make_response(new_info, epoch))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                final.unlink(missing_ok=True)
+                raise
+        return new_info, epoch
+
+    def _history(self, pool_id: str, item_count: int) -> np.ndarray | None:
+        """int32[T, N] of the epochs recorded at the current item count (caller holds the lock)."""
+        files = [r[0] for r in self._db.execute(
+            "SELECT file FROM epochs WHERE pool_id = ? AND item_count = ? ORDER BY epoch",
+            (pool_id, item_count))]
+        if not files:
+            return None
+        return np.stack([np.load(self.pools_dir / f, allow_pickle=False) for f in files])
+
     # -- reads -------------------------------------------------------------------------
 
     def load(self, pool_id: str) -> PoolData:
@@ -433,12 +529,13 @@ class PoolStore:
             lab = np.array(self._db.execute(
                 "SELECT item, label FROM labels WHERE pool_id = ? ORDER BY item",
                 (pool_id,)).fetchall(), dtype=np.int64).reshape(-1, 2)
+            history = self._history(pool_id, info.item_count)
         arrays = {}
         for spec in info.arrays:
             parts = [self._open(self.pools_dir / d / f"{spec.name}.npy", spec) for d in segs]
             arrays[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(
                 parts, axis=spec.item_axis)
-        data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy())
+        data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy(), history)
         with self._lock:
             self._cache[key] = data
             while len(self._cache) > self._cache_entries:

@@ -209,7 +209,9 @@ class Client:
                seed: int | None = None, request_id: str | None = None,
                exclude: np.ndarray | None = None, timeout: float | None = None,
                model_inputs: np.ndarray | None = None, models: Sequence[str] = (),
-               mc_samples: int = 0, batch_size: int = 0) -> Selection:
+               mc_samples: int = 0, batch_size: int = 0,
+               labeled_probs: np.ndarray | None = None,
+               labels: np.ndarray | None = None) -> Selection:
         """Select ``budget`` items by ``strategy`` from inline arrays or a stored pool.
 
         With ``models`` (registered model ids), the server runs them over the raw
@@ -221,7 +223,8 @@ class Client:
         given = {"probs": probs, "samples": samples, "embeddings": embeddings,
                  "labeled_embeddings": labeled_embeddings, "scores": scores, "loss": loss,
                  "discriminator": discriminator, "predictions": predictions,
-                 "model_inputs": model_inputs}
+                 "model_inputs": model_inputs, "labeled_probs": labeled_probs,
+                 "labels": labels}
         request = assay_pb2.SelectRequest(
             strategy=strategy, budget=int(budget),
             params={k: _param(v) for k, v in (params or {}).items()},
@@ -326,6 +329,25 @@ class Client:
             labels=np.asarray(labels, np.int64).tolist(),
             request_id=request_id or str(uuid.uuid4()))
         return _pool(self._call(self._stub.LabelPoolItems, request).pool)
+
+    def record_epoch(self, pool_id: str, *, predicted_labels: np.ndarray | None = None,
+                     probs: np.ndarray | None = None,
+                     request_id: str | None = None) -> tuple[Pool, int]:
+        """Store one epoch's predictions for every pool item (labels [N], or probs [N, C]).
+
+        Returns the pool and the epoch's index. The stored epochs feed
+        ``label_dispersion`` and ``forgetting_events`` on the pool.
+        """
+        if (predicted_labels is None) == (probs is None):
+            raise ValueError("give exactly one of predicted_labels and probs")
+        request = assay_pb2.RecordEpochRequest(pool_id=pool_id,
+                                               request_id=request_id or str(uuid.uuid4()))
+        if probs is not None:
+            request.probs.CopyFrom(to_proto(np.asarray(probs)))
+        else:
+            request.predicted_labels.CopyFrom(to_proto(np.asarray(predicted_labels)))
+        r = self._call(self._stub.RecordEpoch, request)
+        return _pool(r.pool), r.epoch
 
     def append(self, pool_id: str, *, request_id: str | None = None,
                chunk_bytes: int = CHUNK_BYTES, timeout: float | None = None,
