@@ -8,6 +8,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -45,6 +46,8 @@ class RunningServer:
     health_server: grpc.Server | None = None
     health_port: int = 0
     models: ModelStore | None = None
+    #: Sharded pools (``assay.server.scaleout``), only with ``--ray-address``.
+    sharded: Any = None
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
@@ -58,6 +61,8 @@ class RunningServer:
         self.store.close()
         if self.models is not None:
             self.models.close()
+        if self.sharded is not None:
+            self.sharded.close()
 
 
 def _options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -130,8 +135,9 @@ def start(config: ServerConfig) -> RunningServer:
                       min_free_bytes=config.min_free_disk_bytes)
     models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes)
     runtime = ModelRuntime(models)
+    sharded = _sharded_pools(config) if config.ray_address else None
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
-        AssayServicer(store, config, metrics, runtime), server)
+        AssayServicer(store, config, metrics, runtime, sharded), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
                       lambda context: _cancellation(context, config.max_deadline_seconds)),
@@ -146,7 +152,17 @@ def start(config: ServerConfig) -> RunningServer:
              "TLS" if credentials else "plaintext", config.data_dir)
     tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
     return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
-                         http, ports, health_server, health_port, models)
+                         http, ports, health_server, health_port, models, sharded)
+
+
+def _sharded_pools(config: ServerConfig):
+    """Join the Ray cluster and open the sharded pools; Ray is imported only here."""
+    from assay.server.scaleout import cluster
+    from assay.server.scaleout.pools import ShardedPools
+
+    cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
+    return ShardedPools(config.data_dir, config.shard_dir, threads=config.shard_threads,
+                        actor_cpus=config.shard_cpus)
 
 
 def _is_socket(address: str) -> bool:

@@ -82,6 +82,21 @@ class ServerConfig:
     metrics_host: str = field(default="", metadata={
         "help": "host the /metrics endpoint binds (empty: the first TCP listen host, or "
                 "127.0.0.1 when listening on sockets only)"})
+    ray_address: str = field(default="", metadata={
+        "help": "Ray cluster for sharded pools: auto, ray://host:port, host:port, or local (a "
+                "private single-node instance); empty: no sharding, Ray is never imported"})
+    auto_shard_items: int = field(default=0, metadata={
+        "help": "with --ray-address: a pool created with expected_items above this is sharded, "
+                "one shard per this many items (0: only when CreatePool asks for shards)"})
+    shard_dir: str = field(default="", metadata={
+        "help": "where shard actors persist their segments, a path on every Ray node "
+                "(empty: <data-dir>/shards)"})
+    shard_threads: int = field(default=0, metadata={
+        "help": "Numba threads per shard actor (0: one per core of its node)"})
+    shard_cpus: float = field(default=1.0, metadata={
+        "help": "CPUs Ray reserves for each shard actor"})
+    ray_num_cpus: int = field(default=0, metadata={
+        "help": "CPUs of the --ray-address local instance (0: all)"})
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -132,6 +147,11 @@ class ServerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 switches it off), got "
                                  f"{getattr(self, name)}")
+        for name in ("auto_shard_items", "shard_threads", "shard_cpus", "ray_num_cpus"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.auto_shard_items and not self.ray_address:
+            raise ValueError("auto_shard_items needs ray_address (sharded pools live on Ray)")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -22,6 +23,7 @@ from google.protobuf import timestamp_pb2
 from assay.server import acquisition
 from assay.server.config import ServerConfig
 from assay.server.errors import (
+    AlreadyExists,
     Cancelled,
     DeadlineExceeded,
     InvalidInput,
@@ -30,11 +32,15 @@ from assay.server.errors import (
 from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import pool_cache_key, run_models
+from assay.server.scaleout import rpc as sharded_rpc
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
 from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
 from assay.server.validation import validate_array
 from assay.v1 import assay_pb2, assay_pb2_grpc
+
+if TYPE_CHECKING:
+    from assay.server.scaleout.pools import ShardedPools
 
 _PARAM_TYPES = {
     float: assay_pb2.PARAM_TYPE_DOUBLE,
@@ -141,20 +147,31 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
 
     def __init__(self, store: PoolStore, config: ServerConfig, metrics: Metrics,
-                 models: ModelRuntime | None = None):
+                 models: ModelRuntime | None = None, sharded: ShardedPools | None = None):
         self.store = store
         self.config = config
         self.metrics = metrics
         self.models = models
+        self.sharded = sharded  # pools split over Ray actors; None without --ray-address
         self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
 
     # -- pools -------------------------------------------------------------------------
 
+    def _is_sharded(self, pool_id: str) -> bool:
+        return self.sharded is not None and self.sharded.owns(pool_id)
+
     def CreatePool(self, request, context):
+        shards = sharded_rpc.shards_for(request, self.config)
+        if shards:
+            return sharded_rpc.create_pool(self, request, shards)
+        if self._is_sharded(request.pool_id):
+            raise AlreadyExists(f"pool {request.pool_id!r} already exists", field="pool_id")
         return assay_pb2.CreatePoolResponse(pool=pool_to_proto(
             self.store.create_pool(request.pool_id)))
 
     def GetPool(self, request, context):
+        if self._is_sharded(request.pool_id):
+            return sharded_rpc.get_pool(self, request)
         return assay_pb2.GetPoolResponse(pool=pool_to_proto(self.store.get_pool(request.pool_id)))
 
     def ListPools(self, request, context):
@@ -169,14 +186,18 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             raise InvalidInput("page_token is not a token from ListPools",
                                field="page_token") from None
         pools = self.store.list_pools(after, size + 1)
+        if self.sharded is not None:
+            pools = sharded_rpc.merge_lists(self, pools, after, size + 1)
         token = ""
         if len(pools) > size:
             pools = pools[:size]
             token = base64.urlsafe_b64encode(pools[-1].pool_id.encode()).decode()
-        return assay_pb2.ListPoolsResponse(pools=[pool_to_proto(p) for p in pools],
+        return assay_pb2.ListPoolsResponse(pools=[sharded_rpc.pool_proto(self, p) for p in pools],
                                            next_page_token=token)
 
     def DeletePool(self, request, context):
+        if self._is_sharded(request.pool_id):
+            return sharded_rpc.delete_pool(self, request)
         self.store.delete_pool(request.pool_id)
         return assay_pb2.DeletePoolResponse()
 
@@ -188,6 +209,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             if cached is not None:
                 return assay_pb2.LabelPoolItemsResponse.FromString(cached)
             key = (request.request_id, "LabelPoolItems", fp)
+        if self._is_sharded(request.pool_id):
+            return sharded_rpc.label(self, request, key)
         info = self.store.label(
             request.pool_id, np.asarray(request.indices, dtype=np.int64),
             np.asarray(request.labels, dtype=np.int64), key,
@@ -242,6 +265,10 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             numpy_dtype(a.dtype, f"header.arrays[{i}]")
             name = next(k for k, v in _STORED_DTYPES.items() if v == a.dtype)
             specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]")))
+        if self._is_sharded(header.pool_id):
+            return sharded_rpc.append(self, header.pool_id, specs, request_iterator, key,
+                                      context, _cancellation(context,
+                                                             self.config.max_deadline_seconds))
         writer = self.store.begin_append(header.pool_id, specs)
         committed = False
         check = _cancellation(context, self.config.max_deadline_seconds)
@@ -301,6 +328,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 name: from_proto(getattr(request.inputs, name), f"inputs.{name}")
                 for name in _INPUT_FIELDS if request.inputs.HasField(name)
             }
+        elif source == "pool_id" and self._is_sharded(request.pool_id):
+            return sharded_rpc.select(self, request, params, exclude, key,
+                                      _cancellation(context, self.config.max_deadline_seconds))
         elif source == "pool_id":
             data = self.store.load(request.pool_id)
             arrays = dict(data.arrays)

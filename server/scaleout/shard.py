@@ -354,7 +354,10 @@ class Shard:
             fill = np.inf if metric == "l2" else -np.inf
             return np.full((q, k), fill, np.float32), np.full((q, k), -1, np.int64)
         base = np.take(s.arrays["embeddings"], s.rows, axis=0)
-        values, idx, _ = knn(queries, base, min(k, s.rows.size), metric=metric)
+        # A private copy: ``knn`` normalizes cosine queries in place, and arrays that
+        # arrive through Ray are read-only.
+        values, idx, _ = knn(np.array(queries, dtype=np.float32), base, min(k, s.rows.size),
+                             metric=metric)
         gids = np.where(idx >= 0, s.gids[np.maximum(idx, 0)], -1)
         return values, gids
 
