@@ -139,10 +139,15 @@ def run_models(runtime: ModelRuntime, request, arrays: dict[str, np.ndarray],
         produced, stats = runtime.arrays(run, arrays["model_inputs"], needed=needed,
                                          pool_key=pool_key, check=check, terminator=terminator)
     arrays = {**arrays, **produced}
+    has_labeled = labeled is not None and labeled.size > 0
     if "embeddings" in produced:
         arrays.pop("labeled_embeddings", None)
-        if labeled is not None and labeled.size:
+        if has_labeled:
             arrays["labeled_embeddings"] = produced["embeddings"][labeled]
+    if "probs" in produced:
+        arrays.pop("labeled_probs", None)
+        if has_labeled and "labeled_probs" in needed:
+            arrays["labeled_probs"] = produced["probs"][labeled]
     return arrays, stats
 
 
