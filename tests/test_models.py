@@ -15,7 +15,9 @@ from onnx_builders import ALL_OUTPUTS, mlp, slow_model
 from test_onnx_safety import reason_of
 
 from assay.client import AssayError, Client
+from assay.server import acquisition
 from assay.server.model_inference import ModelRun, ModelRuntime
+from assay.server.onnx_runner import default_threads, make_session
 from assay.server.tensors import BFLOAT16
 from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
 
@@ -290,6 +292,47 @@ def test_committee_of_mc_dropout_models(server, client, rng):
                                atol=1e-6)
     alone = _mc_samples(server, x, "c1", 5, 3, 0)
     np.testing.assert_array_equal(arrays["samples"][5:], alone)
+
+
+def test_a_committee_feeds_suggestive_annotation(client, rng):
+    """Samples and embeddings from three registered models select what the strategy selects
+    on the same arrays computed in NumPy."""
+    members = [mlp(rng, hidden=12) for _ in range(3)]
+    for i, m in enumerate(members):
+        client.register_model(f"c{i}", m.data, {"logits": "logits", "embeddings": "features"})
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    client.create_pool("p")
+    client.append("p", model_inputs=x)
+    client.label("p", [0, 5], [1, 2])
+    sel = client.select("suggestive_annotation", 5, pool="p", models=["c0", "c1", "c2"],
+                        seed=4)
+    want = acquisition.select(
+        "suggestive_annotation", 5,
+        {"samples": np.stack([m.probs(x) for m in members]).astype(np.float32),
+         "embeddings": members[0].hidden(x).astype(np.float32)},
+        seed=4, exclude=np.array([0, 5]))
+    np.testing.assert_array_equal(sel.indices, want.indices)
+    np.testing.assert_allclose(sel.scores, want.scores, rtol=1e-4)
+
+
+def test_mc_dropout_feeds_batchbald(server, client, rng):
+    m = mlp(rng, hidden=12, dropout=0.4)
+    client.register_model("m", m.data, {"logits": "logits"})
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    sel = client.select("batchbald", 4, model_inputs=x, models=["m"], mc_samples=8, seed=9,
+                        batch_size=10)
+    samples = _mc_samples(server, x, "m", 8, 9, 10)
+    want = acquisition.select("batchbald", 4, {"samples": samples}, seed=9)
+    np.testing.assert_array_equal(sel.indices, want.indices)
+    np.testing.assert_allclose(sel.scores, want.scores, rtol=1e-6)
+
+
+def test_sessions_cap_their_threads(rng):
+    session = make_session(mlp(rng).data, threads=1)
+    options = session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert session.get_providers()[-1] == "CPUExecutionProvider"
+    assert 1 <= default_threads() <= 4
 
 
 def test_committee_rejections(client, rng):
