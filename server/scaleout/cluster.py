@@ -1,11 +1,12 @@
 """The only module that imports Ray: connecting, shard actors, and calls to them.
 
-A pool's shards are named actors (``assay/<pool uid>/<k>``) restarted by Ray
-whenever their process dies (``max_restarts=-1``); a restarted actor reopens its
-persisted segments, so no data is lost, but the select sessions it held are
-gone. A call that hits a dead or restarting actor, or a session that vanished
-with one, raises ``ShardUnavailable`` (gRPC UNAVAILABLE): the select stops, no
-answer is stored under its request id, and the client's retry starts afresh.
+Shards live in named worker actors (``assay-worker-<k>`` holds shard k of every
+pool) restarted by Ray whenever their process dies (``max_restarts=-1``); a
+restarted worker reopens its persisted segments, so no data is lost, but the
+select sessions it held are gone. A call that hits a dead or restarting actor,
+or a session that vanished with one, raises ``ShardUnavailable`` (gRPC
+UNAVAILABLE): the select stops, no answer is stored under its request id, and
+the client's retry starts afresh.
 In-flight calls are never retried by Ray (``max_task_retries=0``): a step
 repeated on a fresh actor would silently compute on missing state.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from assay.server.errors import AssayError
-from assay.server.scaleout.shard import Shard
+from assay.server.scaleout.shard import Shard, Worker
 
 NAMESPACE = "assay"
 
@@ -77,19 +78,43 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
-class RayGroup:
-    """Handles to the K shard actors of one pool."""
+#: Worker handles of this process, per Ray job (a new ``ray.init`` starts afresh).
+_HANDLES: dict[str, list[Any]] = {}
 
-    def __init__(self, uid: str, roots: Sequence[str], *, threads: int = 0,
-                 actor_cpus: float = 1.0):
+
+class Workers:
+    """The worker actors of this driver, started on first need and kept for its life.
+
+    Ray stops a non-detached actor once its creator drops the handle, so the
+    handles live in this module for as long as the process is connected, not in
+    objects that come and go with pools or servers; when the process exits, its
+    workers go with it.
+    """
+
+    def __init__(self, *, threads: int = 0, actor_cpus: float = 1.0):
+        self.threads, self.actor_cpus = threads, actor_cpus
+
+    def first(self, n: int) -> list[Any]:
+        """Handles of workers 0 .. n-1."""
         import ray
 
-        cls = ray.remote(Shard)
-        self.actors = [
-            cls.options(name=f"{uid}/{k}", namespace=NAMESPACE, get_if_exists=True,
-                        max_restarts=-1, max_task_retries=0, num_cpus=actor_cpus,
-                        scheduling_strategy="SPREAD").remote(root, threads)
-            for k, root in enumerate(roots)]
+        handles = _HANDLES.setdefault(ray.get_runtime_context().get_job_id(), [])
+        cls = ray.remote(Worker)
+        while len(handles) < n:
+            handles.append(cls.options(
+                name=f"assay-worker-{len(handles)}", namespace=NAMESPACE, get_if_exists=True,
+                max_restarts=-1, max_task_retries=0, num_cpus=self.actor_cpus,
+                scheduling_strategy="SPREAD").remote(self.threads))
+        return handles[:n]
+
+
+class RayGroup:
+    """The K shards of one pool: shard k is held by worker actor k (``assay-worker-<k>``),
+    which holds shard k of every pool."""
+
+    def __init__(self, uid: str, roots: Sequence[str], workers: Sequence[Any]):
+        self.uid, self.roots = uid, list(roots)
+        self.actors = list(workers[:len(self.roots)])
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -97,13 +122,14 @@ class RayGroup:
     def map(self, method: str, *args: Any, per_shard: Sequence[tuple] | None = None) -> list:
         """Call ``method`` on every shard at once (the same ``args``, or ``per_shard``
         argument tuples) and wait for all: one round trip."""
-        refs = [getattr(a, method).remote(*(per_shard[k] if per_shard is not None else args))
+        refs = [a.run.remote(self.uid, self.roots[k], method,
+                             *(per_shard[k] if per_shard is not None else args))
                 for k, a in enumerate(self.actors)]
         return self._get(refs)
 
     def call(self, k: int, method: str, *args: Any) -> Any:
         """Call ``method`` on shard ``k`` alone."""
-        return self._get([getattr(self.actors[k], method).remote(*args)])[0]
+        return self._get([self.actors[k].run.remote(self.uid, self.roots[k], method, *args)])[0]
 
     @staticmethod
     def _get(refs: list) -> list:
@@ -118,11 +144,7 @@ class RayGroup:
             raise mapped from error
 
     def kill(self) -> None:
-        """Stop the actors for good (the pool was deleted)."""
-        import ray
-
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
+        """Nothing to stop: the workers serve other pools too."""
 
 
 class LocalGroup:

@@ -86,6 +86,7 @@ class ShardedPools:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._groups: dict[str, Any] = {}
+        self._workers = cluster.Workers(threads=threads, actor_cpus=actor_cpus)
 
     def close(self) -> None:
         with self._lock:
@@ -140,8 +141,8 @@ class ShardedPools:
                 roots = [str(self.shard_dir / uid / f"shard-{k}") for k in range(shards)]
                 self._groups[uid] = (cluster.LocalGroup(roots, threads=self.threads)
                                      if self.local_shards else
-                                     cluster.RayGroup(f"assay-{uid}", roots, threads=self.threads,
-                                                      actor_cpus=self.actor_cpus))
+                                     cluster.RayGroup(uid, roots,
+                                                      self._workers.first(shards)))
             return self._groups[uid]
 
     # -- pool methods ----------------------------------------------------------------

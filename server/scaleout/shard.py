@@ -373,3 +373,36 @@ def _faiss_min_sqdist(x: np.ndarray, rows: np.ndarray, centres: np.ndarray) -> n
                            backend=dispatch.FAISS_CPU)
         out[lo:lo + step] = values[:, 0]
     return out
+
+
+class Worker:
+    """The body of one shard actor: shard k of *every* pool lives in worker k.
+
+    One long-lived process per worker slot keeps its compiled kernels warm across
+    pools (a fresh process compiles each kernel again) and gives Ray one actor per
+    node slot to place and restart. Shards are opened lazily from their
+    directories, so a restarted worker serves every pool it held; only the select
+    sessions in flight are lost.
+    """
+
+    def __init__(self, threads: int = 0):
+        if threads > 0:
+            import numba
+
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        self._shards: dict[str, Shard] = {}
+
+    def pid(self) -> int:
+        """The process id (tests kill it to exercise restarts)."""
+        return os.getpid()
+
+    def run(self, uid: str, root: str, method: str, *args: Any) -> Any:
+        """Call ``method`` on this worker's shard of pool ``uid`` (stored under ``root``)."""
+        shard = self._shards.get(uid)
+        if shard is None:
+            shard = self._shards[uid] = Shard(root)
+        try:
+            return getattr(shard, method)(*args)
+        finally:
+            if method == "drop":
+                self._shards.pop(uid, None)

@@ -1,0 +1,314 @@
+"""Sharded pools on a local Ray instance: exact equality with the single-machine strategies.
+
+One Ray instance serves the whole module (2 CPUs, loopback, no dashboard; shard
+actors reserve no CPU and run one Numba thread each, so CI stays within two
+cores). Every comparison runs the single-machine path (``acquisition.select`` on
+the same arrays) on fresh random pools with ties and duplicate rows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+from scaleout_data import appends, pool_arrays
+
+from assay.kernels.knn import knn
+from assay.server import acquisition
+from assay.server.strategies.registry import INPUT_ROLES
+from assay.v1 import assay_pb2, assay_pb2_grpc
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
+
+from assay.server.scaleout import knn as sharded_knn  # noqa: E402
+from assay.server.scaleout.pools import ShardedPools  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 << 20,
+             _node_ip_address="127.0.0.1", namespace="assay", log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def pools(local_ray, tmp_path):
+    p = ShardedPools(str(tmp_path), threads=1, actor_cpus=0)
+    yield p
+    for info in p.list_pools(limit=1000):
+        p.delete_pool(info.pool_id)
+    p.close()
+
+
+def _slice(arrays: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
+    return {n: np.take(a, np.arange(lo, hi), axis=INPUT_ROLES[n][1]) for n, a in arrays.items()}
+
+
+def _sharded(pools: ShardedPools, rng, arrays, shards: int, parts: int,
+             labeled: np.ndarray) -> str:
+    pool_id = f"p-{uuid.uuid4().hex[:12]}"
+    pools.create_pool(pool_id, shards)
+    n = next(iter(arrays.values())).shape[INPUT_ROLES[next(iter(arrays))][1]]
+    for lo, hi in appends(rng, n, parts):
+        pools.append_arrays(pool_id, _slice(arrays, lo, hi))
+    if labeled.size:
+        pools.label(pool_id, labeled, np.zeros(labeled.size, dtype=np.int64))
+    return pool_id
+
+
+def _single(strategy, budget, arrays, labeled, exclude, seed, params=None):
+    """The single-machine answer on a pool with these labeled items (as the servicer
+    builds it: labeled embeddings as centres, labeled items excluded)."""
+    arrays = dict(arrays)
+    if labeled.size:
+        arrays["labeled_embeddings"] = arrays["embeddings"][labeled]
+    return acquisition.select(strategy, budget, arrays, params or {}, seed=seed,
+                              exclude=np.union1d(exclude, labeled).astype(np.int64))
+
+
+def test_kcenter_equals_single_machine(pools):
+    rng = np.random.default_rng(11)
+    for case, (shards, labeled_count) in enumerate([(2, 0), (3, 7), (4, 300), (4, 0), (2, 40)]):
+        n, d = int(rng.integers(300, 1500)), int(rng.integers(2, 24))
+        arrays = pool_arrays(rng, n, d, 4, grid=case % 2 == 0)
+        labeled = np.sort(rng.choice(n, labeled_count, replace=False))
+        exclude = np.sort(rng.choice(n, 5, replace=False))
+        pid = _sharded(pools, rng, arrays, shards, 3, labeled)
+        for seed in (1, 2):
+            got = pools.select(pid, "coreset", 40, {}, seed=seed, exclude=exclude)
+            want = _single("coreset", 40, arrays, labeled, exclude, seed)
+            np.testing.assert_array_equal(got.indices, want.indices)
+            np.testing.assert_array_equal(got.scores, want.scores)
+            assert got.metrics["kcenter_radius"] == want.metrics["kcenter_radius"]
+
+
+def test_badge_equals_single_machine(pools):
+    rng = np.random.default_rng(12)
+    for case, shards in enumerate([2, 3, 4, 4]):
+        n, d, c = int(rng.integers(300, 1500)), int(rng.integers(2, 24)), int(rng.integers(2, 7))
+        arrays = pool_arrays(rng, n, d, c, grid=case % 2 == 0, samples=3 if case == 3 else 0)
+        labeled = np.sort(rng.choice(n, 10 * case, replace=False))
+        pid = _sharded(pools, rng, arrays, shards, 4, labeled)
+        for seed in (3, 4):
+            got = pools.select(pid, "badge", 50, {}, seed=seed)
+            want = _single("badge", 50, arrays, labeled, np.empty(0, np.int64), seed)
+            np.testing.assert_array_equal(got.indices, want.indices)
+            np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_badge_when_every_distance_vanishes(pools):
+    """All-one-hot probabilities give zero gradient embeddings: the lowest unpicked rows."""
+    rng = np.random.default_rng(13)
+    arrays = pool_arrays(rng, 200, 5, 3, grid=True)
+    arrays["probs"] = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 200)]
+    pid = _sharded(pools, rng, arrays, 3, 2, np.array([0, 5], dtype=np.int64))
+    got = pools.select(pid, "badge", 20, {}, seed=5)
+    want = _single("badge", 20, arrays, np.array([0, 5]), np.empty(0, np.int64), 5)
+    np.testing.assert_array_equal(got.indices, want.indices)
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "margin", "least_confident", "bald"])
+def test_sharded_scores_equal_single_machine(pools, strategy):
+    rng = np.random.default_rng(14)
+    arrays = pool_arrays(rng, 900, 4, 3, grid=True, samples=4 if strategy == "bald" else 0)
+    if strategy != "bald":  # many exact ties in the score
+        arrays["probs"] = np.round(arrays["probs"] * 4) / 4
+        arrays["probs"] /= arrays["probs"].sum(axis=1, keepdims=True)
+    labeled = np.sort(rng.choice(900, 30, replace=False))
+    pid = _sharded(pools, rng, arrays, 3, 3, labeled)
+    for seed in (None, 6):
+        got = pools.select(pid, strategy, 60, {}, seed=seed)
+        # Without a seed, ties go to the lower index; with one, to a seeded permutation.
+        want = _single(strategy, 60, arrays, labeled, np.empty(0, np.int64), seed)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.scores, want.scores)
+
+
+def test_sharded_knn_equals_brute_force(pools):
+    """Per-shard FAISS + merge returns a true k-nearest set (tie-aware, like the
+    single-machine ``knn`` tests): FAISS rounds a BLAS product differently for
+    different base sizes, so values agree to float32 rounding, not bit for bit."""
+    rng = np.random.default_rng(15)
+    arrays = pool_arrays(rng, 1200, 6, 3, grid=True)
+    pid = _sharded(pools, rng, arrays, 4, 3, np.empty(0, np.int64))
+    queries = rng.integers(0, 3, size=(50, 6)).astype(np.float32)
+    labeled = np.sort(rng.choice(1200, 400, replace=False))
+    emb = arrays["embeddings"].astype(np.float64)
+    for metric in ("l2", "cosine"):
+        with pools.session(pid, np.setdiff1d(np.arange(1200), labeled)) as s:
+            values, ids = sharded_knn.knn(s, queries, 10, metric)
+        want_v, _, _ = knn(queries, emb[labeled], 10, metric=metric)
+        np.testing.assert_allclose(values, want_v, rtol=1e-6, atol=1e-6)
+        q64 = queries.astype(np.float64)
+        if metric == "l2":
+            brute = ((q64[:, None, :] - emb[None]) ** 2).sum(-1)
+        else:
+            unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-300)
+            brute = -(q64 / np.linalg.norm(q64, axis=1, keepdims=True)) @ unit.T
+        kth = np.sort(brute[:, labeled], axis=1)[:, 9]
+        for q in range(queries.shape[0]):
+            assert np.unique(ids[q]).size == 10 and np.isin(ids[q], labeled).all()
+            assert (brute[q, ids[q]] <= kth[q] + 1e-6).all()
+
+
+def test_composable_coreset_radius(pools):
+    rng = np.random.default_rng(16)
+    arrays = pool_arrays(rng, 2000, 8, 3, grid=False)
+    labeled = np.sort(rng.choice(2000, 12, replace=False))
+    pid = _sharded(pools, rng, arrays, 4, 2, labeled)
+    exact = pools.select(pid, "coreset", 30, {}, seed=7)
+    comp = pools.select(pid, "coreset", 30, {"mode": "composable"}, seed=7)
+    again = pools.select(pid, "coreset", 30, {"mode": "composable"}, seed=7)
+    np.testing.assert_array_equal(comp.indices, again.indices)
+    assert np.unique(comp.indices).size == 30 and not np.isin(comp.indices, labeled).any()
+    emb = arrays["embeddings"].astype(np.float64)
+    centres = emb[np.concatenate([labeled, comp.indices])]
+    cand = np.setdiff1d(np.arange(2000), labeled)
+    d2 = ((emb[cand, None, :] - centres[None]) ** 2).sum(-1).min(axis=1)
+    assert comp.metrics["kcenter_radius"] == pytest.approx(np.sqrt(d2.max()), rel=1e-5)
+    # Greedy on the union of local greedy picks stays within a constant factor.
+    ratio = comp.metrics["kcenter_radius"] / exact.metrics["kcenter_radius"]
+    assert 0.5 <= ratio <= 6.0
+    assert comp.metrics["round_trips"] == 3 and comp.metrics["union_size"] >= 30
+
+
+def test_unshardable_requests_fail_clearly(pools):
+    rng = np.random.default_rng(17)
+    arrays = pool_arrays(rng, 100, 3, 3, grid=True)
+    pid = _sharded(pools, rng, arrays, 2, 1, np.empty(0, np.int64))
+    from assay.server.errors import FailedPrecondition, InvalidInput
+
+    with pytest.raises(FailedPrecondition, match="does not run on sharded pools"):
+        pools.select(pid, "kmeans", 5, {})
+    with pytest.raises(InvalidInput, match="mode"):
+        pools.select(pid, "coreset", 5, {"mode": "fast"})
+    with pytest.raises(InvalidInput, match="budget"):
+        pools.select(pid, "coreset", 101, {})
+
+
+# -- through the gRPC server ------------------------------------------------------------
+
+
+def _stub(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    return channel, assay_pb2_grpc.AssayServiceStub(channel)
+
+
+def _serve(server_factory):
+    return server_factory(ray_address="auto", shard_cpus=0.0, shard_threads=1)
+
+
+def test_grpc_sharded_pool_matches_an_unsharded_one(local_ray, server_factory):
+    from assay.client import Client
+
+    server = _serve(server_factory)
+    rng = np.random.default_rng(18)
+    arrays = pool_arrays(rng, 800, 10, 4, grid=True)
+    channel, stub = _stub(server)
+    with channel, Client(f"127.0.0.1:{server.port}", timeout=60) as client:
+        created = stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="big", shards=3))
+        assert created.pool.shards == 3
+        client.create_pool("small")
+        for lo, hi in appends(rng, 800, 3):
+            for pid in ("big", "small"):
+                client.append(pid, **_slice(arrays, lo, hi))
+        for pid in ("big", "small"):
+            client.label(pid, [3, 500, 799], [1, 0, 2])
+        assert stub.GetPool(assay_pb2.GetPoolRequest(pool_id="big")).pool.item_count == 800
+        listed = stub.ListPools(assay_pb2.ListPoolsRequest()).pools
+        assert [(p.pool_id, p.shards) for p in listed] == [("big", 3), ("small", 0)]
+        for strategy in ("coreset", "badge", "entropy"):
+            big = client.select(strategy, 25, pool="big", seed=9)
+            small = client.select(strategy, 25, pool="small", seed=9)
+            np.testing.assert_array_equal(big.indices, small.indices)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="small", shards=2))
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        stub.DeletePool(assay_pb2.DeletePoolRequest(pool_id="big"))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetPool(assay_pb2.GetPoolRequest(pool_id="big"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_killed_shard_fails_the_select_then_the_retry_succeeds(local_ray, server_factory):
+    server = _serve(server_factory)
+    rng = np.random.default_rng(19)
+    arrays = pool_arrays(rng, 6000, 16, 3, grid=False)
+    channel, stub = _stub(server)
+    from assay.client import Client
+
+    with channel, Client(f"127.0.0.1:{server.port}", timeout=60) as client:
+        stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="f", shards=3))
+        for lo, hi in appends(rng, 6000, 2):
+            client.append("f", **_slice(arrays, lo, hi))
+        request = assay_pb2.SelectRequest(strategy="coreset", budget=1500, pool_id="f", seed=4,
+                                          request_id=str(uuid.uuid4()))
+        group = server.sharded.group("f")
+        pid = ray.get(group.actors[1].pid.remote())
+        outcome = {}
+
+        def run():
+            try:
+                outcome["response"] = stub.Select(request, timeout=120)
+            except grpc.RpcError as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive(), "the select finished before the shard could be killed"
+        os.kill(pid, signal.SIGKILL)
+        worker.join(120)
+        assert "error" in outcome, "a select that lost a shard must not answer"
+        assert outcome["error"].code() == grpc.StatusCode.UNAVAILABLE
+        for _ in range(60):  # Ray restarts the actor from its persisted segments
+            try:
+                response = stub.Select(request, timeout=120)
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                time.sleep(0.5)
+        assert ray.get(group.actors[1].pid.remote()) != pid
+        want = acquisition.select("coreset", 1500, arrays, {}, seed=4)
+        np.testing.assert_array_equal(np.array(response.indices), want.indices)
+        assert stub.Select(request, timeout=60) == response  # the stored answer
+        assert stub.GetPool(assay_pb2.GetPoolRequest(pool_id="f")).pool.item_count == 6000
+
+
+def test_without_ray_address_ray_is_never_imported(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        import grpc
+        import numpy as np
+        from assay.client import Client
+        from assay.server.app import start
+        from assay.server.config import ServerConfig
+        from assay.v1 import assay_pb2, assay_pb2_grpc
+        srv = start(ServerConfig(address="127.0.0.1:0", data_dir={str(tmp_path)!r}))
+        stub = assay_pb2_grpc.AssayServiceStub(grpc.insecure_channel(f"127.0.0.1:{{srv.port}}"))
+        try:
+            stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="p", shards=2))
+        except grpc.RpcError as e:
+            print(e.code().name)
+        with Client(f"127.0.0.1:{{srv.port}}") as c:
+            c.create_pool("q")
+            c.append("q", embeddings=np.eye(4, dtype=np.float32))
+            print(len(c.select("coreset", 2, pool="q", seed=1).indices))
+        srv.stop(0)
+        print("ray" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["FAILED_PRECONDITION", "2", "False"]
