@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from assay.server.errors import InvalidInput
+from assay.server.errors import InvalidInput, NotFound
 from assay.server.mc_dropout import DISABLED_OPTIMIZERS, enable_mc_dropout
 from assay.server.model_store import ModelInfo, ModelStore
 from assay.server.onnx_runner import (
@@ -90,8 +90,6 @@ class _ResultCache:
         self._entries: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
-        self.hits = 0
-        self.misses = 0
 
     def key_lock(self, key: tuple) -> threading.Lock:
         """One lock per key, so concurrent requests for the same results compute them once."""
@@ -103,9 +101,6 @@ class _ResultCache:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
-                self.hits += 1
-            else:
-                self.misses += 1
             return value
 
     def put(self, key: tuple, value: dict[str, np.ndarray]) -> None:
@@ -154,13 +149,20 @@ class ModelRuntime:
         """Raise ``InvalidInput`` unless onnxruntime can build a session for ``data``."""
         make_session(data, threads=1)
 
+    def _read(self, info: ModelInfo) -> bytes:
+        try:
+            return self.store.read(info)
+        except FileNotFoundError:
+            raise NotFound(f"model {info.model_id!r} was deleted during the request",
+                           field="model_ids", reason="MODEL_NOT_FOUND") from None
+
     def _session(self, info: ModelInfo) -> ort.InferenceSession:
         with self._lock:
             session = self._sessions.get(info.uid)
             if session is not None:
                 self._sessions.move_to_end(info.uid)
                 return session
-        session = make_session(self.store.read(info), threads=self.threads)
+        session = make_session(self._read(info), threads=self.threads)
         with self._lock:
             self._sessions[info.uid] = session
             while len(self._sessions) > self.max_sessions:
@@ -168,7 +170,7 @@ class ModelRuntime:
         return session
 
     def _mc_session(self, info: ModelInfo, seed: int) -> ort.InferenceSession:
-        model = enable_mc_dropout(parse_model(self.store.read(info)), seed)
+        model = enable_mc_dropout(parse_model(self._read(info)), seed)
         return make_session(model.SerializeToString(), threads=self.threads,
                             disabled_optimizers=DISABLED_OPTIMIZERS)
 
