@@ -79,7 +79,7 @@ def _single(strategy, budget, arrays, labeled, exclude, seed, params=None):
 
 def test_kcenter_equals_single_machine(pools):
     rng = np.random.default_rng(11)
-    for case, (shards, labeled_count) in enumerate([(2, 0), (3, 7), (4, 300), (4, 0), (2, 40)]):
+    for case, (shards, labeled_count) in enumerate([(2, 0), (3, 300), (4, 7), (4, 0)]):
         n, d = int(rng.integers(300, 1500)), int(rng.integers(2, 24))
         arrays = pool_arrays(rng, n, d, 4, grid=case % 2 == 0)
         labeled = np.sort(rng.choice(n, labeled_count, replace=False))
@@ -95,9 +95,9 @@ def test_kcenter_equals_single_machine(pools):
 
 def test_badge_equals_single_machine(pools):
     rng = np.random.default_rng(12)
-    for case, shards in enumerate([2, 3, 4, 4]):
+    for case, shards in enumerate([2, 3, 4]):
         n, d, c = int(rng.integers(300, 1500)), int(rng.integers(2, 24)), int(rng.integers(2, 7))
-        arrays = pool_arrays(rng, n, d, c, grid=case % 2 == 0, samples=3 if case == 3 else 0)
+        arrays = pool_arrays(rng, n, d, c, grid=case % 2 == 0, samples=3 if case == 2 else 0)
         labeled = np.sort(rng.choice(n, 10 * case, replace=False))
         pid = _sharded(pools, rng, arrays, shards, 4, labeled)
         for seed in (3, 4):
@@ -118,16 +118,17 @@ def test_badge_when_every_distance_vanishes(pools):
     np.testing.assert_array_equal(got.indices, want.indices)
 
 
-@pytest.mark.parametrize("strategy", ["entropy", "margin", "least_confident", "bald"])
-def test_sharded_scores_equal_single_machine(pools, strategy):
+@pytest.mark.parametrize("strategies", [("entropy", "margin", "least_confident"), ("bald",)])
+def test_sharded_scores_equal_single_machine(pools, strategies):
     rng = np.random.default_rng(14)
-    arrays = pool_arrays(rng, 900, 4, 3, grid=True, samples=4 if strategy == "bald" else 0)
-    if strategy != "bald":  # many exact ties in the score
+    bald = strategies == ("bald",)
+    arrays = pool_arrays(rng, 900, 4, 3, grid=True, samples=4 if bald else 0)
+    if not bald:  # many exact ties in the score
         arrays["probs"] = np.round(arrays["probs"] * 4) / 4
         arrays["probs"] /= arrays["probs"].sum(axis=1, keepdims=True)
     labeled = np.sort(rng.choice(900, 30, replace=False))
     pid = _sharded(pools, rng, arrays, 3, 3, labeled)
-    for seed in (None, 6):
+    for strategy, seed in ((s, seed) for s in strategies for seed in (None, 6)):
         got = pools.select(pid, strategy, 60, {}, seed=seed)
         # Without a seed, ties go to the lower index; with one, to a seeded permutation.
         want = _single(strategy, 60, arrays, labeled, np.empty(0, np.int64), seed)
@@ -244,15 +245,15 @@ def test_grpc_sharded_pool_matches_an_unsharded_one(local_ray, server_factory):
 def test_killed_shard_fails_the_select_then_the_retry_succeeds(local_ray, server_factory):
     server = _serve(server_factory)
     rng = np.random.default_rng(19)
-    arrays = pool_arrays(rng, 6000, 16, 3, grid=False)
+    arrays = pool_arrays(rng, 4000, 16, 3, grid=False)
     channel, stub = _stub(server)
     from assay.client import Client
 
     with channel, Client(f"127.0.0.1:{server.port}", timeout=60) as client:
         stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="f", shards=3))
-        for lo, hi in appends(rng, 6000, 2):
+        for lo, hi in appends(rng, 4000, 2):
             client.append("f", **_slice(arrays, lo, hi))
-        request = assay_pb2.SelectRequest(strategy="coreset", budget=1500, pool_id="f", seed=4,
+        request = assay_pb2.SelectRequest(strategy="coreset", budget=1000, pool_id="f", seed=4,
                                           request_id=str(uuid.uuid4()))
         group = server.sharded.group("f")
         pid = ray.get(group.actors[1].pid.remote())
@@ -266,7 +267,7 @@ def test_killed_shard_fails_the_select_then_the_retry_succeeds(local_ray, server
 
         worker = threading.Thread(target=run)
         worker.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         assert worker.is_alive(), "the select finished before the shard could be killed"
         os.kill(pid, signal.SIGKILL)
         worker.join(120)
@@ -280,10 +281,10 @@ def test_killed_shard_fails_the_select_then_the_retry_succeeds(local_ray, server
                 assert error.code() == grpc.StatusCode.UNAVAILABLE
                 time.sleep(0.5)
         assert ray.get(group.actors[1].pid.remote()) != pid
-        want = acquisition.select("coreset", 1500, arrays, {}, seed=4)
+        want = acquisition.select("coreset", 1000, arrays, {}, seed=4)
         np.testing.assert_array_equal(np.array(response.indices), want.indices)
         assert stub.Select(request, timeout=60) == response  # the stored answer
-        assert stub.GetPool(assay_pb2.GetPoolRequest(pool_id="f")).pool.item_count == 6000
+        assert stub.GetPool(assay_pb2.GetPoolRequest(pool_id="f")).pool.item_count == 4000
 
 
 def test_without_ray_address_ray_is_never_imported(tmp_path):
@@ -304,7 +305,7 @@ def test_without_ray_address_ray_is_never_imported(tmp_path):
         with Client(f"127.0.0.1:{{srv.port}}") as c:
             c.create_pool("q")
             c.append("q", embeddings=np.eye(4, dtype=np.float32))
-            print(len(c.select("coreset", 2, pool="q", seed=1).indices))
+            print(len(c.select("random", 2, pool="q", seed=1).indices))
         srv.stop(0)
         print("ray" in sys.modules)
     """)

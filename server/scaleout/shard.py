@@ -229,7 +229,9 @@ class Shard:
         pos = int(np.searchsorted(s.gids, chosen))
         if pos < s.gids.size and s.gids[pos] == chosen:
             stepper.mark(pos)
-        top, pos = stepper.step(centre)
+        # A writable copy: the same kernel signature as ``kcenter_greedy``'s centres, so a
+        # worker compiles the step once for both modes.
+        top, pos = stepper.step(np.array(centre))
         return self._kc_best(s, top, pos)
 
     def kc_local(self, sid: str, budget: int, centres: np.ndarray | None, seed: list[int],
