@@ -77,6 +77,7 @@ class ShardedPools:
     def __init__(self, data_dir: str, shard_dir: str = "", *, threads: int = 0,
                  actor_cpus: float = 1.0, local_shards: bool = False):
         self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.shard_dir = Path(shard_dir) if shard_dir else self.data_dir / "shards"
         self.threads, self.actor_cpus, self.local_shards = threads, actor_cpus, local_shards
         self._lock = threading.RLock()
