@@ -157,7 +157,8 @@ def test_model_embeddings_replace_the_pools(client, rng):
     client.create_pool("p")
     client.append("p", model_inputs=x, embeddings=rng.normal(size=(40, 3)).astype(np.float32))
     client.label("p", [3, 11], [0, 1])
-    got = client.select("coreset", 5, pool="p", models=["m"])
+    # The deadline leaves room for compiling the k-center kernel on a first use.
+    got = client.select("coreset", 5, pool="p", models=["m"], timeout=300)
     # k-center greedy in float64 from the labeled items' model embeddings.
     h = m.hidden(x)
     dist = np.linalg.norm(h[:, None] - h[[3, 11]][None], axis=2).min(axis=1)
@@ -305,7 +306,7 @@ def test_a_committee_feeds_suggestive_annotation(client, rng):
     client.append("p", model_inputs=x)
     client.label("p", [0, 5], [1, 2])
     sel = client.select("suggestive_annotation", 5, pool="p", models=["c0", "c1", "c2"],
-                        seed=4)
+                        seed=4, timeout=300)  # room for compiling the kernel on a first use
     want = acquisition.select(
         "suggestive_annotation", 5,
         {"samples": np.stack([m.probs(x) for m in members]).astype(np.float32),
@@ -320,7 +321,7 @@ def test_mc_dropout_feeds_batchbald(server, client, rng):
     client.register_model("m", m.data, {"logits": "logits"})
     x = rng.normal(size=(40, 6)).astype(np.float32)
     sel = client.select("batchbald", 4, model_inputs=x, models=["m"], mc_samples=8, seed=9,
-                        batch_size=10)
+                        batch_size=10, timeout=300)  # room for compiling the kernel
     samples = _mc_samples(server, x, "m", 8, 9, 10)
     want = acquisition.select("batchbald", 4, {"samples": samples}, seed=9)
     np.testing.assert_array_equal(sel.indices, want.indices)
