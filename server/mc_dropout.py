@@ -29,13 +29,43 @@ from assay.server.onnx_safety import default_opset, iter_graphs
 #: Optimizers that must be off in a session running a rewritten graph.
 DISABLED_OPTIMIZERS = ("EliminateDropout",)
 _TRAINING = "assay_mc_dropout_training_mode"
+_INFERENCE = "assay_dropout_inference_mode"
 _RATIO = "assay_mc_dropout_default_ratio"
 
 KEEP_DROPOUT_HINT = (
     "export the model with its Dropout nodes kept: e.g. in PyTorch put the dropout modules "
-    "(only them) in train() mode and call torch.onnx.export(..., opset_version >= 12, "
-    "training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False); Assay switches "
-    "them to training mode itself")
+    "(only them) in train() mode and call torch.onnx.export(..., dynamo=False, "
+    "opset_version >= 12, training=torch.onnx.TrainingMode.PRESERVE, "
+    "do_constant_folding=False); Assay switches them on for MC passes and off otherwise")
+
+
+def _dropout_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for g in iter_graphs(model.graph) for n in g.node
+            if n.op_type == "Dropout" and n.domain in ("", "ai.onnx")]
+
+
+def disable_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return ``model`` with every Dropout's ``training_mode`` forced false (opset >= 12).
+
+    A model exported with dropout kept may carry ``training_mode = true``; the
+    deterministic pass must not sample, whatever the exporter left there (and
+    whether or not onnxruntime's optimizer happens to delete the node).
+    """
+    nodes = _dropout_nodes(model)
+    if not nodes or default_opset(model) < 12:
+        return model  # older Dropouts have no training mode: they never sample at inference
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.initializer.append(numpy_helper.from_array(np.array(False), _INFERENCE))
+    for node in _dropout_nodes(out):
+        inputs = list(node.input)
+        ratio = inputs[1] if len(inputs) > 1 and inputs[1] else _RATIO
+        if ratio == _RATIO and not any(t.name == _RATIO for t in out.graph.initializer):
+            out.graph.initializer.append(
+                numpy_helper.from_array(np.array(0.5, np.float32), _RATIO))
+        del node.input[:]
+        node.input.extend([inputs[0], ratio, _INFERENCE])
+    return out
 
 
 def enable_mc_dropout(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
@@ -49,8 +79,7 @@ def enable_mc_dropout(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    nodes = [n for g in iter_graphs(out.graph) for n in g.node
-             if n.op_type == "Dropout" and n.domain in ("", "ai.onnx")]
+    nodes = _dropout_nodes(out)
     if not nodes:
         raise FailedPrecondition(
             "the model has no Dropout nodes, so MC dropout cannot sample it: it was probably "

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from assay.server.errors import InvalidInput, NotFound
-from assay.server.mc_dropout import DISABLED_OPTIMIZERS, enable_mc_dropout
+from assay.server.mc_dropout import DISABLED_OPTIMIZERS, disable_dropout, enable_mc_dropout
 from assay.server.model_store import ModelInfo, ModelStore
 from assay.server.onnx_runner import (
     Terminator,
@@ -162,7 +162,10 @@ class ModelRuntime:
             if session is not None:
                 self._sessions.move_to_end(info.uid)
                 return session
-        session = make_session(self._read(info), threads=self.threads)
+        data = self._read(info)
+        if info.signature.dropout_count:
+            data = disable_dropout(parse_model(data)).SerializeToString()
+        session = make_session(data, threads=self.threads)
         with self._lock:
             self._sessions[info.uid] = session
             while len(self._sessions) > self.max_sessions:

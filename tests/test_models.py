@@ -4,6 +4,7 @@ cache, MC dropout, committees, deadlines, and every rejection with its status.""
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 
@@ -182,6 +183,23 @@ def _mc_samples(server, x, model_id, s, seed, batch_size):
     return arrays["samples"]
 
 
+def _masks_of(samples: np.ndarray, hidden: np.ndarray, logits_under) -> np.ndarray:
+    """Check that every pass of every item is the forward pass under one of the 2^H dropout
+    masks (``logits_under(item, mask)``: float64 logits); return the masks of the units a
+    mask can be seen on (those not zeroed by the ReLU anyway), flattened."""
+    masks = np.array(list(itertools.product([0.0, 1.0], repeat=hidden.shape[1])))
+    kept = []
+    for i in range(samples.shape[1]):
+        table = np.stack([logits_under(i, mask) for mask in masks])
+        table = np.exp(table - table.max(axis=1, keepdims=True))
+        table /= table.sum(axis=1, keepdims=True)
+        for s in range(samples.shape[0]):
+            dist = np.abs(table - samples[s, i]).max(axis=1)
+            assert dist.min() < 1e-5, (i, s)
+            kept.append(masks[dist.argmin()][hidden[i] > 0])
+    return np.concatenate(kept)
+
+
 def test_mc_dropout_passes_are_masked_forward_passes(server, client, rng):
     m = mlp(rng, hidden=6, classes=3, dropout=0.5)
     client.register_model("m", m.data, {"logits": "logits"})
@@ -189,25 +207,49 @@ def test_mc_dropout_passes_are_masked_forward_passes(server, client, rng):
     samples = _mc_samples(server, x, "m", 32, seed=11, batch_size=5)
     assert samples.shape == (32, 12, 3)
     np.testing.assert_allclose(samples.sum(axis=2), 1.0, atol=1e-5)
-    # Every pass of every item is the NumPy forward pass under one of the 2^6 masks.
-    masks = np.array(list(itertools.product([0.0, 1.0], repeat=6)))
-    kept = []
-    for i in range(12):
-        h = m.hidden(x[i:i + 1])
-        active = h[0] > 0  # units at 0 after ReLU leave no trace of their mask
-        table = np.stack([m.logits(x[i:i + 1], mask[None])[0] for mask in masks])
-        table = np.exp(table - table.max(axis=1, keepdims=True))
-        table /= table.sum(axis=1, keepdims=True)
-        for s in range(32):
-            dist = np.abs(table - samples[s, i]).max(axis=1)
-            assert dist.min() < 1e-5, (i, s)
-            kept.append(masks[dist.argmin()][active])
-    kept = np.concatenate(kept)
+    kept = _masks_of(samples, m.hidden(x), lambda i, mask: m.logits(x[i:i + 1], mask[None])[0])
     assert abs(kept.mean() - 0.5) < 0.06  # units are kept at rate 1 - ratio
     assert len({samples[s].tobytes() for s in range(32)}) == 32  # no two passes alike
     # The same seed and batch size replay; another seed does not.
     np.testing.assert_array_equal(_mc_samples(server, x, "m", 32, 11, 5), samples)
     assert not np.allclose(_mc_samples(server, x, "m", 32, 12, 5), samples)
+
+
+def test_a_torch_export_with_dropout_kept(server, client, rng):
+    """What the FAILED_PRECONDITION hint says to do works: a PyTorch model exported with its
+    dropout kept runs deterministically in a plain pass and samples under mc_samples."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(int(rng.integers(2**31)))
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(8, 3))
+
+    def export(**kwargs) -> bytes:
+        buffer = io.BytesIO()
+        torch.onnx.export(net, (torch.zeros(2, 6),), buffer, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, **kwargs)
+        return buffer.getvalue()
+
+    net.eval()
+    net[2].train()
+    client.register_model("kept", export(training=torch.onnx.TrainingMode.PRESERVE,
+                                         do_constant_folding=False), {"logits": "logits"})
+    net.eval()
+    client.register_model("folded", export(), {"logits": "logits"})
+    x = rng.normal(size=(10, 6)).astype(np.float32)
+    with torch.no_grad():
+        probs = torch.softmax(net(torch.from_numpy(x)), dim=1).double().numpy()
+    _expect(client.select("entropy", 10, model_inputs=x, models=["kept"]), _entropy(probs), 10,
+            rtol=1e-4)
+    w1, b1, w2, b2 = (t.detach().double().numpy() for t in
+                      (net[0].weight, net[0].bias, net[3].weight, net[3].bias))
+    hidden = np.maximum(x @ w1.T + b1, 0.0)
+    kept = _masks_of(_mc_samples(server, x, "kept", 16, 2, 0), hidden,
+                     lambda i, mask: (hidden[i] * mask / 0.5) @ w2.T + b2)
+    assert 0.35 < kept.mean() < 0.65
+    error = _failure(client.select, "bald", 2, model_inputs=x, models=["folded"], mc_samples=4)
+    assert (error.code, reason_of(error)[0]) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                                 "NO_DROPOUT")
 
 
 @pytest.mark.parametrize("strategy", ["bald", "variation_ratio", "mean_std", "entropy"])
