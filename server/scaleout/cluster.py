@@ -57,6 +57,7 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    _HANDLES.clear()
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -78,7 +79,7 @@ def _unwrap(error: BaseException) -> BaseException:
     return error
 
 
-#: Worker handles of this process, per Ray job (a new ``ray.init`` starts afresh).
+#: Worker handles of this process, per cluster and job (a new ``ray.init`` starts afresh).
 _HANDLES: dict[str, list[Any]] = {}
 
 
@@ -98,7 +99,8 @@ class Workers:
         """Handles of workers 0 .. n-1."""
         import ray
 
-        handles = _HANDLES.setdefault(ray.get_runtime_context().get_job_id(), [])
+        context = ray.get_runtime_context()
+        handles = _HANDLES.setdefault(f"{context.gcs_address}/{context.get_job_id()}", [])
         cls = ray.remote(Worker)
         while len(handles) < n:
             handles.append(cls.options(
