@@ -171,7 +171,7 @@ type SelectRequest struct {
 	Strategy string
 	Budget   int64
 	// Inputs by role: "probs", "samples", "embeddings", "labeled_embeddings", "scores",
-	// "loss", "discriminator", "predictions".
+	// "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs".
 	Inputs map[string]Tensor
 	PoolID string
 	// Params values are float64, int/int64, string or bool.
@@ -235,6 +235,12 @@ func setInput(in *assayv1.Inputs, role string, t *assayv1.Tensor) error {
 		in.Discriminator = t
 	case "predictions":
 		in.Predictions = t
+	case "labeled_probs":
+		in.LabeledProbs = t
+	case "labels":
+		in.Labels = t
+	case "model_inputs":
+		in.ModelInputs = t
 	default:
 		return fmt.Errorf("assay: unknown input role %q", role)
 	}

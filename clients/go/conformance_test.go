@@ -43,14 +43,35 @@ type vcase struct {
 		} `json:"label"`
 	} `json:"pool"`
 	Expect struct {
-		Error        string    `json:"error"`
-		Indices      []int64   `json:"indices"`
-		Scores       []float64 `json:"scores"`
-		RTol         float64   `json:"rtol"`
-		ATol         float64   `json:"atol"`
-		PseudoIdx    []int64   `json:"pseudo_label_indices"`
-		PseudoLabels []int64   `json:"pseudo_labels"`
+		Error        string      `json:"error"`
+		Indices      []int64     `json:"indices"`
+		Scores       []jsonFloat `json:"scores"`
+		RTol         float64     `json:"rtol"`
+		ATol         float64     `json:"atol"`
+		PseudoIdx    []int64     `json:"pseudo_label_indices"`
+		PseudoLabels []int64     `json:"pseudo_labels"`
 	} `json:"expect"`
+}
+
+// jsonFloat is a JSON number, or "Infinity", "-Infinity", "NaN" (JSON has no such numbers).
+type jsonFloat float64
+
+func (f *jsonFloat) UnmarshalJSON(b []byte) error {
+	switch string(b) {
+	case `"Infinity"`:
+		*f = jsonFloat(math.Inf(1))
+	case `"-Infinity"`:
+		*f = jsonFloat(math.Inf(-1))
+	case `"NaN"`:
+		*f = jsonFloat(math.NaN())
+	default:
+		var x float64
+		if err := json.Unmarshal(b, &x); err != nil {
+			return err
+		}
+		*f = jsonFloat(x)
+	}
+	return nil
 }
 
 func (v vtensor) tensor() (Tensor, error) {
@@ -176,9 +197,14 @@ func runCase(ctx context.Context, c *Client, vc vcase) error {
 	if len(sel.Scores) != len(want.Scores) {
 		return fmt.Errorf("%d scores, want %d", len(sel.Scores), len(want.Scores))
 	}
-	for i := range want.Scores {
-		if math.Abs(sel.Scores[i]-want.Scores[i]) > want.ATol+want.RTol*math.Abs(want.Scores[i]) {
-			return fmt.Errorf("score %d = %v, want %v", i, sel.Scores[i], want.Scores[i])
+	for i, ws := range want.Scores {
+		w, got := float64(ws), sel.Scores[i]
+		same := math.Abs(got-w) <= want.ATol+want.RTol*math.Abs(w)
+		if math.IsInf(w, 0) || math.IsNaN(w) {
+			same = got == w || (math.IsNaN(w) && math.IsNaN(got))
+		}
+		if !same {
+			return fmt.Errorf("score %d = %v, want %v", i, got, w)
 		}
 	}
 	if len(sel.PseudoLabelIndices)+len(want.PseudoIdx) > 0 &&

@@ -15,7 +15,8 @@ File format (the same for every client; see README.md here):
 * ``cases[i].pool``: instead of inline inputs, a pool to create and fill with
   ``appends`` (each a role -> tensor map, streamed in ``chunk_bytes`` chunks)
   and then ``label`` (indices, labels); the Select then names the pool.
-* ``cases[i].expect``: ``indices`` (exact), ``scores`` (within ``rtol``/``atol``),
+* ``cases[i].expect``: ``indices`` (exact), ``scores`` (within ``rtol``/``atol``; non-finite
+  scores are the strings "Infinity", "-Infinity", "NaN" and must match exactly),
   ``pseudo_label_indices``/``pseudo_labels`` (exact), or ``error`` (a status code name).
 """
 
@@ -78,6 +79,9 @@ def make_inputs(rng: np.random.Generator, n: int, c: int, d: int, s: int, t: int
         "loss": rng.gamma(2.0, size=n),
         "discriminator": rng.uniform(size=n),
         "predictions": rng.integers(0, c, size=(t, n)).astype(np.int64),
+        "labeled_probs": softmax(rng.normal(size=(l_, c)) * 2.0),
+        # Every other item labeled (class in [0, C)), the rest -1.
+        "labels": np.where(np.arange(n) % 2 == 0, rng.integers(0, c, size=n), -1).astype(np.int64),
     }
     for k, v in inputs.items():
         if v.dtype.kind == "f":
@@ -90,7 +94,7 @@ def roles_for(info, with_optional: bool) -> list[str]:
     if with_optional:
         roles += [r for r in info.optional_inputs if r not in roles]
     # Optional inputs that the defaults lean on (a density's base score, a labeled set).
-    for extra in ("probs", "labeled_embeddings"):
+    for extra in ("probs", "samples", "labeled_embeddings"):
         if extra in info.optional_inputs and extra not in roles:
             roles.append(extra)
     if not roles:
@@ -161,7 +165,7 @@ class Builder:
         finally:
             if pool_id is not None:
                 self.client.delete_pool(pool_id)
-        expect = {"indices": sel.indices.tolist(), "scores": sel.scores.tolist(),
+        expect = {"indices": sel.indices.tolist(), "scores": [_float_json(v) for v in sel.scores],
                   "rtol": RTOL, "atol": ATOL}
         if sel.pseudo_label_indices.size:
             expect["pseudo_label_indices"] = sel.pseudo_label_indices.tolist()
@@ -183,6 +187,15 @@ def _check_reference_error(name, strategy, budget, inputs, params, seed, exclude
             raise AssertionError(f"{name}: wire {code} vs reference {error.code_name}") from None
         return
     raise AssertionError(f"{name}: the wire failed with {code} but the reference succeeded")
+
+
+def _float_json(value: float) -> float | str:
+    """A float for JSON: non-finite values (a never-learned item's infinite forgetting
+    count) as the strings "Infinity", "-Infinity", "NaN", since JSON has no such numbers."""
+    value = float(value)
+    if np.isfinite(value):
+        return value
+    return "NaN" if np.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
 def _param_json(value) -> dict:
@@ -317,6 +330,8 @@ def _non_default(name: str, spec: dict) -> dict:
             value = min(value, hi)
         return {name: value} if value != default else {}
     if kind == "PARAM_TYPE_INT":
+        if not default:  # 0 usually means "automatic": leave it alone
+            return {}
         value = int(default) + 1
         if hi is not None and value > hi:
             value = int(default) - 1
@@ -338,7 +353,7 @@ def main() -> int:
         finally:
             server.stop(0)
     doc = {"format": FORMAT_VERSION, "strategies": strategies, "cases": cases}
-    OUT.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    OUT.write_text(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
     errors = sum("error" in c["expect"] for c in cases)
     print(f"wrote {len(cases)} cases ({errors} error cases, {len(strategies)} strategies) "
           f"to {OUT}")

@@ -64,9 +64,13 @@ v1::Tensor* input_field(v1::Inputs* in, const std::string& role) {
   if (role == "loss") return in->mutable_loss();
   if (role == "discriminator") return in->mutable_discriminator();
   if (role == "predictions") return in->mutable_predictions();
+  if (role == "labeled_probs") return in->mutable_labeled_probs();
+  if (role == "labels") return in->mutable_labels();
+  if (role == "model_inputs") return in->mutable_model_inputs();
   throw std::invalid_argument("unknown input role '" + role +
                               "' (probs, samples, embeddings, labeled_embeddings, scores, "
-                              "loss, discriminator, predictions)");
+                              "loss, discriminator, predictions, labeled_probs, labels, "
+                              "model_inputs)");
 }
 
 }  // namespace

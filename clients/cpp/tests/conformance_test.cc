@@ -97,11 +97,21 @@ std::string run_case(assay::Client& client, const json& c) {
       } else if (sel.indices != expect["indices"].get<std::vector<std::int64_t>>()) {
         problem = "indices differ";
       } else {
-        auto want = expect["scores"].get<std::vector<double>>();
+        std::vector<double> want;
+        for (const auto& v : expect["scores"]) {
+          if (v.is_number()) want.push_back(v.get<double>());
+          else if (v == "Infinity") want.push_back(INFINITY);
+          else if (v == "-Infinity") want.push_back(-INFINITY);
+          else want.push_back(NAN);
+        }
         const double rtol = expect["rtol"], atol = expect["atol"];
         if (want.size() != sel.scores.size()) problem = "score count differs";
         for (std::size_t i = 0; problem.empty() && i < want.size(); ++i) {
-          if (!(std::fabs(sel.scores[i] - want[i]) <= atol + rtol * std::fabs(want[i])))
+          const bool same =
+              std::isfinite(want[i])
+                  ? std::fabs(sel.scores[i] - want[i]) <= atol + rtol * std::fabs(want[i])
+                  : (sel.scores[i] == want[i] || (std::isnan(want[i]) && std::isnan(sel.scores[i])));
+          if (!same)
             problem = "score " + std::to_string(i) + " differs: " +
                       std::to_string(sel.scores[i]) + " vs " + std::to_string(want[i]);
         }

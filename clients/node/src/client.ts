@@ -5,6 +5,12 @@ import * as grpc from "@grpc/grpc-js";
 import {
   AppendPoolItemsRequest,
   AssayServiceClient,
+  CreatePoolRequest,
+  DeletePoolRequest,
+  GetPoolRequest,
+  LabelPoolItemsRequest,
+  ListPoolsRequest,
+  ListStrategiesRequest,
   Inputs,
   ParamType,
   ParamValue,
@@ -53,7 +59,8 @@ export class AssayError extends Error {
 export type Param = number | bigint | string | boolean | { double: number };
 export type Role =
   | "probs" | "samples" | "embeddings" | "labeled_embeddings"
-  | "scores" | "loss" | "discriminator" | "predictions";
+  | "scores" | "loss" | "discriminator" | "predictions"
+  | "labeled_probs" | "labels" | "model_inputs";
 
 export interface SelectOptions {
   strategy: string;
@@ -109,6 +116,7 @@ const INPUT_FIELDS: Record<Role, keyof Inputs> = {
   probs: "probs", samples: "samples", embeddings: "embeddings",
   labeled_embeddings: "labeledEmbeddings", scores: "scores", loss: "loss",
   discriminator: "discriminator", predictions: "predictions",
+  labeled_probs: "labeledProbs", labels: "labels", model_inputs: "modelInputs",
 };
 
 function toWire(t: Tensor) {
@@ -186,7 +194,7 @@ export class Client {
 
   /** Every strategy the server offers, with inputs and parameter declarations. */
   async listStrategies(): Promise<StrategyInfo[]> {
-    const r: any = await this.unary("listStrategies", {});
+    const r: any = await this.unary("listStrategies", ListStrategiesRequest.fromPartial({}));
     return r.strategies.map((s: any) => ({
       name: s.name, kind: s.kind, description: s.description,
       requiredInputs: s.requiredInputs, optionalInputs: s.optionalInputs,
@@ -199,11 +207,12 @@ export class Client {
 
   /** Build the wire request of a Select (the load generator reuses it). */
   static selectRequest(o: SelectOptions): SelectRequest {
-    const req: SelectRequest = {
+    // fromPartial fills every field the contract may add later with its default.
+    const req: SelectRequest = SelectRequest.fromPartial({
       strategy: o.strategy, budget: BigInt(o.budget), params: {},
       requestId: o.requestId ?? randomUUID(),
       excludeIndices: Array.from(o.exclude ?? [], (i) => BigInt(i)),
-    };
+    });
     if (o.seed !== undefined) req.seed = BigInt(o.seed);
     for (const [k, v] of Object.entries(o.params ?? {})) req.params[k] = paramValue(v);
     if (o.poolId !== undefined) {
@@ -244,11 +253,11 @@ export class Client {
   }
 
   async createPool(poolId: string): Promise<Pool> {
-    return pool((await this.unary<any, any>("createPool", { poolId })).pool);
+    return pool((await this.unary<any, any>("createPool", CreatePoolRequest.fromPartial({ poolId }))).pool);
   }
 
   async getPool(poolId: string): Promise<Pool> {
-    return pool((await this.unary<any, any>("getPool", { poolId })).pool);
+    return pool((await this.unary<any, any>("getPool", GetPoolRequest.fromPartial({ poolId }))).pool);
   }
 
   /** Every pool, following pagination. */
@@ -256,7 +265,7 @@ export class Client {
     const out: Pool[] = [];
     let pageToken = "";
     do {
-      const r: any = await this.unary("listPools", { pageSize, pageToken });
+      const r: any = await this.unary("listPools", ListPoolsRequest.fromPartial({ pageSize, pageToken }));
       out.push(...r.pools.map(pool));
       pageToken = r.nextPageToken;
     } while (pageToken);
@@ -264,15 +273,15 @@ export class Client {
   }
 
   async deletePool(poolId: string): Promise<void> {
-    await this.unary("deletePool", { poolId });
+    await this.unary("deletePool", DeletePoolRequest.fromPartial({ poolId }));
   }
 
   async label(poolId: string, indices: ArrayLike<number | bigint>,
               labels: ArrayLike<number | bigint>, requestId?: string): Promise<Pool> {
-    const r: any = await this.unary("labelPoolItems", {
+    const r: any = await this.unary("labelPoolItems", LabelPoolItemsRequest.fromPartial({
       poolId, indices: Array.from(indices, (i) => BigInt(i)),
       labels: Array.from(labels, (i) => BigInt(i)), requestId: requestId ?? randomUUID(),
-    });
+    }));
     return pool(r.pool);
   }
 
@@ -291,14 +300,14 @@ export class Client {
       if (!call.write(m)) await Promise.race([once(call, "drain"), done]);
     };
     try {
-      await write({
+      await write(AppendPoolItemsRequest.fromPartial({
         header: {
           poolId, requestId: opts.requestId ?? randomUUID(),
           arrays: arrays.map(([name, t]) => ({
             name, dtype: DTYPE_ENUM[t.dtype] as DataType, shape: t.shape.map(BigInt),
           })),
         },
-      });
+      }));
       for (let i = 0; i < arrays.length; i++) {
         const data = arrays[i][1].data;
         for (let off = 0; off < data.byteLength; off += chunkBytes) {

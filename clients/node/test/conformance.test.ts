@@ -85,9 +85,12 @@ async function runCase(client: Client, c: any): Promise<void> {
     const sel = await client.select(o);
     assert.deepEqual(Array.from(sel.indices, Number), want.indices);
     assert.equal(sel.scores.length, want.scores.length);
-    want.scores.forEach((s: number, i: number) => {
-      assert.ok(Math.abs(sel.scores[i] - s) <= want.atol + want.rtol * Math.abs(s),
-        `score ${i}: ${sel.scores[i]} vs ${s}`);
+    want.scores.forEach((raw: number | string, i: number) => {
+      const s = Number(raw); // "Infinity", "-Infinity", "NaN" for non-finite scores
+      const same = Number.isFinite(s)
+        ? Math.abs(sel.scores[i] - s) <= want.atol + want.rtol * Math.abs(s)
+        : Object.is(sel.scores[i], s);
+      assert.ok(same, `score ${i}: ${sel.scores[i]} vs ${raw}`);
     });
     assert.deepEqual(Array.from(sel.pseudoLabelIndices, Number), want.pseudo_label_indices ?? []);
     assert.deepEqual(Array.from(sel.pseudoLabels, Number), want.pseudo_labels ?? []);

@@ -122,7 +122,9 @@ struct ClientOptions {
 struct SelectOptions {
   std::string strategy;
   std::int64_t budget = 0;
-  // Inline arrays by role ("probs", "samples", "embeddings", ...), or a pool id.
+  // Inline arrays by role ("probs", "samples", "embeddings", "labeled_embeddings", "scores",
+  // "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs"),
+  // or a pool id.
   std::map<std::string, TensorView> inputs;
   std::string pool_id;
   std::map<std::string, Param> params;
