@@ -12,7 +12,7 @@ mkdir -p gen bin
 protoc -I ../../protos -I /usr/include \
   --go_out=. --go_opt=module=assay \
   --go-grpc_out=. --go-grpc_opt=module=assay \
-  ../../protos/assay/v1/tensor.proto ../../protos/assay/v1/assay.proto
+  ../../protos/assay/v1/*.proto
 # go.mod's require block is rewritten from what the code imports.
 printf 'module assay\n\ngo 1.19\n' > go.mod
 python3 tools/vendor_from_debian.py

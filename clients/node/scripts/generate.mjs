@@ -1,6 +1,6 @@
 // Generates TypeScript types and the grpc-js client of assay.v1 from ../../protos (ts-proto).
 import { execFileSync } from "node:child_process";
-import { mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -15,6 +15,8 @@ execFileSync("protoc", [
   `--plugin=protoc-gen-ts_proto=${plugin}`,
   `--ts_proto_out=${out}`,
   "--ts_proto_opt=outputServices=grpc-js,esModuleInterop=true,importSuffix=.js,forceLong=bigint",
-  join(protos, "assay/v1/tensor.proto"), join(protos, "assay/v1/assay.proto"),
+  // Every file of the contract, so a new import never breaks the build.
+  ...readdirSync(join(protos, "assay/v1")).filter((f) => f.endsWith(".proto")).sort()
+    .map((f) => join(protos, "assay/v1", f)),
 ], { stdio: "inherit" });
 console.log(`generated ${out}`);
