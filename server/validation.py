@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from assay.kernels import rowwise
 from assay.server.errors import InvalidInput
 from assay.server.strategies.registry import INPUT_ROLES, LABELED_ROLES
 from assay.server.tensors import BFLOAT16
@@ -91,6 +92,9 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
         raise InvalidInput(f"{field} has no classes (C = 0)", field=field)
     flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(-1, 1)
     sum_tol = SUM_TOL_16 if array.dtype.itemsize == 2 else SUM_TOL
+    if role in ("probs", "samples", "labeled_probs") and rowwise.compiled(flat):
+        _check_probability_rows(field, rowwise.as_rows(flat), sum_tol)
+        return
     for start in range(0, flat.shape[0], _BLOCK):
         block = np.asarray(flat[start:start + _BLOCK], dtype=np.float64)
         bad = ~np.isfinite(block)
@@ -111,6 +115,24 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
                     f"probabilities must sum to 1 within {sum_tol:g} (apply softmax first)",
                     field=field, reason="NOT_PROBABILITIES",
                 )
+
+
+def _check_probability_rows(field: str, rows: np.ndarray, sum_tol: float) -> None:
+    """The same checks as the NumPy path, in one fused pass (float32/float64 rows)."""
+    non_finite, out_of_range, bad_sum = rowwise.run(
+        "probability_rows_check", rows, -PROB_TOL, 1 + PROB_TOL, sum_tol)
+    if non_finite != rowwise.NO_ROW:
+        raise InvalidInput(f"{field} contains NaN or Inf (first at flat row {non_finite})",
+                           field=field, reason="NON_FINITE")
+    if out_of_range != rowwise.NO_ROW:
+        raise InvalidInput(f"{field} has values outside [0, 1]", field=field,
+                           reason="NOT_PROBABILITIES")
+    if bad_sum != rowwise.NO_ROW:
+        raise InvalidInput(
+            f"{field} row {bad_sum} sums to {rows[bad_sum].astype(np.float64).sum():.6g}; class "
+            f"probabilities must sum to 1 within {sum_tol:g} (apply softmax first)",
+            field=field, reason="NOT_PROBABILITIES",
+        )
 
 
 def _validate_model_inputs(array: np.ndarray, field: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import entr
 
+from assay.kernels import rowwise
 from assay.server.strategies.registry import Context, Inputs, Strategy, register
 
 
@@ -22,13 +23,23 @@ def entropy(p: np.ndarray, axis: int = -1) -> np.ndarray:
     return entr(p).sum(axis=axis)
 
 
+def _fused(inputs: Inputs, kernel: str) -> np.ndarray | None:
+    """The compiled one-pass score for float32/float64 probabilities, else None."""
+    p = inputs["probs"]
+    return rowwise.run(kernel, rowwise.as_rows(p)) if rowwise.compiled(p) else None
+
+
 def least_confident(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     """1 - max_y P(y|x) (Settles 2010)."""
-    return 1.0 - probs64(inputs).max(axis=1)
+    fused = _fused(inputs, "least_confident_rows")
+    return fused if fused is not None else 1.0 - probs64(inputs).max(axis=1)
 
 
 def margin(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     """-(P(y1|x) - P(y2|x)) for the two most likely classes (Scheffer 2001)."""
+    fused = _fused(inputs, "margin_rows")
+    if fused is not None:
+        return fused
     p = probs64(inputs)
     top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
     return -(top2[:, 1] - top2[:, 0])
@@ -36,7 +47,8 @@ def margin(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
 
 def entropy_score(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     """-sum_y P(y|x) log P(y|x) (Shannon; Settles 2010)."""
-    return entropy(probs64(inputs))
+    fused = _fused(inputs, "entropy_rows")
+    return fused if fused is not None else entropy(probs64(inputs))
 
 
 register(Strategy("least_confident", "score", least_confident, ("probs",),

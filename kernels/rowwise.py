@@ -1,0 +1,117 @@
+"""Fused per-row kernels over class probabilities: validation and uncertainty scores.
+
+Small inline Selects are dominated by per-request overhead, and the NumPy path
+makes several passes over the rows (a float64 copy, a clip, ``entr``, a sum, the
+finite/range/row-sum checks, each with its own temporary). These kernels read
+each row once, accumulate in float64 and allocate only their output, which is
+what lets a sidecar answer many small requests per second on two cores.
+
+Only float32 and float64 rows take this path (Numba has no float16 arithmetic);
+callers fall back to NumPy for 16-bit inputs. Kernels never validate shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+#: Values (rows x classes) from which the parallel variant pays for waking threads;
+#: below it the serial variant is several times faster, most of all on a busy host.
+PARALLEL_MIN_VALUES = 1 << 20
+
+#: First offending row of each check, -1 when none.
+NO_ROW = -1
+
+
+def probability_rows_check(p, lo, hi, sum_tol):
+    """Return (first non-finite row, first out-of-range row, first bad-sum row)."""
+    n, c = p.shape
+    flags = np.zeros(n, dtype=np.int8)  # 1 non-finite, 2 out of range, 3 bad sum
+    for i in prange(n):
+        total = 0.0
+        state = 0
+        for j in range(c):
+            v = np.float64(p[i, j])
+            if not math.isfinite(v):
+                state = 1
+                break
+            if v < lo or v > hi:
+                state = 2
+            total += v
+        if state == 0 and abs(total - 1.0) > sum_tol:
+            state = 3
+        flags[i] = state
+    first = np.full(3, NO_ROW, dtype=np.int64)
+    for i in range(n):
+        s = flags[i]
+        if s > 0 and first[s - 1] == NO_ROW:
+            first[s - 1] = i
+    return first[0], first[1], first[2]
+
+
+def entropy_rows(p):
+    """-sum_y p log p per row in float64, values clipped into [0, 1], 0 log 0 = 0."""
+    n, c = p.shape
+    out = np.empty(n, dtype=np.float64)
+    for i in prange(n):
+        acc = 0.0
+        for j in range(c):
+            v = min(max(np.float64(p[i, j]), 0.0), 1.0)
+            if v > 0.0:
+                acc -= v * math.log(v)
+        out[i] = acc
+    return out
+
+
+def least_confident_rows(p):
+    """1 - max_y p per row, values clipped into [0, 1]."""
+    n, c = p.shape
+    out = np.empty(n, dtype=np.float64)
+    for i in prange(n):
+        best = 0.0
+        for j in range(c):
+            best = max(best, min(max(np.float64(p[i, j]), 0.0), 1.0))
+        out[i] = 1.0 - best
+    return out
+
+
+def margin_rows(p):
+    """-(p1 - p2) per row for the two largest values, clipped into [0, 1]; needs C >= 2."""
+    n, c = p.shape
+    out = np.empty(n, dtype=np.float64)
+    for i in prange(n):
+        first = -1.0
+        second = -1.0
+        for j in range(c):
+            v = min(max(np.float64(p[i, j]), 0.0), 1.0)
+            if v > first:
+                second = first
+                first = v
+            elif v > second:
+                second = v
+        out[i] = -(first - second)
+    return out
+
+
+_KERNELS = {
+    f.__name__: (njit(nogil=True, cache=True)(f), njit(parallel=True, nogil=True, cache=True)(f))
+    for f in (probability_rows_check, entropy_rows, least_confident_rows, margin_rows)
+}
+
+
+def run(name: str, rows: np.ndarray, *args):
+    """Run kernel ``name`` on ``rows``, serial or parallel by size."""
+    serial, parallel = _KERNELS[name]
+    return (parallel if rows.size >= PARALLEL_MIN_VALUES else serial)(rows, *args)
+
+
+def compiled(array: np.ndarray) -> bool:
+    """Whether ``array`` can take the compiled path (2-D float32/float64)."""
+    return array.ndim == 2 and array.dtype in (np.float32, np.float64)
+
+
+def as_rows(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous view (or copy, for strided input) the kernels can read."""
+    return np.ascontiguousarray(array)
