@@ -26,6 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 from numba import njit, prange
 
+from assay.kernels._kcenter_cpu import reduce_argmax
 from assay.kernels.bits import LOADERS
 from assay.kernels.config import FASTMATH
 
@@ -38,10 +39,12 @@ CHOSEN = np.float32(-1.0)
 #: dynamically, so a few large segments still spread over every thread).
 CHUNK_SLOTS: int = 2048
 
-#: Steps between checks of whether pruning pays, and the mean fraction of the rows
-#: read over such a window from which the plain streaming pass takes over.
-PROBE_STEPS: int = 64
-DENSE_FRACTION: float = 0.9
+#: Fraction of the rows read by a pruned step above which the next ``DENSE_STEPS``
+#: steps stream every row in row order instead (the member lists gather rows out of
+#: order, which costs more per row); the member lists are then rebuilt and the
+#: next step tries pruning again.
+DENSE_FRACTION: float = 0.6
+DENSE_STEPS: int = 16
 
 
 def safety(d: int) -> tuple[float, float]:
@@ -62,14 +65,17 @@ def _better(v, p, val, pos):
 
 
 @njit(nogil=True)
-def rebuild(assign, delta, ub, perm, seg_start, seg_slots, live, rad, bval, bpos,
-            active, meta, stats):
-    """Counting sort of the live candidates by centre into ``perm``; per-centre counts,
-    and with ``stats`` also each centre's radius and argmax, from scratch.
+def rebuild(byrow, byslot, centres, stats):
+    """Counting sort of the live candidates by centre into the member list, the
+    per-slot copies of Delta and of its bound, the counts, and with ``stats`` each
+    centre's radius and argmax, all from the per-row arrays.
 
-    ``meta[0]`` is the number of active (non-empty) centres listed in ``active``,
-    ``meta[1]`` the end of the used part of ``perm``.
+    ``meta[0]`` is the number of active (non-empty) centres listed in ``active`` (in
+    increasing id), ``meta[1]`` the end of the used part of the member list.
     """
+    delta, ub, assign, slot = byrow
+    perm, sd, su = byslot
+    seg_start, seg_slots, live, rad, bval, bpos, active, meta = centres
     k = live.shape[0]
     live[:] = 0
     for i in range(assign.shape[0]):
@@ -88,15 +94,18 @@ def rebuild(assign, delta, ub, perm, seg_start, seg_slots, live, rad, bval, bpos
     for i in range(assign.shape[0]):
         c = assign[i]
         if c >= 0:
-            perm[fill[c]] = i
+            j = fill[c]
             fill[c] += 1
+            perm[j] = i
+            sd[j] = delta[i]
+            su[j] = ub[i]
+            slot[i] = j
     meta[0] = na
     meta[1] = start
     if stats:
-        for c in range(k):
-            rad[c] = -np.inf
-            bval[c] = -np.inf
-            bpos[c] = -1
+        rad[:] = -np.inf
+        bval[:] = -np.inf
+        bpos[:] = -1
         for i in range(assign.shape[0]):
             c = assign[i]
             if c >= 0:
@@ -155,19 +164,60 @@ def _build(load):
             ub[i] = max(delta[i], np.float32(acc))
 
     @njit(**_FLAGS)
-    def scan(x, rows, identity, centre, k, delta, ub, assign, perm, scratch,
-             ch_seg, ch_lo, ch_hi, ch_base, ch_live, ch_moved, ch_rad, ch_bval, ch_bpos,
-             ch_mval, ch_mpos):
-        """One pass over the slots of the touched segments, split in chunks.
-
-        Each live member gets its distance to ``centre``; a closer one moves to
-        centre ``k`` (its slot becomes -1 and its position goes to the chunk's part
-        of ``scratch``); the others give the segment's new radius and argmax.
-        """
+    def dense(x, rows, identity, centre, k, byrow, best_val, best_pos):
+        """The unpruned fused pass over every row, in row order, that also keeps the
+        assignment: for the steps where the bound would clear too little to pay for
+        gathering rows through the member lists."""
+        delta, ub, assign, _ = byrow
+        m = delta.shape[0]
         d = x.shape[1]
-        for t in prange(ch_seg.shape[0]):
-            c = ch_seg[t]
+        nchunks = best_val.shape[0]
+        per = (m + nchunks - 1) // nchunks
+        for t in prange(nchunks):
+            lo = t * per
+            hi = min(m, lo + per)
+            top = np.float32(-np.inf)
+            arg = -1
+            for i in range(lo, hi):
+                r = i if identity else rows[i]
+                acc = np.float32(0.0)
+                for j in range(d):
+                    diff = load(x[r, j]) - centre[j]
+                    acc += diff * diff
+                v = np.float32(acc)
+                w = delta[i]
+                if v < w:
+                    w = v
+                    delta[i] = v
+                    ub[i] = v
+                    assign[i] = k
+                if w > top:
+                    top = w
+                    arg = i
+            best_val[t] = top
+            best_pos[t] = arg
+        return reduce_argmax(best_val, best_pos)
+
+    @njit(**_FLAGS)
+    def scan(x, rows, identity, centre, k, byrow, byslot, movers, chunks, out_i, out_f):
+        """One pass over the slots of the visited segments, split in chunks.
+
+        A member whose own bound clears it keeps its slot unread but for its two
+        per-slot floats; the others get their distance to ``centre``. A closer one
+        moves to centre ``k`` (its slot becomes -1, its position and Delta go to the
+        chunk's part of ``movers``); the rest give the segment's new radius and argmax.
+        Per chunk: out_i = (live, moved, rows read, argmax, movers' argmax), out_f =
+        (radius, max Delta, movers' max Delta).
+        """
+        delta, ub, assign, _ = byrow
+        perm, sd, su = byslot
+        mi, mv_ = movers
+        ch_lo, ch_hi, ch_base, ch_thr = chunks
+        d = x.shape[1]
+        for t in prange(ch_lo.shape[0]):
             base = ch_base[t]
+            thr = ch_thr[t]
+            nread = 0
             nlive = 0
             nmoved = 0
             rmax = np.float32(-np.inf)
@@ -179,58 +229,51 @@ def _build(load):
                 i = perm[j]
                 if i < 0:
                     continue
-                if assign[i] != c:  # chosen since the last visit
-                    perm[j] = -1
-                    continue
-                r = i if identity else rows[i]
-                acc = np.float32(0.0)
-                for q in range(d):
-                    diff = load(x[r, q]) - centre[q]
-                    acc += diff * diff
-                v = np.float32(acc)
-                if v < delta[i]:
-                    delta[i] = v
-                    ub[i] = v
-                    assign[i] = k
-                    perm[j] = -1
-                    scratch[base + nmoved] = i
-                    nmoved += 1
-                    if v > mv or (v == mv and i < mp):
-                        mv = v
-                        mp = i
-                else:
-                    nlive += 1
-                    rmax = max(rmax, ub[i])
-                    w = delta[i]
-                    if w > bv or (w == bv and i < bp):
-                        bv = w
-                        bp = i
-            ch_live[t] = nlive
-            ch_moved[t] = nmoved
-            ch_rad[t] = rmax
-            ch_bval[t] = bv
-            ch_bpos[t] = bp
-            ch_mval[t] = mv
-            ch_mpos[t] = mp
+                w = sd[j]
+                if su[j] > thr:
+                    nread += 1
+                    r = i if identity else rows[i]
+                    acc = np.float32(0.0)
+                    for q in range(d):
+                        diff = load(x[r, q]) - centre[q]
+                        acc += diff * diff
+                    v = np.float32(acc)
+                    if v < w:
+                        delta[i] = v
+                        ub[i] = v
+                        assign[i] = k
+                        perm[j] = -1
+                        mi[base + nmoved] = i
+                        mv_[base + nmoved] = v
+                        nmoved += 1
+                        if v > mv or (v == mv and i < mp):
+                            mv = v
+                            mp = i
+                        continue
+                nlive += 1
+                rmax = max(rmax, su[j])
+                if w > bv or (w == bv and i < bp):
+                    bv = w
+                    bp = i
+            out_i[t, 0] = nlive
+            out_i[t, 1] = nmoved
+            out_i[t, 2] = nread
+            out_i[t, 3] = bp
+            out_i[t, 4] = mp
+            out_f[t, 0] = rmax
+            out_f[t, 1] = bv
+            out_f[t, 2] = mv
 
     @njit(nogil=True)
-    def step(x, rows, identity, centre, k, forced, delta, ub, assign, perm, scratch,
-             seg_start, seg_slots, live, rad, bval, bpos, cvec, active, meta,
+    def step(x, rows, identity, centre, k, forced, byrow, byslot, movers, centres, cvec,
              rel, absolute, chunk):
         """Add ``centre`` as centre ``k`` and fold it into Delta, skipping every segment
-        the bound clears (``forced``, the centre of the last pick, is always visited:
-        its argmax was that pick). Returns the new argmax (value, position) and the
-        number of rows read."""
-        d = x.shape[1]
-        for j in range(d):
-            cvec[k, j] = centre[j]
-        touch = _prune(centre, cvec, active[:meta[0]], rad, forced, rel, absolute)
-        need = 0
-        for c in touch:
-            need += live[c]
-        if meta[1] + need > perm.shape[0]:
-            rebuild(assign, delta, ub, perm, seg_start, seg_slots, live, rad, bval, bpos,
-                    active, meta, False)
+        and every member the bound clears (``forced``, the centre of the last pick, is
+        always visited: its argmax was that pick). Returns the new argmax (value,
+        position) and the number of rows read."""
+        seg_start, seg_slots, live, rad, bval, bpos, active, meta = centres
+        cvec[k, :] = centre
+        touch, thr = _prune(centre, cvec, active[:meta[0]], rad, forced, rel, absolute)
         nch = 0
         for c in touch:
             nch += (seg_slots[c] + chunk - 1) // chunk
@@ -238,32 +281,31 @@ def _build(load):
         ch_lo = np.empty(nch, np.int64)
         ch_hi = np.empty(nch, np.int64)
         ch_base = np.empty(nch, np.int64)
+        ch_thr = np.empty(nch, np.float64)
         t = 0
         base = 0
-        for c in touch:
+        for a in range(touch.shape[0]):
+            c = touch[a]
             lo = seg_start[c]
             end = lo + seg_slots[c]
             while lo < end:
                 ch_seg[t] = c
+                ch_thr[t] = thr[a]
                 ch_lo[t] = lo
                 ch_hi[t] = min(end, lo + chunk)
                 ch_base[t] = base
                 base += ch_hi[t] - lo
                 lo = ch_hi[t]
                 t += 1
-        ch_live = np.empty(nch, np.int64)
-        ch_moved = np.empty(nch, np.int64)
-        ch_rad = np.empty(nch, np.float32)
-        ch_bval = np.empty(nch, np.float32)
-        ch_bpos = np.empty(nch, np.int64)
-        ch_mval = np.empty(nch, np.float32)
-        ch_mpos = np.empty(nch, np.int64)
-        scan(x, rows, identity, centre, k, delta, ub, assign, perm, scratch, ch_seg, ch_lo,
-             ch_hi, ch_base, ch_live, ch_moved, ch_rad, ch_bval, ch_bpos, ch_mval, ch_mpos)
+        out_i = np.empty((nch, 5), np.int64)
+        out_f = np.empty((nch, 3), np.float32)
+        scan(x, rows, identity, centre, k, byrow, byslot, movers,
+             (ch_lo, ch_hi, ch_base, ch_thr), out_i, out_f)
         # Per-segment results, and where each chunk's movers go in the new segment.
         dest = np.empty(nch, np.int64)
         tail = meta[1]
         moved = 0
+        read = 0
         rad[k] = -np.inf
         bval[k] = -np.inf
         bpos[k] = -1
@@ -274,28 +316,33 @@ def _build(load):
                 rad[c] = -np.inf
                 bval[c] = -np.inf
                 bpos[c] = -1
-            live[c] += ch_live[t]
-            rad[c] = max(rad[c], ch_rad[t])
-            if _better(ch_bval[t], ch_bpos[t], bval[c], bpos[c]):
-                bval[c] = ch_bval[t]
-                bpos[c] = ch_bpos[t]
-            rad[k] = max(rad[k], ch_mval[t])
-            if _better(ch_mval[t], ch_mpos[t], bval[k], bpos[k]):
-                bval[k] = ch_mval[t]
-                bpos[k] = ch_mpos[t]
+            live[c] += out_i[t, 0]
+            rad[c] = max(rad[c], out_f[t, 0])
+            if _better(out_f[t, 1], out_i[t, 3], bval[c], bpos[c]):
+                bval[c] = out_f[t, 1]
+                bpos[c] = out_i[t, 3]
+            rad[k] = max(rad[k], out_f[t, 2])
+            if _better(out_f[t, 2], out_i[t, 4], bval[k], bpos[k]):
+                bval[k] = out_f[t, 2]
+                bpos[k] = out_i[t, 4]
             dest[t] = tail + moved
-            moved += ch_moved[t]
-        _gather(scratch, ch_base, ch_moved, dest, perm)
-        seg_start[k] = tail
-        seg_slots[k] = moved
-        live[k] = moved
-        meta[1] = tail + moved
+            moved += out_i[t, 1]
+            read += out_i[t, 2]
+        rebuilt = tail + moved > byslot[0].shape[0]
+        if rebuilt:  # the member list is full: a counting sort drops the dead slots
+            rebuild(byrow, byslot, centres, False)
+        else:
+            _gather(movers, ch_base, out_i[:, 1], dest, byslot, byrow[3])
+            seg_start[k] = tail
+            seg_slots[k] = moved
+            live[k] = moved
+            meta[1] = tail + moved
         # Active centres, and the argmax over their maxima.
         na = meta[0]
         out = 0
         val = np.float32(-np.inf)
         pos = -1
-        for a in range(na + 1):
+        for a in range(na + (0 if rebuilt else 1)):
             c = active[a] if a < na else k
             if live[c] > 0:
                 active[out] = c
@@ -304,40 +351,53 @@ def _build(load):
                     val = bval[c]
                     pos = bpos[c]
         meta[0] = out
-        return val, pos, need
+        return val, pos, read
 
-    return SimpleNamespace(init=init, bound=bound, step=step)
+    return SimpleNamespace(init=init, bound=bound, dense=dense, step=step)
 
 
-@njit(parallel=True, nogil=True)
+@njit(nogil=True)
 def _prune(centre, cvec, active, rad, forced, rel, absolute):
-    """Ids of the active centres whose members must be visited, in ``active`` order:
-    d(c, u)^2 < 4 rad (1 + slack), the distance between centres in float64."""
+    """The active centres whose members must be visited, in ``active`` order, and for
+    each the bound below which a member is cleared on its own.
+
+    With D = d(c, u) in float64, member x of c cannot move when
+    D^2 >= 4 ub(x) (1 + slack); the centre is visited unless that holds for its
+    radius, and the returned threshold lets the pass skip the rows of the members
+    for which it holds.
+    """
     d = centre.shape[0]
     na = active.shape[0]
     keep = np.zeros(na, np.bool_)
-    for a in prange(na):
+    thr = np.full(na, -1.0)
+    for a in range(na):
         c = active[a]
         r = np.float64(rad[c])
-        if c == forced or not r < np.inf:
-            keep[a] = True
-        elif r > 0.0:
-            s = 0.0
-            for j in range(d):
-                diff = np.float64(cvec[c, j]) - np.float64(centre[j])
-                s += diff * diff
-            keep[a] = s * (1.0 - rel) < 4.0 * (r + absolute) * (1.0 + rel)
-    return active[keep].copy()
+        if r <= 0.0 and c != forced:
+            continue
+        s = 0.0
+        for j in range(d):
+            diff = np.float64(cvec[c, j]) - np.float64(centre[j])
+            s += diff * diff
+        thr[a] = s * (1.0 - rel) / (4.0 * (1.0 + rel)) - absolute
+        keep[a] = c == forced or not r <= thr[a]
+    return active[keep].copy(), thr[keep].copy()
 
 
-@njit(parallel=True, nogil=True)
-def _gather(scratch, ch_base, ch_moved, dest, perm):
-    """Copy each chunk's movers from ``scratch`` to the new segment at the end of ``perm``."""
-    for t in prange(ch_base.shape[0]):
+@njit(nogil=True)
+def _gather(movers, ch_base, ch_moved, dest, byslot, slot):
+    """Copy each chunk's movers to the new segment at the end of the member list."""
+    mi, mv = movers
+    perm, sd, su = byslot
+    for t in range(ch_base.shape[0]):
         b = ch_base[t]
         o = dest[t]
         for q in range(ch_moved[t]):
-            perm[o + q] = scratch[b + q]
+            i = mi[b + q]
+            perm[o + q] = i
+            sd[o + q] = mv[b + q]
+            su[o + q] = mv[b + q]
+            slot[i] = o + q
 
 
 _KERNELS: dict[str, SimpleNamespace] = {}
@@ -352,7 +412,7 @@ def kernels(kind: str) -> SimpleNamespace:
 
 class PrunedStepper:
     """Holds Delta, the assignment and the member lists on the host; one pruned pass
-    per greedy step, and the plain fused pass once pruning stops paying.
+    per greedy step, or runs of plain streaming passes while pruning does not pay.
 
     Parameters
     ----------
@@ -372,42 +432,53 @@ class PrunedStepper:
 
         from assay.kernels import config
 
-        self.x, self.rows, self.identity, self.kind = x, rows, identity, kind
+        self.x, self.rows, self.identity = x, rows, identity
         self.k = kernels(kind)
         m, d = rows.size, x.shape[1]
         cap = max(initial, 1) + budget + 1
+        slots = 2 * m + 1
         self.delta = np.full(m, np.inf, dtype=np.float32)
-        self.ub = self.delta
-        self.assign = np.zeros(m, dtype=np.int64)
-        self.perm = np.empty(2 * m + 1, dtype=np.int64)
-        self.scratch = np.empty(m, dtype=np.int64)
-        self.seg_start = np.zeros(cap, dtype=np.int64)
-        self.seg_slots = np.zeros(cap, dtype=np.int64)
+        self.assign = np.zeros(m, dtype=np.int64)  # centre 0 stands for "none yet"
+        self.slot = np.empty(m, dtype=np.int64)
+        self.perm = np.empty(slots, dtype=np.int64)
+        self.sd = np.empty(slots, dtype=np.float32)
+        self.movers = (np.empty(slots, dtype=np.int64), np.empty(slots, dtype=np.float32))
+        self._bounds(self.delta, self.sd)
         self.live = np.zeros(cap, dtype=np.int64)
-        self.rad = np.full(cap, -np.inf, dtype=np.float32)
-        self.bval = np.full(cap, -np.inf, dtype=np.float32)
-        self.bpos = np.full(cap, -1, dtype=np.int64)
-        self.cvec = np.zeros((cap, d), dtype=compute)
+        self.rad = np.zeros(cap, dtype=np.float32)
+        self.bval = np.zeros(cap, dtype=np.float32)
+        self.bpos = np.zeros(cap, dtype=np.int64)
         self.active = np.zeros(cap, dtype=np.int64)
         self.meta = np.zeros(2, dtype=np.int64)
+        self.centres = (np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64),
+                        self.live, self.rad, self.bval, self.bpos, self.active, self.meta)
+        self.cvec = np.zeros((cap, d), dtype=compute)
         self.rel, self.absolute = safety(d)
         self.next_id = max(initial, 1)
         self.forced = -1
-        self.nchunks = max(1, min(m, numba.get_num_threads() * config.CHUNKS_PER_THREAD))
+        nchunks = max(1, min(m, numba.get_num_threads() * config.CHUNKS_PER_THREAD))
+        self.nchunks = nchunks
+        self.best_val = np.empty(nchunks, dtype=np.float32)
+        self.best_pos = np.empty(nchunks, dtype=np.int64)
         self.read: list[int] = []
-        self.dense = False
+        self.dense_left = 0
         self._rebuild()
 
+    def _bounds(self, ub: np.ndarray, su: np.ndarray) -> None:
+        """Per-row and per-slot bound arrays (the Delta arrays themselves unless a
+        start from elsewhere needs separate bounds)."""
+        self.ub, self.su = ub, su
+        self.byrow = (self.delta, ub, self.assign, self.slot)
+        self.byslot = (self.perm, self.sd, su)
+
     def _rebuild(self) -> tuple[float, int]:
-        rebuild(self.assign, self.delta, self.ub, self.perm, self.seg_start, self.seg_slots,
-                self.live, self.rad, self.bval, self.bpos, self.active, self.meta, True)
+        rebuild(self.byrow, self.byslot, self.centres, True)
         na = int(self.meta[0])
         if na == 0:
             return -np.inf, -1
         act = self.active[:na]
         vals = self.bval[act]
-        best = act[vals == vals.max()]
-        pos = int(self.bpos[best].min())
+        pos = int(self.bpos[act[vals == vals.max()]].min())
         return float(self.delta[pos]), pos
 
     def init(self, centres: np.ndarray) -> tuple[float, int]:
@@ -429,7 +500,7 @@ class PrunedStepper:
         self.cvec[:centres.shape[0]] = centres
         self.delta[:] = delta
         self.assign[:] = nearest
-        self.ub = np.empty_like(self.delta)
+        self._bounds(np.empty_like(self.delta), np.empty_like(self.sd))
         with config.parallel_section():
             self.k.bound(self.x, self.rows, self.identity, self.cvec, self.delta,
                          self.assign, self.ub)
@@ -441,45 +512,35 @@ class PrunedStepper:
 
         from assay.kernels import config
 
-        if self.dense:
-            with config.parallel_section():
-                v, p = self._dense.step(self.x, self.rows, self.identity, centre, self.delta,
-                                        self._best_val, self._best_pos)
-            self.read.append(self.rows.size)
-            return float(v), int(p)
         k = self.next_id
         self.next_id += 1
+        if self.dense_left > 0:
+            self.dense_left -= 1
+            self.cvec[k] = centre
+            with config.parallel_section():
+                v, p = self.k.dense(self.x, self.rows, self.identity, centre, k, self.byrow,
+                                    self.best_val, self.best_pos)
+            self.read.append(self.rows.size)
+            if self.dense_left == 0:
+                self._rebuild()
+            return float(v), int(p)
         with config.parallel_section(), numba.parallel_chunksize(1):
-            v, p, need = self.k.step(
-                self.x, self.rows, self.identity, centre, k, self.forced, self.delta, self.ub,
-                self.assign, self.perm, self.scratch, self.seg_start, self.seg_slots,
-                self.live, self.rad, self.bval, self.bpos, self.cvec, self.active, self.meta,
-                self.rel, self.absolute, CHUNK_SLOTS)
+            v, p, read = self.k.step(
+                self.x, self.rows, self.identity, centre, k, self.forced, self.byrow,
+                self.byslot, self.movers, self.centres, self.cvec, self.rel, self.absolute,
+                CHUNK_SLOTS)
         self.forced = -1
-        self.read.append(int(need))
-        self._maybe_go_dense()
+        self.read.append(int(read))
+        if read > DENSE_FRACTION * self.rows.size:
+            self.dense_left = DENSE_STEPS
         return float(v), int(p)
 
     def mark(self, pos: int) -> None:
         """Retire the pick at ``pos``: it leaves its centre's members for good."""
         self.delta[pos] = CHOSEN
-        if not self.dense:
-            c = int(self.assign[pos])
-            self.assign[pos] = -1
+        c = int(self.assign[pos])
+        self.assign[pos] = -1
+        if self.dense_left == 0:
+            self.perm[self.slot[pos]] = -1
             self.live[c] -= 1
             self.forced = c
-
-    def _maybe_go_dense(self) -> None:
-        """Switch to the plain fused pass for good when the recent steps read nearly every
-        row anyway (isotropic data): streaming in row order then beats the member lists."""
-        s = len(self.read)
-        if s < PROBE_STEPS or s % PROBE_STEPS:
-            return
-        recent = np.asarray(self.read[-PROBE_STEPS:], dtype=np.float64)
-        if recent.mean() >= DENSE_FRACTION * self.rows.size:
-            from assay.kernels._kcenter_cpu import kernels as cpu_kernels
-
-            self.dense = True
-            self._dense = cpu_kernels(self.kind)
-            self._best_val = np.empty(self.nchunks, dtype=np.float32)
-            self._best_pos = np.empty(self.nchunks, dtype=np.int64)
