@@ -84,6 +84,7 @@ def knn(
 def _prepared(x: np.ndarray, rows: slice, metric: str) -> np.ndarray:
     block = rows_float32(x, rows)
     if metric == "cosine":
+        # A new array: ``block`` may be a view of the caller's (possibly read-only) rows.
         norms = np.linalg.norm(block, axis=1, keepdims=True)
-        block /= np.where(norms > 0, norms, 1.0)
+        block = np.ascontiguousarray(block / np.where(norms > 0, norms, 1.0), dtype=np.float32)
     return block

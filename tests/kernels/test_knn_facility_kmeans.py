@@ -116,3 +116,21 @@ def test_kmeans_backend_errors(monkeypatch):
     monkeypatch.setattr(dispatch, "faiss_gpu_count", lambda: 0)
     with pytest.raises(FailedPrecondition, match=r"assay\[gpu\]"):
         kmeans_closest(x, 2, backend="faiss-gpu")
+
+
+def test_cosine_knn_leaves_read_only_inputs_untouched():
+    from assay.kernels.knn import knn
+
+    rng = np.random.default_rng()
+    base = rng.normal(size=(30, 4)).astype(np.float32)
+    queries = rng.normal(size=(5, 4)).astype(np.float32)
+    before = base.copy(), queries.copy()
+    base.flags.writeable = False
+    queries.flags.writeable = False
+    values, indices, _ = knn(queries, base, 3, metric="cosine")
+    np.testing.assert_array_equal(base, before[0])
+    np.testing.assert_array_equal(queries, before[1])
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    sims = unit(queries.astype(np.float64)) @ unit(base.astype(np.float64)).T
+    np.testing.assert_allclose(values, np.sort(sims, axis=1)[:, ::-1][:, :3], atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(sims, indices, axis=1), values, atol=1e-5)
