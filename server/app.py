@@ -21,7 +21,7 @@ from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import ModelServicer
 from assay.server.model_store import ModelStore
-from assay.server.servicer import AssayServicer, _cancellation
+from assay.server.servicer import AssayServicer, cancellation_check
 from assay.server.store import PoolStore
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
 
@@ -133,14 +133,15 @@ def start(config: ServerConfig) -> RunningServer:
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
                       max_pools=config.max_pools, max_pool_items=config.max_pool_items,
                       min_free_bytes=config.min_free_disk_bytes)
-    models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes)
+    models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
+                        max_model_bytes=config.max_model_bytes)
     runtime = ModelRuntime(models)
     sharded = _sharded_pools(config) if config.ray_address else None
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
         AssayServicer(store, config, metrics, runtime, sharded), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
-                      lambda context: _cancellation(context, config.max_deadline_seconds)),
+                      lambda context: cancellation_check(context, config.max_deadline_seconds)),
         server)
     server.start()
     if health_server is not None:

@@ -72,6 +72,8 @@ class ServerConfig:
     max_pool_items: int = field(default=0, metadata={
         "help": "most items in one pool (0: no limit)"})
     max_pools: int = field(default=0, metadata={"help": "most pools held (0: no limit)"})
+    max_model_bytes: int = field(default=256 * MIB, metadata={
+        "help": "largest ONNX model accepted by RegisterModel"})
     min_free_disk_bytes: int = field(default=64 * MIB, metadata={
         "help": "free bytes the data directory must keep after an upload; uploads that would "
                 "eat into them get RESOURCE_EXHAUSTED before anything is written"})
@@ -139,7 +141,7 @@ class ServerConfig:
             raise ValueError(f"max_message_bytes must be in (0, {PROTOBUF_LIMIT}], got "
                              f"{self.max_message_bytes}")
         for name in ("workers", "max_concurrent_rpcs", "max_concurrent_selects",
-                     "max_inline_bytes"):
+                     "max_inline_bytes", "max_model_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_pool_bytes", "max_pool_items", "max_pools", "min_free_disk_bytes",

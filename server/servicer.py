@@ -100,7 +100,7 @@ def _fingerprint(message) -> str:
     return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
 
 
-def _cancellation(context: grpc.ServicerContext, ceiling: float = 0.0):
+def cancellation_check(context: grpc.ServicerContext, ceiling: float = 0.0):
     """A check that raises once the caller left, its deadline passed, or the server's
     ceiling (``max_deadline_seconds``, 0: none) did."""
     stop_at = time.monotonic() + ceiling if ceiling > 0 else None
@@ -267,11 +267,11 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]")))
         if self._is_sharded(header.pool_id):
             return sharded_rpc.append(self, header.pool_id, specs, request_iterator, key,
-                                      context, _cancellation(context,
+                                      context, cancellation_check(context,
                                                              self.config.max_deadline_seconds))
         writer = self.store.begin_append(header.pool_id, specs)
         committed = False
-        check = _cancellation(context, self.config.max_deadline_seconds)
+        check = cancellation_check(context, self.config.max_deadline_seconds)
         try:
             for message in request_iterator:
                 check()
@@ -330,7 +330,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             }
         elif source == "pool_id" and self._is_sharded(request.pool_id):
             return sharded_rpc.select(self, request, params, exclude, key,
-                                      _cancellation(context, self.config.max_deadline_seconds))
+                                      cancellation_check(context, self.config.max_deadline_seconds))
         elif source == "pool_id":
             data = self.store.load(request.pool_id)
             arrays = dict(data.arrays)
@@ -355,7 +355,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         if request.model_ids and self.models is None:
             raise InvalidInput("this server runs no models", field="model_ids")
         model_metrics: dict[str, float] = {}
-        check = _cancellation(context, self.config.max_deadline_seconds)
+        check = cancellation_check(context, self.config.max_deadline_seconds)
         if not self._selects.acquire(blocking=False):
             raise ResourceExhausted(
                 f"the server is already running {self.config.max_concurrent_selects} "
