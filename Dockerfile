@@ -30,13 +30,14 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# faiss-cpu (a core dependency) and faiss-gpu-cu12 both provide the `faiss` module: drop
-# the CPU build and reinstall the GPU one so its files are the ones left in place.
+# faiss-cpu / onnxruntime (core dependencies) and faiss-gpu-cu12 / onnxruntime-gpu provide
+# the same modules (`faiss`, `onnxruntime`): drop the CPU builds and reinstall the GPU ones
+# so their files are the ones left in place.
 RUN python3 -m venv /opt/assay \
     && /opt/assay/bin/pip install --no-cache-dir ".[gpu]" \
-    && /opt/assay/bin/pip uninstall -y faiss-cpu \
+    && /opt/assay/bin/pip uninstall -y faiss-cpu onnxruntime \
     && /opt/assay/bin/pip install --no-cache-dir --no-deps --force-reinstall \
-       "faiss-gpu-cu12>=1.8" \
+       "faiss-gpu-cu12>=1.8" "onnxruntime-gpu>=1.20" \
     && /opt/assay/bin/assay serve --help > /dev/null
 
 # ---- runtime: GPU --------------------------------------------------------------------------
