@@ -55,9 +55,12 @@ SERIAL_SLOTS: int = 16_384
 #: Fraction of the rows read by a pruned step above which the next ``DENSE_STEPS``
 #: steps stream every row in row order instead: rows gathered out of order through
 #: the member lists cost about three times a streamed row, even prefetched. The
-#: member lists are then rebuilt and the next step tries pruning again.
+#: member lists are then rebuilt and the next step tries pruning again; each failed
+#: try doubles the run (up to ``DENSE_STEPS_MAX``), so on isotropic data the tries
+#: cost a few percent.
 DENSE_FRACTION: float = 0.3
 DENSE_STEPS: int = 16
+DENSE_STEPS_MAX: int = 256
 
 
 def safety(d: int) -> tuple[float, float]:
@@ -115,7 +118,8 @@ def rebuild(byrow, byslot, centres, stats):
     centre's radius and argmax, all from the per-row arrays.
 
     ``meta[0]`` is the number of active (non-empty) centres listed in ``active`` (in
-    increasing id), ``meta[1]`` the end of the used part of the member list.
+    increasing id), ``meta[1]`` the end of the used part of the member list,
+    ``meta[2]`` counts the rebuilds forced by a full member list.
     """
     delta, ub, assign, slot = byrow
     perm, sd, su = byslot
@@ -385,6 +389,7 @@ def _build(load):
         rebuilt = tail + moved > byslot[0].shape[0]
         if rebuilt:  # the member list is full: a counting sort drops the dead slots
             rebuild(byrow, byslot, centres, False)
+            meta[2] += 1
         else:
             _gather(movers, ch_base, out_i[:, 1], dest, byslot, byrow[3])
             seg_start[k] = tail
@@ -503,7 +508,7 @@ class PrunedStepper:
         self.bval = np.zeros(cap, dtype=np.float32)
         self.bpos = np.zeros(cap, dtype=np.int64)
         self.active = np.zeros(cap, dtype=np.int64)
-        self.meta = np.zeros(2, dtype=np.int64)
+        self.meta = np.zeros(3, dtype=np.int64)
         self.centres = (np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64),
                         self.live, self.rad, self.bval, self.bpos, self.active, self.meta)
         self.cvec = np.zeros((cap, d), dtype=compute)
@@ -516,7 +521,13 @@ class PrunedStepper:
         self.best_pos = np.empty(nchunks, dtype=np.int64)
         self.read: list[int] = []
         self.dense_left = 0
+        self.dense_run = DENSE_STEPS
         self._rebuild()
+
+    @property
+    def repacks(self) -> int:
+        """Times a full member list was rebuilt during a step."""
+        return int(self.meta[2])
 
     def _bounds(self, ub: np.ndarray, su: np.ndarray) -> None:
         """Per-row and per-slot bound arrays (the Delta arrays themselves unless a
@@ -586,7 +597,10 @@ class PrunedStepper:
         self.forced = -1
         self.read.append(int(read))
         if read > DENSE_FRACTION * self.rows.size:
-            self.dense_left = DENSE_STEPS
+            self.dense_left = self.dense_run
+            self.dense_run = min(2 * self.dense_run, DENSE_STEPS_MAX)
+        else:
+            self.dense_run = DENSE_STEPS
         return float(v), int(p)
 
     def mark(self, pos: int) -> None:
