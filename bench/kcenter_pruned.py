@@ -72,7 +72,7 @@ def timed(x: np.ndarray, budget: int, prune: bool):
     res = kcenter_greedy(x, budget, rng=np.random.default_rng(0), prune=prune,
                          check_cancelled=lambda: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
-    return res, total, np.diff(stamps + [t0 + total])
+    return res, total, np.diff([*stamps, t0 + total])
 
 
 def main() -> None:
