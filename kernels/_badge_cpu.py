@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from assay.kernels.bits import LOADERS
-from assay.kernels.config import FASTMATH
+from assay.kernels.config import BADGE_ZERO_REL, FASTMATH
 
 _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 
@@ -49,7 +49,7 @@ def _build(load):
             for k in range(c):
                 qq += q[i, k] * qz[k]
             v = gnorm[i] + gz - 2.0 * np.float64(qq) * np.float64(hh)
-            if v < 0.0:
+            if v <= BADGE_ZERO_REL * (gnorm[i] + gz):
                 v = 0.0
             if v < d2[i]:
                 d2[i] = v

@@ -17,6 +17,7 @@ _CACHE: dict = {}
 
 
 def _build(load, tpb: int):
+    zero_rel = config.BADGE_ZERO_REL
     @cuda.jit
     def sqnorms(h, rows, identity, out):
         i = cuda.grid(1)
@@ -43,7 +44,7 @@ def _build(load, tpb: int):
             for k in range(q.shape[1]):
                 qq += q[i, k] * qz[k]
             v = gnorm[i] + gz - 2.0 * float64(qq) * float64(hh)
-            if v < 0.0:
+            if v <= zero_rel * (gnorm[i] + gz):
                 v = 0.0
             if v < d2[i]:
                 d2[i] = v

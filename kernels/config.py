@@ -26,6 +26,11 @@ FAISS_LABELED_MIN: int = 256
 #: 16-bit pool is never copied whole.
 FAISS_BLOCK_ROWS: int = 65_536
 
+#: A factorized BADGE distance |g_x|^2 + |g_z|^2 - 2<.,.> below this fraction of
+#: |g_x|^2 + |g_z|^2 is cancellation noise of the float32 dot products, not a
+#: distance: it counts as 0, so exact duplicates of a pick are never drawn by noise.
+BADGE_ZERO_REL: float = 1e-5
+
 #: Threads per CUDA block of the reduction kernels (a power of two).
 CUDA_THREADS_PER_BLOCK: int = 256
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference as ref
+
 from assay.kernels import rowwise
 
 
