@@ -155,6 +155,18 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         self.sharded = sharded  # pools split over Ray actors; None without --ray-address
         self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
 
+    def _replay(self, message, method: str, response_type):
+        """Idempotency (AIP-155): ``(stored response, None)`` for a retried request id,
+        else ``(None, key)`` with the key to store the new response under (None when the
+        message has no request id)."""
+        if not message.request_id:
+            return None, None
+        fingerprint = _fingerprint(message)
+        cached = self.store.get_request(message.request_id, method, fingerprint)
+        if cached is not None:
+            return response_type.FromString(cached), None
+        return None, (message.request_id, method, fingerprint)
+
     # -- pools -------------------------------------------------------------------------
 
     def _is_sharded(self, pool_id: str) -> bool:
@@ -202,13 +214,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.DeletePoolResponse()
 
     def LabelPoolItems(self, request, context):
-        key = None
-        if request.request_id:
-            fp = _fingerprint(request)
-            cached = self.store.get_request(request.request_id, "LabelPoolItems", fp)
-            if cached is not None:
-                return assay_pb2.LabelPoolItemsResponse.FromString(cached)
-            key = (request.request_id, "LabelPoolItems", fp)
+        replayed, key = self._replay(request, "LabelPoolItems", assay_pb2.LabelPoolItemsResponse)
+        if replayed is not None:
+            return replayed
         if self._is_sharded(request.pool_id):
             return sharded_rpc.label(self, request, key)
         info = self.store.label(
@@ -218,13 +226,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(info))
 
     def RecordEpoch(self, request, context):
-        key = None
-        if request.request_id:
-            fp = _fingerprint(request)
-            cached = self.store.get_request(request.request_id, "RecordEpoch", fp)
-            if cached is not None:
-                return assay_pb2.RecordEpochResponse.FromString(cached)
-            key = (request.request_id, "RecordEpoch", fp)
+        replayed, key = self._replay(request, "RecordEpoch", assay_pb2.RecordEpochResponse)
+        if replayed is not None:
+            return replayed
         check_pool_id(request.pool_id)
         which = request.WhichOneof("predictions")
         if which == "predicted_labels":
@@ -253,13 +257,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                                field="header", reason="OUT_OF_ORDER")
         header = first.header
         check_pool_id(header.pool_id, "header.pool_id")
-        key = None
-        if header.request_id:
-            fp = _fingerprint(header)
-            cached = self.store.get_request(header.request_id, "AppendPoolItems", fp)
-            if cached is not None:
-                return assay_pb2.AppendPoolItemsResponse.FromString(cached)
-            key = (header.request_id, "AppendPoolItems", fp)
+        replayed, key = self._replay(header, "AppendPoolItems", assay_pb2.AppendPoolItemsResponse)
+        if replayed is not None:
+            return replayed
         specs = []
         for i, a in enumerate(header.arrays):
             numpy_dtype(a.dtype, f"header.arrays[{i}]")
@@ -300,13 +300,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     # -- selection ---------------------------------------------------------------------
 
     def Select(self, request, context):
-        key = None
-        if request.request_id:
-            fp = _fingerprint(request)
-            cached = self.store.get_request(request.request_id, "Select", fp)
-            if cached is not None:
-                return assay_pb2.SelectResponse.FromString(cached)
-            key = (request.request_id, "Select", fp)
+        replayed, key = self._replay(request, "Select", assay_pb2.SelectResponse)
+        if replayed is not None:
+            return replayed
         if not request.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         registry.get(request.strategy)
