@@ -6,7 +6,6 @@ uploaded model live in ``onnx_safety``, all inference in ``model_inference``.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from assay.server.model_inference import ModelRun, ModelRuntime, needed_roles
 from assay.server.model_store import ModelInfo, ModelStore, check_model_id
 from assay.server.onnx_runner import Terminator
 from assay.server.onnx_safety import inspect_model
+from assay.server.paging import page_end, page_start
 from assay.server.tensors import enum_of
 from assay.v1 import model_pb2, model_pb2_grpc
 
@@ -87,21 +87,9 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         return model_pb2.GetModelResponse(model=model_to_proto(self.store.get(request.model_id)))
 
     def ListModels(self, request, context):
-        size = request.page_size or 100
-        if not 0 < size <= 1000:
-            raise InvalidInput("page_size must be between 1 and 1000", field="page_size")
-        try:
-            after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
-            if after:
-                check_model_id(after)
-        except (ValueError, UnicodeDecodeError, InvalidInput):
-            raise InvalidInput("page_token is not a token from ListModels",
-                               field="page_token") from None
-        models = self.store.list(after, size + 1)
-        token = ""
-        if len(models) > size:
-            models = models[:size]
-            token = base64.urlsafe_b64encode(models[-1].model_id.encode()).decode()
+        after, size = page_start(request.page_size, request.page_token, check_model_id,
+                                 "ListModels")
+        models, token = page_end(self.store.list(after, size + 1), size, lambda m: m.model_id)
         return model_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models],
                                             next_page_token=token)
 

@@ -8,7 +8,6 @@ interceptor.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 import threading
@@ -32,6 +31,7 @@ from assay.server.errors import (
 from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import pool_cache_key, run_models
+from assay.server.paging import page_end, page_start
 from assay.server.scaleout import rpc as sharded_rpc
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
@@ -187,23 +187,12 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.GetPoolResponse(pool=pool_to_proto(self.store.get_pool(request.pool_id)))
 
     def ListPools(self, request, context):
-        size = request.page_size or 100
-        if not 0 < size <= 1000:
-            raise InvalidInput("page_size must be between 1 and 1000", field="page_size")
-        try:
-            after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
-            if after:
-                check_pool_id(after)
-        except (ValueError, UnicodeDecodeError, InvalidInput):
-            raise InvalidInput("page_token is not a token from ListPools",
-                               field="page_token") from None
+        after, size = page_start(request.page_size, request.page_token, check_pool_id,
+                                 "ListPools")
         pools = self.store.list_pools(after, size + 1)
         if self.sharded is not None:
             pools = sharded_rpc.merge_lists(self, pools, after, size + 1)
-        token = ""
-        if len(pools) > size:
-            pools = pools[:size]
-            token = base64.urlsafe_b64encode(pools[-1].pool_id.encode()).decode()
+        pools, token = page_end(pools, size, lambda p: p.pool_id)
         return assay_pb2.ListPoolsResponse(pools=[sharded_rpc.pool_proto(self, p) for p in pools],
                                            next_page_token=token)
 
