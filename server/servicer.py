@@ -93,11 +93,17 @@ def param_to_proto(value) -> assay_pb2.ParamValue:
 
 
 def _fingerprint(message) -> str:
-    """Hash of a request without its request_id: what makes two retries 'the same'."""
-    copy = type(message)()
-    copy.CopyFrom(message)
-    copy.ClearField("request_id")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+    """Hash of a request without its request_id: what makes two retries 'the same'.
+
+    The id is blanked on the message itself for the serialization and put back, so
+    a large inline request is not copied once more just to be hashed.
+    """
+    request_id = message.request_id
+    message.request_id = ""
+    try:
+        return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
+    finally:
+        message.request_id = request_id
 
 
 def cancellation_check(context: grpc.ServicerContext, ceiling: float = 0.0):
@@ -302,17 +308,18 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         validated = False
         pool_key = labeled = None
         if source == "inputs":
-            size = request.inputs.ByteSize()
+            arrays = {
+                name: from_proto(getattr(request.inputs, name), f"inputs.{name}")
+                for name in _INPUT_FIELDS if request.inputs.HasField(name)
+            }
+            # Summed from the decoded arrays: ByteSize() would serialize the inputs again.
+            size = sum(a.nbytes for a in arrays.values())
             if size > self.config.max_inline_bytes:
                 raise ResourceExhausted(
                     f"inline inputs are {size} bytes, over the server's inline limit of "
                     f"{self.config.max_inline_bytes}; upload them to a pool (CreatePool, "
                     "AppendPoolItems) and Select by pool_id", field="inputs",
                     reason="INLINE_TOO_LARGE")
-            arrays = {
-                name: from_proto(getattr(request.inputs, name), f"inputs.{name}")
-                for name in _INPUT_FIELDS if request.inputs.HasField(name)
-            }
         elif source == "pool_id" and self._is_sharded(request.pool_id):
             return sharded_rpc.select(self, request, params, exclude, key,
                                       cancellation_check(context, self.config.max_deadline_seconds))
