@@ -5,7 +5,9 @@ Why this shape:
 * ``.npy`` is memory-mappable and pickle-free; an append stream is written
   straight into its file as chunks arrive (the wire bytes are already
   little-endian, row-major), so receiving and writing overlap and one fsync at
-  commit makes it durable.
+  commit makes it durable. Write-out to disk is started as chunks arrive, and
+  their rows are validated on a checker thread while the stream goes on, so
+  neither waits for the end of the stream.
 * Each append is a new *segment* directory; a pool's array is the concatenation
   of its segments along the item axis. Appending never rewrites old data.
 * SQLite is the single commit point. A segment is renamed into place first and
@@ -16,11 +18,14 @@ Why this shape:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import queue
 import re
 import shutil
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -137,6 +142,50 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def _dtype_of(name: str) -> np.dtype:
     return BFLOAT16 if name == "bfloat16" else np.dtype(name)
+
+
+#: Bytes written to an upload's temp file between two writeback kicks.
+_WRITEBACK_BYTES = 1 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+#: Chunks an upload may have waiting for its checker thread.
+_CHECK_QUEUE = 4
+#: Roles whose ``validate_array`` checks look at one last-axis row or one element at a
+#: time, so an upload can be checked chunk by chunk. Others are validated whole at commit.
+_ROW_LOCAL_ROLES = frozenset({"probs", "samples", "embeddings", "scores", "loss",
+                              "discriminator", "predictions", "labeled_probs", "labels",
+                              "model_inputs"})
+#: Longest row checked chunk by chunk; a row split across chunks is buffered until whole.
+_MAX_ROW_BYTES = 1 << 20
+
+
+def _writeback_starter():
+    """Linux ``sync_file_range``, or None where the C library lacks it.
+
+    An upload is fsync'd once, at commit; left alone, the kernel holds its
+    dirty pages until then and the whole file hits the disk after the last
+    chunk, in series with the upload. Starting write-out as chunks arrive
+    (asynchronously: ``SYNC_FILE_RANGE_WRITE`` does not wait) lets the disk
+    work while the network does, and leaves the fsync little to do. It is only
+    a hint: durability still comes from the fsync, which reports any error.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _writeback_starter()
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now (no wait, no error)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -575,7 +624,13 @@ class PoolStore:
 
 
 class AppendWriter:
-    """Receives one append stream's chunks straight into temp ``.npy`` files."""
+    """Receives one append stream's chunks straight into temp ``.npy`` files.
+
+    Per chunk, the receiving thread only checks the order, writes, and nudges the
+    kernel to start writing out; validation runs on a checker thread. At commit,
+    the fsync finds most pages already on disk and the checks already done, so an
+    upload costs little more than receiving it.
+    """
 
     def __init__(self, store: PoolStore, pool_id: str, uid: str, specs: list[ArraySpec]):
         self.store = store
@@ -587,6 +642,19 @@ class AppendWriter:
         self.expected = [int(np.prod(s.shape)) * _dtype_of(s.dtype).itemsize for s in specs]
         self.received = [0] * len(specs)
         self.total_bytes = sum(self.expected)
+        self._dtypes = [_dtype_of(s.dtype) for s in specs]
+        # Content checks run per row (a last-axis row, or one element of a 1-D array).
+        self._row_bytes = [(s.shape[-1] if len(s.shape) > 1 else 1) * d.itemsize
+                           for s, d in zip(specs, self._dtypes, strict=True)]
+        self._partial = [b""] * len(specs)  # the start of a row split across chunks
+        # False once a check failed, or when chunks cannot be checked alone (no data, a
+        # role whose checks span rows, rows too long to buffer): validate in full at commit.
+        self._rows_ok = [want > 0 and s.name in _ROW_LOCAL_ROLES and row <= _MAX_ROW_BYTES
+                         for s, want, row in zip(specs, self.expected, self._row_bytes,
+                                                 strict=True)]
+        self._unflushed = [0] * len(specs)
+        self._checks: queue.Queue | None = None
+        self._checker: threading.Thread | None = None
         self._files = []
         try:
             for spec in specs:
@@ -615,6 +683,88 @@ class AppendWriter:
                 "bytes its shape declares", field="chunk.data", reason="OVERRUN")
         self._files[index].write(data)
         self.received[index] += len(data)
+        self._unflushed[index] += len(data)
+        if self._unflushed[index] >= _WRITEBACK_BYTES:
+            _start_writeback(self._files[index].fileno())
+            self._unflushed[index] = 0
+        if self._rows_ok[index]:
+            self._queue_check(index, data)
+
+    def _queue_check(self, index: int, data: bytes) -> None:
+        """Hand a chunk to this upload's checker thread, which validates it in order.
+
+        Checking in the receiving thread would put validation in series with
+        parsing and writing every chunk; NumPy releases the GIL while it checks,
+        so on a second core it overlaps with both. The bounded queue makes a
+        slow checker slow the stream down instead of holding the upload in memory.
+        """
+        if self._checker is None:
+            self._checks = queue.Queue(maxsize=_CHECK_QUEUE)
+            self._checker = threading.Thread(target=self._run_checks, daemon=True,
+                                             name="assay-append-check")
+            self._checker.start()
+        self._checks.put((index, data))
+
+    def _run_checks(self) -> None:
+        while (item := self._checks.get()) is not None:
+            index, data = item
+            if not self._rows_ok[index]:
+                continue
+            try:
+                self._check_rows(index, data)
+            except Exception:  # a failed check only means: validate in full at commit
+                self._rows_ok[index] = False
+
+    def _finish_checks(self, drop: bool = False) -> None:
+        """Wait for the checker to go through every queued chunk (``drop``: skip them)."""
+        if self._checker is None:
+            return
+        if drop:
+            self._rows_ok = [False] * len(self.specs)
+        self._checks.put(None)
+        self._checker.join()
+        self._checker = None
+
+    def _check_rows(self, index: int, data: bytes) -> None:
+        """Validate the rows this chunk completes, while they are still in memory.
+
+        Checking after the stream would read the whole array back after the fsync,
+        in series with the upload; checked as they arrive, rows are validated while
+        the next chunks are in flight and the disk is writing. Only a pass is
+        recorded here: when a row fails, the array is validated in full at commit,
+        so the error, and its order after the truncation check, is exactly the one
+        a full check reports. Every check is row-local, so all rows passing is the
+        same as the whole array passing.
+        """
+        row = self._row_bytes[index]
+        view = memoryview(data)
+        head = self._partial[index]
+        ok = True
+        if head:
+            need = row - len(head)
+            if len(view) < need:
+                self._partial[index] = head + bytes(view)
+                return
+            ok = self._rows_valid(index, head + bytes(view[:need]))
+            view = view[need:]
+        whole = len(view) - len(view) % row
+        if ok and whole:
+            ok = self._rows_valid(index, view[:whole])
+        self._partial[index] = bytes(view[whole:])
+        self._rows_ok[index] = ok
+
+    def _rows_valid(self, index: int, rows) -> bool:
+        """Whether ``rows`` (whole rows' bytes) pass ``validate_array`` for the array's role."""
+        spec = self.specs[index]
+        array = np.frombuffer(rows, dtype=self._dtypes[index])
+        if len(spec.shape) > 1:
+            # Keep the role's rank: validate_array checks rank, and rows run along the last axis.
+            array = array.reshape((1,) * (len(spec.shape) - 2) + (-1, spec.shape[-1]))
+        try:
+            validate_array(spec.name, array, field=f"array {spec.name!r}")
+        except InvalidInput:
+            return False
+        return True
 
     def commit(self, request: tuple[str, str, bytes] | None = None,
                make_response=None) -> tuple[PoolInfo, int, int]:
@@ -629,15 +779,18 @@ class AppendWriter:
             f.flush()
             os.fsync(f.fileno())
             f.close()
+        self._finish_checks()
         arrays = {s.name: PoolStore._open(self.tmp / f"{s.name}.npy", s) for s in self.specs}
-        for name, array in arrays.items():
-            validate_array(name, array, field=f"array {name!r}")
+        for i, (name, array) in enumerate(arrays.items()):
+            if not (self._rows_ok[i] and not self._partial[i]):
+                validate_array(name, array, field=f"array {name!r}")
         check_consistency(arrays)
         del arrays
         _fsync_dir(self.tmp)
         return self.store._commit_append(self, request, make_response)
 
     def abort(self) -> None:
+        self._finish_checks(drop=True)
         for f in self._files:
             f.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
