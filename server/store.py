@@ -18,7 +18,9 @@ Why this shape:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import json
 import os
 import queue
@@ -186,6 +188,22 @@ def _start_writeback(fd: int) -> None:
     """Ask the kernel to start writing ``fd``'s dirty pages now (no wait, no error)."""
     if _sync_file_range is not None:
         _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+@contextlib.contextmanager
+def _disk_full_is_exhausted():
+    """A disk that fills up during an upload is RESOURCE_EXHAUSTED, not an internal error.
+
+    The free-space check before an upload cannot see other writers; the caller aborts
+    the upload, so nothing half-written stays behind.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted("the data directory ran out of space during the upload; "
+                                    "nothing was stored", reason="DISK_FULL") from None
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -657,12 +675,13 @@ class AppendWriter:
         self._checker: threading.Thread | None = None
         self._files = []
         try:
-            for spec in specs:
-                f = open(self.tmp / f"{spec.name}.npy", "wb")
-                self._files.append(f)
-                disk = "<u2" if spec.dtype == "bfloat16" else spec.dtype
-                np.lib.format.write_array_header_1_0(
-                    f, {"descr": disk, "fortran_order": False, "shape": spec.shape})
+            with _disk_full_is_exhausted():
+                for spec in specs:
+                    f = open(self.tmp / f"{spec.name}.npy", "wb")
+                    self._files.append(f)
+                    disk = "<u2" if spec.dtype == "bfloat16" else spec.dtype
+                    np.lib.format.write_array_header_1_0(
+                        f, {"descr": disk, "fortran_order": False, "shape": spec.shape})
         except BaseException:
             self.abort()
             raise
@@ -681,7 +700,8 @@ class AppendWriter:
             raise InvalidInput(
                 f"array {self.specs[index].name!r} gets more than the {self.expected[index]} "
                 "bytes its shape declares", field="chunk.data", reason="OVERRUN")
-        self._files[index].write(data)
+        with _disk_full_is_exhausted():
+            self._files[index].write(data)
         self.received[index] += len(data)
         self._unflushed[index] += len(data)
         if self._unflushed[index] >= _WRITEBACK_BYTES:
@@ -775,10 +795,11 @@ class AppendWriter:
                     f"the stream ended after {got} of {want} bytes of array {spec.name!r}: "
                     "the upload was truncated and nothing was stored",
                     field="chunk.data", reason="TRUNCATED")
-        for f in self._files:
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
+        with _disk_full_is_exhausted():
+            for f in self._files:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
         self._finish_checks()
         arrays = {s.name: PoolStore._open(self.tmp / f"{s.name}.npy", s) for s in self.specs}
         for i, (name, array) in enumerate(arrays.items()):

@@ -262,3 +262,42 @@ def test_out_of_range_settings_are_refused(server_factory, tmp_path, settings, w
         ServerConfig(data_dir=str(tmp_path), **settings).validate()
     with pytest.raises(ValueError, match=why):
         server_factory(**settings)
+
+
+def test_disk_filling_up_during_an_upload_is_resource_exhausted(client, server, monkeypatch):
+    """ENOSPC from the file system mid-stream: RESOURCE_EXHAUSTED, and nothing is left."""
+    import errno
+
+    client.create_pool("full")
+    real_open = open
+
+    class FullFile:
+        """Takes the .npy header, then the disk is full."""
+
+        def __init__(self, f):
+            self._f = f
+            self._writes = 0
+
+        def write(self, data):
+            self._writes += 1
+            if self._writes > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+    def opener(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FullFile(f) if str(path).endswith(".npy") and "w" in mode else f
+
+    import assay.server.store as store_module
+
+    monkeypatch.setattr(store_module, "open", opener, raising=False)
+    with pytest.raises(AssayError) as err:
+        client.append("full", probs=np.full((100, 2), 0.5, np.float32))
+    assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "ran out of space" in err.value.message
+    pool = client.get_pool("full")
+    assert (pool.item_count, pool.version) == (0, 0)
+    assert list(server.store.tmp_dir.iterdir()) == []
