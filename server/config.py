@@ -60,8 +60,10 @@ class ServerConfig:
     max_inline_bytes: int = field(default=32 * MIB, metadata={
         "help": "largest inline Select inputs; larger inputs belong in a pool"})
     workers: int = field(default=8, metadata={"help": "gRPC worker threads"})
-    max_concurrent_rpcs: int = field(default=64, metadata={
-        "help": "RPCs in flight before new ones get RESOURCE_EXHAUSTED (load shedding)"})
+    max_concurrent_rpcs: int = field(default=16, metadata={
+        "help": "RPCs in flight (running or queued for a worker) before new ones get "
+                "RESOURCE_EXHAUSTED at once; about twice the workers sheds load before it "
+                "queues"})
     max_concurrent_selects: int = field(default=4, metadata={
         "help": "Select calls computing at once; more get RESOURCE_EXHAUSTED at once"})
     max_deadline_seconds: float = field(default=0.0, metadata={
