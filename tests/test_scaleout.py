@@ -35,6 +35,9 @@ from assay.server.scaleout.pools import ShardedPools  # noqa: E402
 
 @pytest.fixture(scope="module")
 def local_ray():
+    # The first start of a freshly installed Ray pages in its GCS binary; on a busy
+    # 2-core machine that can pass Ray's 30 s default wait, which is not what we test.
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 << 20,
              _node_ip_address="127.0.0.1", namespace="assay", log_to_driver=False,
              configure_logging=False)
