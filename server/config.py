@@ -65,7 +65,10 @@ class ServerConfig:
                 "RESOURCE_EXHAUSTED at once; about twice the workers sheds load before it "
                 "queues"})
     max_concurrent_selects: int = field(default=4, metadata={
-        "help": "Select calls computing at once; more get RESOURCE_EXHAUSTED at once"})
+        "help": "Select calls computing at once"})
+    max_queued_selects: int = field(default=8, metadata={
+        "help": "Select calls that may wait for a computing slot (within their deadline); "
+                "beyond them, RESOURCE_EXHAUSTED at once (0: no waiting)"})
     max_deadline_seconds: float = field(default=0.0, metadata={
         "help": "ceiling on the time one Select or upload may run, whatever deadline the "
                 "client set (DEADLINE_EXCEEDED past it; 0: the client's deadline only)"})
@@ -146,7 +149,8 @@ class ServerConfig:
                      "max_inline_bytes", "max_model_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_pool_bytes", "max_pool_items", "max_pools", "min_free_disk_bytes",
+        for name in ("max_queued_selects", "max_pool_bytes", "max_pool_items", "max_pools",
+                     "min_free_disk_bytes",
                      "max_deadline_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 switches it off), got "

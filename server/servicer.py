@@ -160,6 +160,32 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         self.models = models
         self.sharded = sharded  # pools split over Ray actors; None without --ray-address
         self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
+        self._queue_lock = threading.Lock()
+        self._queued = 0
+
+    def _acquire_select_slot(self, check) -> None:
+        """Take one of ``max_concurrent_selects`` slots, waiting in a bounded queue.
+
+        Open-loop traffic arrives in bursts: shedding every Select that finds the slots
+        busy would fail requests even at moderate load, while an unbounded wait turns
+        overload into timeouts. So up to ``max_queued_selects`` callers wait (still
+        honouring their deadline and cancellation); anyone beyond is refused at once.
+        """
+        if self._selects.acquire(blocking=False):
+            return
+        with self._queue_lock:
+            if self._queued >= self.config.max_queued_selects:
+                raise ResourceExhausted(
+                    f"the server is already running {self.config.max_concurrent_selects} "
+                    f"selections with {self._queued} waiting; retry with backoff",
+                    reason="TOO_MANY_SELECTS")
+            self._queued += 1
+        try:
+            while not self._selects.acquire(timeout=0.02):
+                check()
+        finally:
+            with self._queue_lock:
+                self._queued -= 1
 
     def _replay(self, message, method: str, response_type):
         """Idempotency (AIP-155): ``(stored response, None)`` for a retried request id,
@@ -348,10 +374,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             raise InvalidInput("this server runs no models", field="model_ids")
         model_metrics: dict[str, float] = {}
         check = cancellation_check(context, self.config.max_deadline_seconds)
-        if not self._selects.acquire(blocking=False):
-            raise ResourceExhausted(
-                f"the server is already running {self.config.max_concurrent_selects} "
-                "selections; retry with backoff", reason="TOO_MANY_SELECTS")
+        self._acquire_select_slot(check)
         try:
             if request.model_ids:
                 arrays, model_metrics = run_models(

@@ -167,7 +167,7 @@ def held_select(monkeypatch):
 
 def test_concurrent_selects_over_the_limit_are_refused_at_once(server_factory, held_select):
     entered, release = held_select
-    srv = server_factory(max_concurrent_selects=1)
+    srv = server_factory(max_concurrent_selects=1, max_queued_selects=0)
     probs = _probs(50)
     with _connect(srv) as c, ThreadPoolExecutor(1) as pool:
         first = pool.submit(c.select, "entropy", 3, probs=probs)

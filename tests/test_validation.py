@@ -274,19 +274,20 @@ def test_cancelled_selection_stops_within_a_step(stub, slow_strategy):
 def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatch):
     from assay.client import Client
 
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def hold(inputs, budget, params, ctx):
+        entered.set()
         gate.wait(10)
         return Selection(indices=ctx.candidates[:budget])
 
     monkeypatch.setitem(registry._REGISTRY, "hold",
                         Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
-    srv = server_factory(max_concurrent_selects=1)
+    srv = server_factory(max_concurrent_selects=1, max_queued_selects=0)
     with Client(f"127.0.0.1:{srv.port}", retries=0) as c:
         first = threading.Thread(target=c.select, args=("hold", 1), kwargs={"probs": GOOD})
         first.start()
-        time.sleep(0.3)
+        assert entered.wait(10)
         started = time.monotonic()
         code, message = _code(c.select, "entropy", 1, probs=GOOD)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry with backoff" in message
@@ -294,3 +295,47 @@ def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatc
         gate.set()
         first.join()
         assert c.select("entropy", 1, probs=GOOD).indices.tolist() == [1]
+
+
+def test_selects_wait_in_a_bounded_queue_for_a_slot(server_factory, monkeypatch):
+    """With one slot and one queue place: the second call waits and succeeds, the third
+    is refused at once, and a waiting call still honours its deadline."""
+    from assay.client import Client
+
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(inputs, budget, params, ctx):
+        entered.set()
+        gate.wait(10)
+        return Selection(indices=ctx.candidates[:budget])
+
+    monkeypatch.setitem(registry._REGISTRY, "hold",
+                        Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
+    srv = server_factory(max_concurrent_selects=1, max_queued_selects=1)
+    with Client(f"127.0.0.1:{srv.port}", retries=0) as c:
+        results = {}
+        first = threading.Thread(target=lambda: results.update(
+            first=c.select("hold", 1, probs=GOOD)))
+        first.start()
+        assert entered.wait(10)
+        code, _ = _code(c.select, "entropy", 1, probs=GOOD, timeout=0.4)
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED  # waited, then its deadline passed
+        time.sleep(0.2)  # the server notices within one poll of the queue and frees its place
+        def wait_in_queue():
+            try:
+                results["queued"] = c.select("entropy", 1, probs=GOOD)
+            except AssayError as error:
+                results["queued"] = error
+
+        queued = threading.Thread(target=wait_in_queue)
+        queued.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        code, message = _code(c.select, "entropy", 1, probs=GOOD)
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 waiting" in message
+        assert time.monotonic() - started < 1.0
+        gate.set()
+        first.join(10)
+        queued.join(10)
+        assert results["first"].indices.tolist() == [0]
+        assert results["queued"].indices.tolist() == [1], results["queued"]
