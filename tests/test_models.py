@@ -208,7 +208,8 @@ def test_mc_dropout_passes_are_masked_forward_passes(server, client, rng):
     assert samples.shape == (32, 12, 3)
     np.testing.assert_allclose(samples.sum(axis=2), 1.0, atol=1e-5)
     kept = _masks_of(samples, m.hidden(x), lambda i, mask: m.logits(x[i:i + 1], mask[None])[0])
-    assert abs(kept.mean() - 0.5) < 0.06  # units are kept at rate 1 - ratio
+    # Units are kept at rate 1 - ratio: within 5 standard errors of a fair coin.
+    assert abs(kept.mean() - 0.5) < 5 * 0.5 / np.sqrt(kept.size)
     assert len({samples[s].tobytes() for s in range(32)}) == 32  # no two passes alike
     # The same seed and batch size replay; another seed does not.
     np.testing.assert_array_equal(_mc_samples(server, x, "m", 32, 11, 5), samples)
