@@ -25,6 +25,7 @@ from pathlib import Path
 
 from assay.server.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted
 from assay.server.onnx_safety import ModelSignature
+from assay.server.store import fsync_dir
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -68,14 +69,6 @@ def check_model_id(model_id: str, field: str = "model_id") -> str:
             f"{field} {model_id!r} is not a valid model id: 1-63 characters of [a-z0-9._-], "
             "starting with a letter or digit", field=field)
     return model_id
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ModelStore:
@@ -188,7 +181,7 @@ class ModelStore:
         uid = uuid.uuid4().hex
         final = self.models_dir / f"{uid}.onnx"
         os.replace(upload.tmp, final)
-        _fsync_dir(self.models_dir)
+        fsync_dir(self.models_dir)
         sig = {"input_name": signature.input_name, "input_dtype": signature.input_dtype,
                "input_shape": list(signature.input_shape), "outputs": signature.outputs,
                "opset": signature.opset, "dropout_count": signature.dropout_count}

@@ -206,7 +206,8 @@ def _disk_full_is_exhausted():
         raise
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -423,7 +424,7 @@ class PoolStore:
         final = self.pools_dir / writer.uid / seg_name
         final.parent.mkdir(parents=True, exist_ok=True)
         os.rename(writer.tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -544,7 +545,7 @@ class PoolStore:
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
         os.rename(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -807,7 +808,7 @@ class AppendWriter:
                 validate_array(name, array, field=f"array {name!r}")
         check_consistency(arrays)
         del arrays
-        _fsync_dir(self.tmp)
+        fsync_dir(self.tmp)
         return self.store._commit_append(self, request, make_response)
 
     def abort(self) -> None:

@@ -16,15 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from assay.server.store import fsync_dir
 from assay.server.tensors import BFLOAT16
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_segment(root: Path, seq: int, arrays: dict[str, np.ndarray]) -> int:
@@ -46,12 +39,12 @@ def write_segment(root: Path, seq: int, arrays: dict[str, np.ndarray]) -> int:
                 f.flush()
                 os.fsync(f.fileno())
             size += a.nbytes
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         final = root / f"seg-{seq}"
         if final.exists():  # an earlier try that the driver never committed
             shutil.rmtree(final)
         os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
