@@ -19,6 +19,7 @@ from assay.server.model_store import ModelInfo, ModelStore, check_model_id
 from assay.server.onnx_runner import Terminator
 from assay.server.onnx_safety import inspect_model
 from assay.server.paging import page_end, page_start
+from assay.server.streams import stream_header
 from assay.server.tensors import enum_of
 from assay.v1 import model_pb2, model_pb2_grpc
 
@@ -51,15 +52,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         self._check_cancelled = check_cancelled
 
     def RegisterModel(self, request_iterator: Iterator, context):
-        try:
-            first = next(request_iterator)
-        except StopIteration:
-            raise InvalidInput("the register stream is empty: send a header message first",
-                               field="header") from None
-        if first.WhichOneof("part") != "header":
-            raise InvalidInput("the first message of a register stream must be the header",
-                               field="header", reason="OUT_OF_ORDER")
-        header = first.header
+        header = stream_header(request_iterator, "a register stream")
         bindings = tuple((b.role, b.output_name) for b in header.outputs)
         upload = self.store.begin_upload(header.model_id, header.size_bytes, header.sha256)
         committed = False

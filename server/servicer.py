@@ -35,6 +35,7 @@ from assay.server.paging import page_end, page_start
 from assay.server.scaleout import rpc as sharded_rpc
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
+from assay.server.streams import stream_header
 from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
 from assay.server.validation import validate_array
 from assay.v1 import assay_pb2, assay_pb2_grpc
@@ -268,15 +269,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.RecordEpochResponse(pool=pool_to_proto(info), epoch=epoch)
 
     def AppendPoolItems(self, request_iterator: Iterator, context):
-        try:
-            first = next(request_iterator)
-        except StopIteration:
-            raise InvalidInput("the append stream is empty: send a header message first",
-                               field="header") from None
-        if first.WhichOneof("part") != "header":
-            raise InvalidInput("the first message of an append stream must be the header",
-                               field="header", reason="OUT_OF_ORDER")
-        header = first.header
+        header = stream_header(request_iterator, "an append stream")
         check_pool_id(header.pool_id, "header.pool_id")
         replayed, key = self._replay(header, "AppendPoolItems", assay_pb2.AppendPoolItemsResponse)
         if replayed is not None:
