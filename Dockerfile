@@ -62,7 +62,7 @@ ENV PATH=/opt/assay/bin:$PATH \
     ASSAY_HEALTH_ADDRESS=0.0.0.0:50052
 VOLUME ["/data"]
 USER 10001:10001
-# 50051: the API (TLS or a token required off loopback); 50052: health only; 9090: metrics
+# 50051: the API (a token or mutual TLS required off loopback); 50052: health only; 9090: metrics
 EXPOSE 50051 50052 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["assay", "health", "--target", "127.0.0.1:50052"]

@@ -89,19 +89,31 @@ def is_local(address: str) -> bool:
 
 
 def check_exposure(config: ServerConfig) -> None:
-    """Refuse to serve the API on a reachable address without TLS or a token.
+    """Refuse to serve the API on a reachable address that authenticates no client.
 
-    ``--insecure`` overrides this for networks the operator trusts; the
-    health-only address is exempt since it serves nothing else.
+    A bearer token or mutual TLS (``--tls-client-ca``) says who is calling; TLS with a
+    server certificate alone only encrypts, so an anonymous client on the network
+    could still call every method (delete a pool, say) and is refused here too.
+    ``--insecure`` overrides this for networks the operator trusts; the health-only
+    address is exempt since it serves nothing else.
     """
-    if config.insecure or config.tls_cert or config.auth_token_file:
+    if config.insecure or config.auth_token_file or config.tls_client_ca:
         return
     exposed = [a for a in config.addresses() if not is_local(a)]
-    if exposed:
+    if not exposed:
+        return
+    if config.tls_cert:
         raise ConfigError(
-            f"refusing to serve on {', '.join(exposed)} without TLS or a token: set "
-            "--tls-cert/--tls-key and/or --auth-token-file, listen on loopback or a unix: "
+            f"refusing to serve on {', '.join(exposed)} with TLS but no client "
+            "authentication: TLS encrypts, it does not say who is calling, so any client "
+            "that can connect could call every method. Add --auth-token-file (bearer "
+            "tokens) and/or --tls-client-ca (mutual TLS), listen on loopback or a unix: "
             "socket, or pass --insecure on a trusted network")
+    raise ConfigError(
+        f"refusing to serve on {', '.join(exposed)} without client authentication: set "
+        "--auth-token-file (bearer tokens, with --tls-cert/--tls-key so they do not travel "
+        "in the clear) and/or --tls-cert/--tls-key with --tls-client-ca (mutual TLS), "
+        "listen on loopback or a unix: socket, or pass --insecure on a trusted network")
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

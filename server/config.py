@@ -39,7 +39,8 @@ def parse_bool(raw: str) -> bool:
 class ServerConfig:
     address: str = field(default="127.0.0.1:50051", metadata={
         "help": "where to listen: host:port or unix:/path, several separated by commas; port 0 "
-                "picks a free one. A non-loopback host needs TLS or a token, or --insecure"})
+                "picks a free one. A non-loopback host needs client authentication (a token or "
+                "mutual TLS; TLS alone is not enough), or --insecure"})
     data_dir: str = field(default_factory=default_data_dir, metadata={
         "help": "directory holding pools (SQLite metadata and .npy arrays)"})
     tls_cert: str = field(default="", metadata={
@@ -51,7 +52,8 @@ class ServerConfig:
         "help": "file of bearer tokens, one per line (16+ characters each); calls without "
                 "'authorization: Bearer <token>' get UNAUTHENTICATED (health checks excepted)"})
     insecure: bool = field(default=False, metadata={
-        "help": "allow a non-loopback address without TLS or token (trusted networks only)"})
+        "help": "allow a non-loopback address without client authentication (no token, no "
+                "mutual TLS; trusted networks only)"})
     health_address: str = field(default="", metadata={
         "help": "extra plaintext host:port serving only grpc.health.v1, for kubelet probes "
                 "while the API stays on loopback or a socket (empty: off)"})

@@ -378,10 +378,46 @@ def test_exposed_plaintext_is_refused_before_binding(tmp_path, address):
     assert not (tmp_path / "d").exists()
 
 
-@pytest.mark.parametrize("extra", [{"insecure": True}, {"auth_token_file": "t"},
-                                   {"tls_cert": "c", "tls_key": "k"}])
-def test_exposure_is_allowed_with_tls_token_or_insecure(tmp_path, extra):
+@pytest.mark.parametrize("extra", [
+    {"insecure": True}, {"auth_token_file": "t"},
+    {"tls_cert": "c", "tls_key": "k", "auth_token_file": "t"},
+    {"tls_cert": "c", "tls_key": "k", "tls_client_ca": "ca"},
+])
+def test_exposure_is_allowed_with_client_authentication_or_insecure(tmp_path, extra):
     check_exposure(ServerConfig(address="0.0.0.0:50051", data_dir=str(tmp_path), **extra))
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "127.0.0.1:0,[::]:0"])
+def test_tls_without_client_authentication_is_refused_on_a_reachable_address(
+        tmp_path, pki, address):
+    """TLS alone encrypts but authenticates nobody: any client that trusts the (public) CA
+    could call every method, so it counts as unprotected."""
+    config = ServerConfig(address=address, data_dir=str(tmp_path / "d"),
+                          tls_cert=str(pki.server.cert), tls_key=str(pki.server.key))
+    from assay.server.app import start
+    with pytest.raises(ConfigError, match="TLS but no client authentication") as err:
+        start(config)
+    for remedy in ("--auth-token-file", "--tls-client-ca", "--insecure"):
+        assert remedy in str(err.value)
+    assert not (tmp_path / "d").exists()
+
+
+def test_tls_without_client_authentication_is_fine_on_loopback(tmp_path, pki):
+    check_exposure(ServerConfig(address="127.0.0.1:0,unix:/tmp/assay-h5.sock",
+                                data_dir=str(tmp_path), tls_cert=str(pki.server.cert),
+                                tls_key=str(pki.server.key)))
+
+
+def test_an_anonymous_tls_client_cannot_reach_an_exposed_server(server_factory, pki,
+                                                                selections):
+    """With mutual TLS on 0.0.0.0, a client that trusts the server's CA but presents no
+    certificate of its own is refused before any handler runs."""
+    srv = server_factory(address="0.0.0.0:0", tls_cert=str(pki.server.cert),
+                         tls_key=str(pki.server.key), tls_client_ca=str(pki.ca.cert))
+    with Client(f"127.0.0.1:{srv.port}", credentials=_creds(pki.ca), timeout=5,
+                retries=0) as c:
+        assert _attempt(c) == grpc.StatusCode.UNAVAILABLE
+    _assert_untouched(srv, selections)
 
 
 @pytest.mark.parametrize("settings, why", [
