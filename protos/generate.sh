@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the Python code of the contract from protos/assay/v1/*.proto.
+# Also regenerates docs/errors.md, the page of the ErrorReason enum (docs/gen_errors.py).
 # With --check, fails if the committed output differs from a fresh generation.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -19,4 +20,7 @@ if [[ "${1:-}" == "--check" ]]; then
     exit 1
   fi
   echo "generated code matches protos/"
+  python "$here/../docs/gen_errors.py" --check
+else
+  python "$here/../docs/gen_errors.py"
 fi

@@ -14,13 +14,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from assay.server.admission import AdmissionGate
 from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from assay.server.config import ServerConfig
 from assay.server.interceptors import ErrorInterceptor
+from assay.server.lanes import Lanes
 from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import ModelServicer
 from assay.server.model_store import ModelStore
+from assay.server.onnx_cost import ModelLimits
+from assay.server.request_records import Retention
 from assay.server.servicer import AssayServicer, cancellation_check
 from assay.server.store import PoolStore
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
@@ -48,6 +52,10 @@ class RunningServer:
     models: ModelStore | None = None
     #: Sharded pools (``assay.server.scaleout``), only with ``--ray-address``.
     sharded: Any = None
+    #: The admission gate (``assay.server.admission``): calls in flight, refusals.
+    gate: AdmissionGate | None = None
+    #: Health and client-stream lanes (``assay.server.lanes``).
+    lanes: Lanes | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
@@ -55,6 +63,8 @@ class RunningServer:
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+        if self.lanes is not None:
+            self.lanes.shutdown()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -110,16 +120,21 @@ def start(config: ServerConfig) -> RunningServer:
     check_exposure(config)
     credentials = server_credentials(config)
     metrics = Metrics()
-    interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(metrics)]
+    # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
+    # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
+    gate = AdmissionGate(config.max_concurrent_rpcs, config.workers, metrics=metrics)
+    # Health checks and client streams on lanes of their own: a stream waiting on a slow
+    # client holds no worker, and ends after stream_idle_timeout_seconds without a message.
+    lanes = Lanes(max_streams=config.max_concurrent_streams,
+                  stream_threads=config.max_concurrent_rpcs,
+                  idle_timeout=config.stream_idle_timeout_seconds,
+                  ceiling=config.max_deadline_seconds, metrics=metrics)
+    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, lanes.interceptor,
+                                                  ErrorInterceptor(metrics)]
     if config.auth_token_file:
         # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
         interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="assay"),
-        interceptors=interceptors,
-        options=_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
+    server = grpc.server(gate.executor, interceptors=interceptors, options=_options(config))
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -132,10 +147,13 @@ def start(config: ServerConfig) -> RunningServer:
         health_server, health_port = _health_only_server(config.health_address, health_servicer)
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
                       max_pools=config.max_pools, max_pool_items=config.max_pool_items,
-                      min_free_bytes=config.min_free_disk_bytes)
+                      min_free_bytes=config.min_free_disk_bytes,
+                      retention=Retention(config.request_retention_seconds,
+                                          config.max_request_records, config.max_request_bytes))
     models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
                         max_model_bytes=config.max_model_bytes)
-    runtime = ModelRuntime(models)
+    runtime = ModelRuntime(models, limits=ModelLimits(
+        config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
     sharded = _sharded_pools(config) if config.ray_address else None
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
         AssayServicer(store, config, metrics, runtime, sharded), server)
@@ -153,7 +171,8 @@ def start(config: ServerConfig) -> RunningServer:
              "TLS" if credentials else "plaintext", config.data_dir)
     tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
     return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
-                         http, ports, health_server, health_port, models, sharded)
+                         http, ports, health_server, health_port, models, sharded, gate,
+                         lanes)
 
 
 def _sharded_pools(config: ServerConfig):
@@ -163,7 +182,8 @@ def _sharded_pools(config: ServerConfig):
 
     cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
     return ShardedPools(config.data_dir, config.shard_dir, threads=config.shard_threads,
-                        actor_cpus=config.shard_cpus)
+                        actor_cpus=config.shard_cpus,
+                        start_timeout=config.shard_start_timeout_seconds)
 
 
 def _is_socket(address: str) -> bool:

@@ -1,9 +1,10 @@
 """The one place where domain errors become gRPC statuses.
 
 Handlers raise ``AssayError`` subclasses; this interceptor maps each to its status
-code with ``google.rpc`` details (``ErrorInfo`` with a stable reason, and
-``BadRequest`` naming the offending field for invalid arguments), logs it, and
-turns anything unexpected into INTERNAL without leaking a traceback.
+code with ``google.rpc`` details (``ErrorInfo`` with a stable reason, ``BadRequest``
+naming the offending field for invalid arguments, and ``RetryInfo`` with a back-off
+hint for refusals the same request may retry), logs it, and turns anything
+unexpected into INTERNAL, with reason ``INTERNAL``, without leaking a traceback.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ import time
 from collections.abc import Callable
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from assay.server.errors import AssayError, InvalidInput
+from assay.server.errors import DOMAIN, AssayError, InvalidInput
 from assay.server.metrics import Metrics
 
 log = logging.getLogger("assay.server")
 
-DOMAIN = "assay.v1"
+__all__ = ["DOMAIN", "ErrorInterceptor", "abort_with", "to_status"]
 
 
 def to_status(error: AssayError) -> status_pb2.Status:
@@ -30,11 +31,15 @@ def to_status(error: AssayError) -> status_pb2.Status:
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     if error.field:
         info.metadata["field"] = error.field
-    details = [info]
+    details: list = [info]
     if isinstance(error, InvalidInput):
         details.append(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=error.field or "",
                                                         description=error.message)]))
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(error.retry_after * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
     packed = []
     for d in details:
         a = any_pb2.Any()
@@ -42,6 +47,11 @@ def to_status(error: AssayError) -> status_pb2.Status:
         packed.append(a)
     return status_pb2.Status(code=code_pb2.Code.Value(error.code_name), message=error.message,
                              details=packed)
+
+
+def abort_with(context: grpc.ServicerContext, error: AssayError) -> None:
+    """End the call with the rich status of ``error`` (raises, as ``context.abort`` does)."""
+    context.abort_with_status(rpc_status.to_status(to_status(error)))
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -75,8 +85,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return behavior(request, context)
             except AssayError as error:
                 code = error.code_name
-                log.info("%s -> %s: %s", method, code, error.message)
-                context.abort_with_status(rpc_status.to_status(to_status(error)))
+                log.info("%s -> %s %s: %s", method, code, error.reason, error.message)
+                abort_with(context, error)
             except grpc.RpcError:
                 code = _code_name(context)
                 raise
@@ -87,7 +97,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     raise
                 code = "INTERNAL"
                 log.exception("%s failed", method)
-                context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}")
+                abort_with(context, AssayError(f"internal error: {type(error).__name__}"))
             finally:
                 if self.metrics is not None:
                     self.metrics.observe_rpc(method, code, time.perf_counter() - started)
