@@ -18,13 +18,10 @@ from assay.server.admission import AdmissionGate
 from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from assay.server.config import ServerConfig
 from assay.server.interceptors import ErrorInterceptor
-from assay.server.lanes import Lanes
 from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import ModelServicer
 from assay.server.model_store import ModelStore
-from assay.server.onnx_cost import ModelLimits
-from assay.server.request_records import Retention
 from assay.server.servicer import AssayServicer, cancellation_check
 from assay.server.store import PoolStore
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
@@ -54,8 +51,6 @@ class RunningServer:
     sharded: Any = None
     #: The admission gate (``assay.server.admission``): calls in flight, refusals.
     gate: AdmissionGate | None = None
-    #: Health and client-stream lanes (``assay.server.lanes``).
-    lanes: Lanes | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
@@ -63,8 +58,6 @@ class RunningServer:
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
-        if self.lanes is not None:
-            self.lanes.shutdown()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -123,14 +116,7 @@ def start(config: ServerConfig) -> RunningServer:
     # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
     # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
     gate = AdmissionGate(config.max_concurrent_rpcs, config.workers, metrics=metrics)
-    # Health checks and client streams on lanes of their own: a stream waiting on a slow
-    # client holds no worker, and ends after stream_idle_timeout_seconds without a message.
-    lanes = Lanes(max_streams=config.max_concurrent_streams,
-                  stream_threads=config.max_concurrent_rpcs,
-                  idle_timeout=config.stream_idle_timeout_seconds,
-                  ceiling=config.max_deadline_seconds, metrics=metrics)
-    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, lanes.interceptor,
-                                                  ErrorInterceptor(metrics)]
+    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, ErrorInterceptor(metrics)]
     if config.auth_token_file:
         # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
         interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
@@ -147,13 +133,10 @@ def start(config: ServerConfig) -> RunningServer:
         health_server, health_port = _health_only_server(config.health_address, health_servicer)
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
                       max_pools=config.max_pools, max_pool_items=config.max_pool_items,
-                      min_free_bytes=config.min_free_disk_bytes,
-                      retention=Retention(config.request_retention_seconds,
-                                          config.max_request_records, config.max_request_bytes))
+                      min_free_bytes=config.min_free_disk_bytes)
     models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
                         max_model_bytes=config.max_model_bytes)
-    runtime = ModelRuntime(models, limits=ModelLimits(
-        config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
+    runtime = ModelRuntime(models)
     sharded = _sharded_pools(config) if config.ray_address else None
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
         AssayServicer(store, config, metrics, runtime, sharded), server)
@@ -171,8 +154,7 @@ def start(config: ServerConfig) -> RunningServer:
              "TLS" if credentials else "plaintext", config.data_dir)
     tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
     return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
-                         http, ports, health_server, health_port, models, sharded, gate,
-                         lanes)
+                         http, ports, health_server, health_port, models, sharded, gate)
 
 
 def _sharded_pools(config: ServerConfig):
@@ -182,8 +164,7 @@ def _sharded_pools(config: ServerConfig):
 
     cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
     return ShardedPools(config.data_dir, config.shard_dir, threads=config.shard_threads,
-                        actor_cpus=config.shard_cpus,
-                        start_timeout=config.shard_start_timeout_seconds)
+                        actor_cpus=config.shard_cpus)
 
 
 def _is_socket(address: str) -> bool:
