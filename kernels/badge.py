@@ -137,6 +137,7 @@ def badge_kmeanspp(
                            field="probs")
     rows, identity = _validate.candidates(candidates, h.shape[0])
     b = _validate.budget(budget, rows.size)
+    _validate.bounded(h, "embeddings")
     gen = rng if rng is not None else np.random.default_rng()
     check = check_cancelled or (lambda: None)
     chosen_backend = dispatch.choose(backend, BACKENDS, rows.size * h.shape[1])

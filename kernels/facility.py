@@ -74,6 +74,7 @@ def facility_location_greedy(
     cand, _ = _validate.candidates(candidates, n)
     uni, _ = _validate.candidates(universe, n)
     b = _validate.budget(budget, cand.size)
+    _validate.bounded(x, "embeddings")  # float64 storage: squared norms must stay finite
     check = check_cancelled or (lambda: None)
     view, kind = storage(x)
     k = cpu_kernels(kind)

@@ -139,13 +139,14 @@ def kcenter_greedy(
     n, d = x.shape
     rows, identity = _validate.candidates(candidates, n)
     b = _validate.budget(budget, rows.size)
+    _validate.bounded(x, "embeddings")
     centres = None
     if labeled is not None and np.asarray(labeled).shape[0] > 0:
         lab = _validate.matrix(labeled, "labeled_embeddings")
         if lab.shape[1] != d:
             raise InvalidInput(f"labeled_embeddings has width {lab.shape[1]}, the pool {d}",
                                field="labeled_embeddings")
-        centres = lab
+        centres = _validate.bounded(lab, "labeled_embeddings")
     check = check_cancelled or (lambda: None)
     chosen = dispatch.choose(backend, BACKENDS, rows.size * d)
     view, kind = storage(x)

@@ -14,6 +14,7 @@ import numpy as np
 
 from assay.kernels import _validate, config, dispatch
 from assay.kernels.bits import rows_float32
+from assay.server.errors import InvalidInput
 
 BACKENDS = (dispatch.FAISS_CPU, dispatch.FAISS_GPU)
 
@@ -80,7 +81,9 @@ def kmeans_closest(
     x = _validate.matrix(embeddings, "embeddings")
     n, d = x.shape
     rows, _ = _validate.candidates(candidates, n)
-    b = _validate.budget(budget, rows.size)
+    b = _validate.int32_count(_validate.budget(budget, rows.size), "budget")
+    _validate.int32_count(d, "embeddings width d")
+    _validate.bounded(x, "embeddings")
     gen = rng if rng is not None else np.random.default_rng()
     check = check_cancelled or (lambda: None)
     chosen = dispatch.choose(backend, BACKENDS, rows.size * d)
@@ -91,9 +94,11 @@ def kmeans_closest(
 
     cap = MAX_POINTS_PER_CENTROID * b
     sample = rows if rows.size <= cap else np.sort(gen.choice(rows, size=cap, replace=False))
+    # The sample holds at most MAX_POINTS_PER_CENTROID * b points, so FAISS never
+    # subsamples it again (a C int: passing ``cap`` itself overflows for b >= 2^23).
     km = faiss.Kmeans(d, b, niter=int(iterations), seed=int(gen.integers(2**31 - 1)),
-                      gpu=chosen == dispatch.FAISS_GPU, max_points_per_centroid=cap,
-                      verbose=False)
+                      gpu=chosen == dispatch.FAISS_GPU,
+                      max_points_per_centroid=MAX_POINTS_PER_CENTROID, verbose=False)
     km.train(rows_float32(x, sample))
     check()
     index = faiss.IndexFlatL2(d)
@@ -110,6 +115,59 @@ def kmeans_closest(
     objective = float(km.obj[-1]) if len(km.obj) else 0.0
     return KMeansResult(indices=rows[picks], distances=np.sqrt(picked_dist),
                         objective=objective, backend=chosen, centroids=km.centroids.copy())
+
+
+def weighted_kmeans(
+    x: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    *,
+    iterations: int,
+    seed: int,
+    backend: str = dispatch.AUTO,
+) -> tuple[np.ndarray, float, str]:
+    """FAISS k-means of every row of ``x`` with per-row weights (Zhdanov's weighted k-means).
+
+    Parameters
+    ----------
+    x : float [n, d]
+        The points (a shortlist: all of them are clustered, none subsampled).
+    weights : float [n]
+        Positive finite weight per point.
+    k : int
+        Clusters, 1 <= k <= n.
+    iterations : int
+        Lloyd iterations.
+    seed : int
+        FAISS's initialization seed, in [0, 2^31).
+    backend : str
+        ``auto``, ``faiss-cpu`` or ``faiss-gpu``.
+
+    Returns
+    -------
+    centroids : float64 [k, d]
+    objective : float
+        Final weighted objective (0 when FAISS reports none).
+    backend : str
+    """
+    a = _validate.matrix(x, "embeddings")
+    n, d = a.shape
+    k = _validate.int32_count(_validate.budget(k, n), "budget")
+    _validate.int32_count(d, "embeddings width d")
+    _validate.bounded(a, "embeddings")
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    if w.shape != (n,) or not (np.isfinite(w).all() and (w > 0).all()):
+        raise InvalidInput("weights must be n positive finite values", field="weights")
+    chosen = dispatch.choose(backend, BACKENDS, a.size)
+    import faiss
+
+    # Every point is kept: ceil(n / k) points per centroid never trigger FAISS's subsampling.
+    km = faiss.Kmeans(d, k, niter=int(iterations), seed=int(seed),
+                      gpu=chosen == dispatch.FAISS_GPU, min_points_per_centroid=1,
+                      max_points_per_centroid=-(-n // k), verbose=False)
+    km.train(rows_float32(a, slice(None)), weights=w)
+    objective = float(km.obj[-1]) if len(km.obj) else 0.0
+    return np.asarray(km.centroids, dtype=np.float64), objective, chosen
 
 
 def _closest_per_cluster(label: np.ndarray, dist: np.ndarray, k: int

@@ -54,6 +54,10 @@ def knn(
                            field="queries")
     if int(k) < 1:
         raise InvalidInput(f"k must be >= 1, got {k}", field="k")
+    _validate.int32_count(k, "k")
+    _validate.int32_count(b.shape[1], "base width d")
+    _validate.bounded(q, "queries")
+    _validate.bounded(b, "base")
     if metric not in METRICS:
         raise InvalidInput(f"metric must be one of {', '.join(METRICS)}, got {metric!r}",
                            field="metric")

@@ -19,6 +19,7 @@ import numpy as np
 
 from assay.server.errors import InvalidInput
 from assay.server.strategies import registry
+from assay.server.strategies.named import score_strategy
 from assay.server.strategies.registry import Context, Strategy
 from assay.server.strategies.topk import argselect
 from assay.server.validation import check_consistency, shape_doc, validate_array
@@ -162,10 +163,7 @@ def select(
 def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],
                ctx: Context) -> np.ndarray:
     """Two-stage composition: keep the top ``prefilter_k`` candidates by a score strategy."""
-    pre = registry.get(resolved["prefilter"])
-    if pre.kind != "score":
-        raise InvalidInput(f"params.prefilter must name a score strategy; {pre.name!r} is "
-                           f"a batch strategy", field="params.prefilter")
+    pre = score_strategy(resolved["prefilter"], "params.prefilter")
     _require(pre, arrays, " (the prefilter)")
     k = resolved["prefilter_k"] or 10 * budget
     k = min(k, ctx.candidates.size)

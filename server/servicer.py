@@ -32,6 +32,7 @@ from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import pool_cache_key, run_models
 from assay.server.paging import page_end, page_start
+from assay.server.response_size import check_budget, check_encoded
 from assay.server.scaleout import rpc as sharded_rpc
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
@@ -278,7 +279,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         for i, a in enumerate(header.arrays):
             numpy_dtype(a.dtype, f"header.arrays[{i}]")
             name = next(k for k, v in _STORED_DTYPES.items() if v == a.dtype)
-            specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]")))
+            specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]",
+                                                             min_dim=1)))
         if self._is_sharded(header.pool_id):
             return sharded_rpc.append(self, header.pool_id, specs, request_iterator, key,
                                       context, cancellation_check(context,
@@ -319,7 +321,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             return replayed
         if not request.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
-        registry.get(request.strategy)
+        strategy = registry.get(request.strategy)
+        check_budget(strategy.name, strategy.kind, request.budget,
+                     self.config.max_message_bytes)
         params = {k: param_from_proto(v, k) for k, v in request.params.items()}
         exclude = np.asarray(request.exclude_indices, dtype=np.int64)
         source = request.WhichOneof("source")
@@ -328,7 +332,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         pool_key = labeled = None
         if source == "inputs":
             arrays = {
-                name: from_proto(getattr(request.inputs, name), f"inputs.{name}")
+                name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
+                                 max_bytes=self.config.max_inline_bytes)
                 for name in _INPUT_FIELDS if request.inputs.HasField(name)
             }
             # Summed from the decoded arrays: ByteSize() would serialize the inputs again.
@@ -395,6 +400,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         if result.pseudo_label_indices is not None:
             response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
             response.pseudo_labels.extend(result.pseudo_labels.tolist())
+        check_encoded(response.ByteSize(), request.budget, self.config.max_message_bytes)
         if key is not None:
             self.store.put_request(*key, response.SerializeToString())
         return response

@@ -370,6 +370,13 @@ class PoolStore:
             if not rank_fits(spec.name, len(spec.shape)):
                 raise InvalidInput(f"{where}.shape must be {shape_doc(spec.name)}, got "
                                    f"{list(spec.shape)}", field=f"{where}.shape")
+            if min(spec.shape) < 1:
+                # Zero items would commit an empty segment and bump the version; a zero
+                # class/width/member axis would let a pool claim N items with no bytes.
+                raise InvalidInput(
+                    f"{where}.shape {list(spec.shape)} has an empty dimension; an append "
+                    "carries at least one item and every dimension must be >= 1",
+                    field=f"{where}.shape", reason="EMPTY_DIMENSION")
             counts.add(spec.shape[spec.item_axis])
         if len(counts) != 1:
             raise InvalidInput("the appended arrays disagree on the number of new items",

@@ -41,6 +41,9 @@ NAME_TO_ENUM = {v: k for k, v in DTYPE_NAMES.items()}
 
 #: Upper bound on dimensions; deeper tensors are never meaningful here.
 MAX_RANK = 8
+#: Largest tensor one message can carry (protobuf cannot encode 2 GiB): the default
+#: bound on what a zero-size tensor's other dimensions may describe.
+MAX_TENSOR_BYTES = (2 << 30) - 1
 
 
 def numpy_dtype(enum_value: int, field: str) -> np.dtype:
@@ -66,26 +69,49 @@ def enum_of(dtype: np.dtype) -> int:
     raise TypeError(f"dtype {dtype} has no Assay wire type; use float32/16/64, bfloat16, int32/64")
 
 
-def check_shape(shape, field: str) -> tuple[int, ...]:
-    """Validate a declared shape: rank <= MAX_RANK, non-negative, no overflow."""
+def check_shape(shape, field: str, *, itemsize: int = 1, max_bytes: int = MAX_TENSOR_BYTES,
+                min_dim: int = 0) -> tuple[int, ...]:
+    """Validate a declared shape: rank <= MAX_RANK, every dimension >= ``min_dim``, no
+    overflow, and every dimension bounded, not only their product.
+
+    A zero dimension makes the product 0 whatever the others claim, so ``[0, 2^62]``
+    passes a product check with no data behind it, and a later step that allocates
+    along the other axis (per class, per column) asks for exabytes. So the extent,
+    the product with zeros counted as 1 times ``itemsize``, must fit ``max_bytes``:
+    what one message of that tensor could hold.
+    """
     dims = tuple(int(d) for d in shape)
     if len(dims) > MAX_RANK:
         raise InvalidInput(f"{field}.shape has rank {len(dims)}; at most {MAX_RANK}", field=field)
     if any(d < 0 for d in dims):
         raise InvalidInput(f"{field}.shape {list(dims)} has a negative dimension", field=field)
-    if math.prod(dims) > 2**62:
-        raise InvalidInput(f"{field}.shape {list(dims)} is too large", field=field)
+    if any(d < min_dim for d in dims):
+        raise InvalidInput(f"{field}.shape {list(dims)} has an empty dimension; every "
+                           f"dimension must be >= {min_dim} (nothing is stored without data)",
+                           field=field, reason="EMPTY_DIMENSION")
+    size = math.prod(dims)
+    if size > 2**62:
+        raise InvalidInput(f"{field}.shape {list(dims)} is too large", field=field,
+                           reason="SHAPE_TOO_LARGE")
+    extent = math.prod(max(d, 1) for d in dims) * itemsize
+    if size == 0 and extent > max_bytes:
+        raise InvalidInput(
+            f"{field}.shape {list(dims)} is empty, yet its other dimensions describe "
+            f"{extent} bytes, over the {max_bytes} this tensor may hold; every dimension "
+            "must fit the data it could carry", field=field, reason="SHAPE_TOO_LARGE")
     return dims
 
 
-def from_proto(tensor: tensor_pb2.Tensor, field: str) -> np.ndarray:
+def from_proto(tensor: tensor_pb2.Tensor, field: str,
+               max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
     """Decode a Tensor into a read-only NumPy view of its bytes.
 
-    Raises ``InvalidInput`` naming ``field`` when the dtype is unknown or the byte
-    length does not match the shape.
+    Raises ``InvalidInput`` naming ``field`` when the dtype is unknown, the byte
+    length does not match the shape, or a zero-size shape's other dimensions describe
+    more than ``max_bytes`` (see ``check_shape``).
     """
     dtype = numpy_dtype(tensor.dtype, field)
-    shape = check_shape(tensor.shape, field)
+    shape = check_shape(tensor.shape, field, itemsize=dtype.itemsize, max_bytes=max_bytes)
     expected = math.prod(shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidInput(

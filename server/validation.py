@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from assay.kernels import rowwise
+from assay.kernels import _validate, rowwise
 from assay.server.errors import InvalidInput
 from assay.server.strategies.registry import INPUT_ROLES, LABELED_ROLES
 from assay.server.tensors import BFLOAT16
@@ -22,6 +22,9 @@ SUM_TOL = 1e-3
 SUM_TOL_16 = 1e-2
 #: Rows checked per block, so validation of a large pool never doubles its memory.
 _BLOCK = 1 << 20
+#: Roles the geometric kernels measure distances on: their values are bounded so that
+#: squared distances fit float32 (``assay.kernels._validate.bounded``).
+_GEOMETRIC_ROLES = ("embeddings", "labeled_embeddings")
 
 _SHAPE_DOC = {
     "probs": "[N, C]",
@@ -70,6 +73,7 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
             f"{field} must have shape {_SHAPE_DOC[role]} (rank {rank}), got {list(array.shape)}",
             field=field,
         )
+    _check_axes(role, array, field)
     if role == "labels":
         if array.dtype.kind not in "iu":
             raise InvalidInput(f"{field} must be INT32 or INT64 class labels (-1: unlabeled), "
@@ -115,6 +119,25 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
                     f"probabilities must sum to 1 within {sum_tol:g} (apply softmax first)",
                     field=field, reason="NOT_PROBABILITIES",
                 )
+    if role in _GEOMETRIC_ROLES:
+        _validate.bounded(array, field)
+
+
+def _check_axes(role: str, array: np.ndarray, field: str) -> None:
+    """Every axis but the item axis must be >= 1: an empty class, width, member or epoch
+    axis leaves nothing to compute on (and ``[10, 0]`` used to crash a reshape)."""
+    item_axis = INPUT_ROLES[role][1]
+    for axis, size in enumerate(array.shape):
+        if axis == item_axis or size >= 1:
+            continue
+        name = _SHAPE_DOC[role].strip("[]").split(", ")[axis]
+        if role == "predictions":
+            raise InvalidInput(
+                f"{field} holds no epochs (T = 0): send at least one epoch of predictions "
+                "[T, N]; for a pool, call RecordEpoch first", field=field, reason="NO_EPOCHS")
+        raise InvalidInput(f"{field} has shape {list(array.shape)}: axis {name} is empty; "
+                           f"{_SHAPE_DOC[role]} needs {name} >= 1", field=field,
+                           reason="EMPTY_DIMENSION")
 
 
 def _check_probability_rows(field: str, rows: np.ndarray, sum_tol: float) -> None:

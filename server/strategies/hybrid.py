@@ -17,8 +17,10 @@ import numpy as np
 from assay.kernels import dispatch
 from assay.kernels.bits import rows_float32
 from assay.kernels.facility import facility_location_greedy
+from assay.kernels.kmeans import weighted_kmeans
 from assay.server.errors import InvalidInput
 from assay.server.strategies import registry
+from assay.server.strategies.named import score_strategy
 from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
 from assay.server.strategies.topk import argselect
 from assay.server.strategies.uncertainty import probs64
@@ -33,10 +35,8 @@ def named_score(name: str, inputs: Inputs, ctx: Context, field: str) -> np.ndarr
     Raises ``InvalidInput`` naming ``field`` when ``name`` is a batch strategy or
     its inputs are missing, so a composite strategy reports which part failed.
     """
-    base = registry.get(name)
-    if base.kind != "score":
-        raise InvalidInput(f"{field} must name a score strategy; {base.name!r} is a batch "
-                           "strategy", field=field)
+    also = (COMMITTEE_VARIANCE,) if field == "params.uncertainty" else ()
+    base = score_strategy(name, field, also=also)
     missing = [r for r in base.required if r not in inputs]
     if missing:
         raise InvalidInput(f"{field} {base.name!r} needs input {missing[0]!r}",
@@ -127,17 +127,8 @@ def diverse_minibatch(inputs: Inputs, budget: int, params: dict, ctx: Context) -
 def _weighted_kmeans(x: np.ndarray, w: np.ndarray, k: int, params: dict,
                      ctx: Context) -> tuple[np.ndarray, float, str]:
     """FAISS k-means of ``x`` with per-point weights ``w``, seeded from the request."""
-    backend = dispatch.choose(params["backend"], (dispatch.FAISS_CPU, dispatch.FAISS_GPU),
-                              x.size)
-    import faiss
-
-    km = faiss.Kmeans(x.shape[1], k, niter=params["iterations"],
-                      seed=int(ctx.rng.integers(2**31 - 1)),
-                      gpu=backend == dispatch.FAISS_GPU, min_points_per_centroid=1,
-                      max_points_per_centroid=x.shape[0], verbose=False)
-    km.train(x, weights=w)
-    objective = float(km.obj[-1]) if len(km.obj) else 0.0
-    return np.asarray(km.centroids, dtype=np.float64), objective, backend
+    return weighted_kmeans(x, w, k, iterations=params["iterations"],
+                           seed=int(ctx.rng.integers(2**31 - 1)), backend=params["backend"])
 
 
 def _nearest_unique(x: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from assay.server.errors import InvalidInput
+from assay.server.errors import FailedPrecondition, InvalidInput
 from assay.server.strategies import registry
+from assay.server.strategies.named import score_strategy
 from assay.server.strategies.registry import Context, Inputs, Param, Strategy, register
 from assay.server.strategies.uncertainty import entropy, probs64
 
@@ -63,6 +64,10 @@ def label_dispersion(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     """1 - f_x / T, f_x the count of x's most frequent predicted label (Bengar 2021)."""
     ordered = np.sort(np.asarray(inputs["predictions"]), axis=0)
     t = ordered.shape[0]
+    if t == 0:  # 1 - f/T would be -inf (or NaN) for every item, answered as OK
+        raise FailedPrecondition("label_dispersion needs at least one epoch of predictions "
+                                 "(T >= 1); for a pool, call RecordEpoch first",
+                                 field="inputs.predictions", reason="NO_EPOCHS")
     run = np.ones(ordered.shape[1], dtype=np.int64)
     best = run.copy()
     for epoch in range(1, t):
@@ -78,10 +83,7 @@ def information_density(inputs: Inputs, params: dict, ctx: Context) -> np.ndarra
     similarity 0. For a non-integer beta negative similarities are clipped to 0
     (a fractional power of a negative number is undefined).
     """
-    base = registry.get(params["base"])
-    if base.kind != "score" or base.name == "information_density":
-        raise InvalidInput(f"params.base must be a score strategy, got {base.name!r}",
-                           field="params.base")
+    base = score_strategy(params["base"], "params.base", exclude=("information_density",))
     missing = [r for r in base.required if r not in inputs]
     if missing:
         raise InvalidInput(f"params.base {base.name!r} needs input {missing[0]!r}",

@@ -1,0 +1,37 @@
+"""Strategies named inside another strategy's parameters (``prefilter``, ``base``, ...).
+
+A wrong name there is a bad parameter value, not a missing resource: it is answered
+INVALID_ARGUMENT on ``params.<name>`` with the valid choices, where a plain registry
+lookup would say NOT_FOUND on ``strategy`` and point the caller at the wrong field.
+"""
+
+from __future__ import annotations
+
+from assay.server.errors import InvalidInput
+from assay.server.strategies import registry
+from assay.server.strategies.registry import Strategy
+
+
+def score_strategy(name: str, field: str, *, exclude: tuple[str, ...] = (),
+                   also: tuple[str, ...] = ()) -> Strategy:
+    """The score strategy ``name`` that parameter ``field`` names.
+
+    Parameters
+    ----------
+    name : the parameter's value.
+    field : where it came from, e.g. ``params.prefilter``.
+    exclude : score strategies the parameter may not name (e.g. the strategy itself).
+    also : other values the parameter accepts, listed first among the choices (the
+        caller handles them before asking here).
+    """
+    valid = [s.name for s in registry.all_strategies()
+             if s.kind == "score" and s.name not in exclude]
+    if name not in valid:
+        what = "a batch strategy" if name in {s.name for s in registry.all_strategies()} \
+            else "not a strategy"
+        if name in exclude:
+            what = "not allowed here"
+        raise InvalidInput(f"{field} {name!r} is {what}; use one of "
+                           f"{', '.join((*also, *valid))}", field=field,
+                           reason="UNKNOWN_STRATEGY")
+    return registry.get(name)
