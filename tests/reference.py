@@ -106,17 +106,23 @@ def label_dispersion(predictions):
 
 
 def information_density(base_scores, embeddings, candidates, beta):
+    """Percentile rank of the base among the candidates times ((1 + mean cosine) / 2)^beta.
+
+    Average rank by counting: rank(v) = #{w < v} + (#{w == v} + 1) / 2, over M candidates.
+    """
     h = np.asarray(embeddings, np.float64)
-    out = []
-    for i in range(h.shape[0]):
+    base = [float(base_scores[u]) for u in candidates]
+    m = len(candidates)
+    out = np.full(h.shape[0], -np.inf)
+    for i, v in zip(candidates, base, strict=True):
+        rank = sum(w < v for w in base) + (sum(w == v for w in base) + 1) / 2
         sims = []
         for u in candidates:
-            nx, nu = np.linalg.norm(h[i]), np.linalg.norm(h[u])
+            nx, nu = math.sqrt(float(h[i] @ h[i])), math.sqrt(float(h[u] @ h[u]))
             sims.append(0.0 if nx == 0 or nu == 0 else float(h[i] @ h[u]) / (nx * nu))
-        sim = sum(sims) / len(sims)
-        density = sim**beta if float(beta).is_integer() else max(sim, 0.0) ** beta
-        out.append(base_scores[i] * density)
-    return np.array(out)
+        density = (1.0 + sum(sims) / m) / 2.0
+        out[i] = rank / m * density**beta
+    return out
 
 
 def mal(discriminator, probs, candidates, alpha):

@@ -2,6 +2,16 @@
 
 The S axis may be committee members, ensemble members or MC-dropout passes; the
 formulas do not need to know which.
+
+Ties. Ties go to the lower index, so scores that are equal in exact arithmetic
+must be bit-identical. The vote-based scores (``vote_entropy``,
+``variation_ratio``) depend only on the multiset of vote counts, and are computed
+from it (counts sorted before summing), so two items whose histograms differ by a
+class permutation score exactly alike. The probability-based scores sum over
+classes in class order: identical rows score identically, but a row and a class
+permutation of it may differ by a few units in the last place (about C machine
+epsilons relative), because floating-point addition is not associative; making
+them exact would need a per-row sort of C terms on every call.
 """
 
 from __future__ import annotations
@@ -25,9 +35,15 @@ def vote_counts(samples: np.ndarray) -> np.ndarray:
 
 
 def vote_entropy(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
-    """Entropy of the vote distribution V(y)/S (Dagan & Engelson 1995)."""
+    """Entropy of the vote distribution V(y)/S (Dagan & Engelson 1995).
+
+    The counts are sorted per item before the terms are summed: the entropy of a
+    histogram does not depend on which class got which count, and summing in
+    class order made two such items differ by a rounding step, so the higher
+    index could win a tie that belongs to the lower one.
+    """
     samples = inputs["samples"]
-    return entropy(vote_counts(samples) / samples.shape[0])
+    return entropy(np.sort(vote_counts(samples), axis=1) / samples.shape[0])
 
 
 def consensus_entropy(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
@@ -48,7 +64,10 @@ def bald(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
 
 
 def variation_ratio(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
-    """1 - f_mode / S over the members' argmax predictions (Freeman 1965)."""
+    """1 - f_mode / S over the members' argmax predictions (Freeman 1965).
+
+    A function of the modal count alone, so equal modal counts give equal scores.
+    """
     samples = inputs["samples"]
     return 1.0 - vote_counts(samples).max(axis=1) / samples.shape[0]
 

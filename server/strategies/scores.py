@@ -1,6 +1,9 @@
 """Scores from other model heads and training dynamics: EGL, loss prediction,
 discriminators (VAAL, MAL), label dispersion, information density, and the
 client's own scores.
+
+``label_dispersion`` depends only on the count of the most frequent label, so
+items with equal counts tie exactly and the lower index wins.
 """
 
 from __future__ import annotations
@@ -76,29 +79,64 @@ def label_dispersion(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     return 1.0 - best / t
 
 
-def information_density(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
-    """phi(x) * (mean_u cos(h_x, h_u))^beta over the unlabeled candidates U (Settles & Craven 2008).
+def base_informativeness(phi: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """float64[M]: each candidate's base score as its percentile rank among the candidates.
 
-    O(N d): the mean cosine is <h_x/|h_x|, mean_u h_u/|h_u|>. A zero embedding has
-    similarity 0. For a non-integer beta negative similarities are clipped to 0
-    (a fractional power of a negative number is undefined).
+    rank / M with average ranks for ties, so in [1/M, 1]: strictly increasing in
+    the base score (equal scores stay exactly equal) and never zero. Settles &
+    Craven's product phi * density assumes phi >= 0; the bases here include signed
+    ones (margin -(p1 - p2) <= 0, -D, a loss head's or the client's own scores), for
+    which a product makes a denser item score lower. A fixed per-base shift would
+    not do: scales differ by base (nats, probability gaps, unbounded losses), and a
+    min-max shift maps the least informative candidates to 0, where density stops
+    counting (a unanimous committee scores 0 on every vote-based base). Ranks put
+    every base on one (0, 1] scale, so beta weighs density the same way whatever
+    the base, and any increasing rewrite of a base leaves the answer unchanged.
+    """
+    values = phi[candidates]
+    return rankdata(values, method="average") / values.size
+
+
+def cosine_density(embeddings: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """float64[M]: (1 + mean_u cos(h_x, h_u)) / 2 for each candidate x over the candidates U.
+
+    O(M d): the mean cosine is <h_x/|h_x|, mean_u h_u/|h_u|>. A zero embedding has
+    cosine 0 with everything. The mean cosine of signed embeddings lies in [-1, 1];
+    a negative factor would reverse the base's order as a signed base did, so it is
+    mapped increasingly onto [0, 1]. It is positive for every candidate, whose own
+    cosine of 1 is in the mean: at least 1/M.
+    """
+    h = np.asarray(embeddings, dtype=np.float64)[candidates]
+    norms = np.linalg.norm(h, axis=1, keepdims=True)
+    unit = np.divide(h, norms, out=np.zeros_like(h), where=norms > 0)
+    # A row-wise sum, not a matrix-vector product: BLAS may take another summation
+    # path for some rows, and identical embeddings must get bit-identical densities.
+    mean = unit.mean(axis=0)
+    unit *= mean
+    return np.clip((1.0 + unit.sum(axis=1)) / 2.0, 0.0, 1.0)
+
+
+def information_density(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
+    """informativeness(x) * density(x)^beta over the candidates U (Settles & Craven 2008).
+
+    Both factors are positive, so at equal density the more informative item wins
+    (the base's own order, ties included) and at equal informativeness the denser
+    one does. informativeness is the base score's percentile rank among the
+    candidates (``base_informativeness``), density the mean cosine similarity to
+    the candidates mapped onto [0, 1] (``cosine_density``). Items outside the
+    candidates score -inf.
     """
     base = score_strategy(params["base"], "params.base", exclude=("information_density",))
     missing = [r for r in base.required if r not in inputs]
     if missing:
         raise InvalidInput(f"params.base {base.name!r} needs input {missing[0]!r}",
                            field=f"inputs.{missing[0]}")
-    phi = base.fn(inputs, registry.resolve_params(base, {}), ctx)
-    h = np.asarray(inputs["embeddings"], dtype=np.float64)
-    norms = np.linalg.norm(h, axis=1, keepdims=True)
-    unit = np.divide(h, norms, out=np.zeros_like(h), where=norms > 0)
-    sim = unit @ unit[ctx.candidates].mean(axis=0)
-    beta = params["beta"]
-    if float(beta).is_integer():
-        density = sim ** int(beta)
-    else:
-        density = np.maximum(sim, 0.0) ** beta
-    return phi * density
+    phi = np.asarray(base.fn(inputs, registry.resolve_params(base, {}), ctx), dtype=np.float64)
+    cand = ctx.candidates
+    out = np.full(phi.shape[0], -np.inf)
+    out[cand] = (base_informativeness(phi, cand)
+                 * cosine_density(inputs["embeddings"], cand) ** params["beta"])
+    return out
 
 
 def precomputed(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
@@ -121,11 +159,16 @@ register(Strategy("label_dispersion", "score", label_dispersion, ("predictions",
                   "1 - share of the most frequent predicted label over epochs (Bengar 2021)."))
 register(Strategy(
     "information_density", "score", information_density, ("embeddings",),
-    "A base score times mean cosine similarity to the unlabeled pool, to the power beta "
-    "(Settles & Craven 2008).",
+    "Informativeness times density to the power beta (Settles & Craven 2008): the base "
+    "score's percentile rank among the candidates, in (0, 1], times (1 + mean cosine "
+    "similarity to the candidates) / 2; denser items win at equal base score, more "
+    "informative ones at equal density.",
     params=(
-        Param("base", str, "entropy", "Score strategy weighted by density."),
-        Param("beta", float, 1.0, "Exponent of the density term.", 0.0, 100.0),
+        Param("base", str, "entropy",
+              "Score strategy giving the informativeness (any sign or scale: only its order "
+              "among the candidates counts)."),
+        Param("beta", float, 1.0, "Exponent of the density term; 0 ranks by the base alone.",
+              0.0, 100.0),
     ),
     optional=("probs", "samples", "loss", "discriminator", "scores", "predictions"),
 ))

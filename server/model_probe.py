@@ -1,0 +1,142 @@
+"""Builds an uploaded model's first onnxruntime session in a child process, under limits.
+
+Why a child process: building a session runs the model's constant subgraphs
+(constant folding), and a graph can make that arbitrarily long or large through
+shapes no static check can see (a shape computed by a reduction, say). A thread
+cannot be stopped inside onnxruntime; a process can be killed, and
+``resource.setrlimit`` bounds its address space. Folding does not depend on
+the inputs, so a model whose build finished here within the limits builds
+within them in the server too.
+
+The child reads the model from stdin, caps its address space at what it uses
+after start-up plus ``memory_bytes``, builds a session with the server's own
+options, and exits 0 (built), 3 (onnxruntime refused the model: the reason on
+stderr) or 4 (an allocation was refused). The parent waits at most
+``seconds``, polls the request's deadline and cancellation meanwhile, and
+kills the child when either ends first.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from assay.server.errors import InvalidInput, ResourceExhausted
+
+#: Session builds running at once: each may take ``memory_bytes``, so they are few.
+MAX_PROBES = 2
+_EXIT_REFUSED, _EXIT_MEMORY = 3, 4
+_POLL_SECONDS = 0.1
+_slots = threading.BoundedSemaphore(MAX_PROBES)
+
+
+def probe_session(data: bytes, *, seconds: float, memory_bytes: int,
+                  check: Callable[[], None] = lambda: None) -> float:
+    """Build a session for ``data`` in a child process; return the seconds it took.
+
+    Raises ``InvalidInput`` (``MODEL_TOO_COSTLY`` past ``seconds`` or
+    ``memory_bytes``, ``MODEL_LOAD_FAILED`` when onnxruntime refuses the model),
+    ``ResourceExhausted`` when ``MAX_PROBES`` builds are already running, and
+    whatever ``check`` raises (the request's deadline or cancellation), the
+    child killed in every case.
+    """
+    if not _slots.acquire(blocking=False):
+        raise ResourceExhausted(
+            f"{MAX_PROBES} model registrations are being checked already; retry shortly",
+            reason="MODEL_LOADS_BUSY")
+    try:
+        return _probe(data, seconds, memory_bytes, check)
+    finally:
+        _slots.release()
+
+
+def _probe(data: bytes, seconds: float, memory_bytes: int, check: Callable[[], None]) -> float:
+    started = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "assay.server.model_probe", str(int(memory_bytes))],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        stderr = _wait(child, data, started + seconds, check)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    elapsed = time.monotonic() - started
+    if stderr is None:
+        raise InvalidInput(
+            f"the model is too costly to load: building its onnxruntime session took more "
+            f"than the server's limit of {seconds:g} s (--model-load-seconds), e.g. by "
+            "constant folding of large tensors; nothing was stored", field="chunk",
+            reason="MODEL_TOO_COSTLY")
+    if child.returncode == 0:
+        return elapsed
+    text = stderr.decode(errors="replace").strip()
+    detail = text.splitlines()[-1] if text else f"exit status {child.returncode}"
+    if child.returncode == _EXIT_REFUSED:
+        prefix = "" if detail.startswith("onnxruntime cannot") else \
+            "onnxruntime cannot load the model: "
+        raise InvalidInput(prefix + detail, field="chunk", reason="MODEL_LOAD_FAILED")
+    if child.returncode == _EXIT_MEMORY or child.returncode < 0:
+        # A refused allocation, or a process killed by a signal under its address-space cap.
+        raise InvalidInput(
+            f"the model is too costly to load: building its onnxruntime session needs more "
+            f"than the server's model memory limit of {memory_bytes} bytes "
+            f"(--max-model-memory-bytes) ({detail}); nothing was stored", field="chunk",
+            reason="MODEL_TOO_COSTLY")
+    raise InvalidInput(f"onnxruntime cannot load the model: {detail}", field="chunk",
+                       reason="MODEL_LOAD_FAILED")
+
+
+def _wait(child: subprocess.Popen, data: bytes, stop_at: float,
+          check: Callable[[], None]) -> bytes | None:
+    """The child's stderr once it exits; None when ``stop_at`` passed first."""
+    payload: bytes | None = data
+    while True:
+        timeout = min(_POLL_SECONDS, max(stop_at - time.monotonic(), 0.0))
+        try:
+            _, stderr = child.communicate(payload, timeout=timeout)
+            return stderr
+        except subprocess.TimeoutExpired:
+            payload = None  # communicate keeps writing what remains of the first input
+        check()
+        if time.monotonic() >= stop_at:
+            return None
+
+
+def _address_space() -> int:
+    """This process's virtual size in bytes (VmSize)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> int:
+    """The child: build one session from the model on stdin under an address-space cap."""
+    memory_bytes = int(sys.argv[1])
+    data = sys.stdin.buffer.read()
+    from assay.server.onnx_runner import is_out_of_memory, make_session
+
+    if memory_bytes > 0:
+        limit = _address_space() + len(data) + memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        make_session(data, threads=1)
+    except (MemoryError, ResourceExhausted):
+        return _EXIT_MEMORY
+    except InvalidInput as error:
+        print(error.message, file=sys.stderr)
+        return _EXIT_REFUSED
+    except Exception as error:  # any other failure is a refusal, with its text
+        print(str(error).strip() or type(error).__name__, file=sys.stderr)
+        return _EXIT_MEMORY if is_out_of_memory(error) else _EXIT_REFUSED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
