@@ -56,6 +56,13 @@ REASONS: dict[str, Reason] = {
     "INPUT_MISMATCH": Reason("INVALID_ARGUMENT"),
     "MODEL_LOAD_FAILED": Reason("INVALID_ARGUMENT"),
     "INFERENCE_FAILED": Reason("INVALID_ARGUMENT"),
+    "EMPTY_DIMENSION": Reason("INVALID_ARGUMENT"),
+    "SHAPE_TOO_LARGE": Reason("INVALID_ARGUMENT"),
+    "VALUE_TOO_LARGE": Reason("INVALID_ARGUMENT"),
+    "NO_EPOCHS": Reason("INVALID_ARGUMENT"),
+    "INVALID_REQUEST_ID": Reason("INVALID_ARGUMENT"),
+    "FUNCTION_SHADOWS_OP": Reason("INVALID_ARGUMENT"),
+    "MODEL_TOO_COSTLY": Reason("INVALID_ARGUMENT"),
     "NOT_FOUND": Reason("NOT_FOUND"),
     "POOL_NOT_FOUND": Reason("NOT_FOUND"),
     "MODEL_NOT_FOUND": Reason("NOT_FOUND"),
@@ -74,6 +81,7 @@ REASONS: dict[str, Reason] = {
     "OPSET_TOO_OLD": Reason("FAILED_PRECONDITION"),
     "NO_RAY": Reason("FAILED_PRECONDITION"),
     "NOT_SHARDABLE": Reason("FAILED_PRECONDITION"),
+    "CLUSTER_TOO_SMALL": Reason("FAILED_PRECONDITION"),
     "LIMIT_EXCEEDED": Reason("RESOURCE_EXHAUSTED"),
     "TOO_MANY_ITEMS": Reason("RESOURCE_EXHAUSTED"),
     "INLINE_TOO_LARGE": Reason("RESOURCE_EXHAUSTED"),
@@ -84,8 +92,16 @@ REASONS: dict[str, Reason] = {
     "TOO_MANY_SELECTS": Reason("RESOURCE_EXHAUSTED", retry_after=1.0),
     # In-flight calls drain in well under a second each on a healthy server.
     "TOO_MANY_REQUESTS": Reason("RESOURCE_EXHAUSTED", retry_after=0.5),
+    # An upload stream lasts about as long as a Select.
+    "TOO_MANY_STREAMS": Reason("RESOURCE_EXHAUSTED", retry_after=1.0),
+    # Checking a registration (a session build in a child process) takes about a second.
+    "MODEL_LOADS_BUSY": Reason("RESOURCE_EXHAUSTED", retry_after=1.0),
+    "MODEL_MEMORY": Reason("RESOURCE_EXHAUSTED"),
+    "RESPONSE_TOO_LARGE": Reason("RESOURCE_EXHAUSTED"),
+    "SHARDS_NOT_PLACED": Reason("RESOURCE_EXHAUSTED"),
     "CANCELLED": Reason("CANCELLED"),
     "DEADLINE_EXCEEDED": Reason("DEADLINE_EXCEEDED"),
+    "STREAM_IDLE": Reason("DEADLINE_EXCEEDED"),
     # Ray restarts a dead shard actor from its segments within about a second.
     "SHARD_UNAVAILABLE": Reason("UNAVAILABLE", retry_after=1.0),
     "INTERNAL": Reason("INTERNAL"),
