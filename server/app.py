@@ -58,6 +58,8 @@ class RunningServer:
         self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+        if self.gate is not None:
+            self.gate.shutdown()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -115,12 +117,14 @@ def start(config: ServerConfig) -> RunningServer:
     metrics = Metrics()
     # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
     # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
-    gate = AdmissionGate(config.max_concurrent_rpcs, config.workers, metrics=metrics)
+    gate = AdmissionGate(config.max_concurrent_rpcs, metrics=metrics)
     interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, ErrorInterceptor(metrics)]
     if config.auth_token_file:
         # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
         interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
-    server = grpc.server(gate.executor, interceptors=interceptors, options=_options(config))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="assay"),
+        interceptors=interceptors, options=_options(config))
     health_servicer = health.HealthServicer()
     for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
