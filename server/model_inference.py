@@ -31,13 +31,16 @@ import onnxruntime as ort
 
 from assay.server.errors import InvalidInput, NotFound
 from assay.server.mc_dropout import DISABLED_OPTIMIZERS, disable_dropout, enable_mc_dropout
+from assay.server.model_probe import probe_session
 from assay.server.model_store import ModelInfo, ModelStore
+from assay.server.onnx_cost import ModelLimits
 from assay.server.onnx_runner import (
     Terminator,
     default_batch_size,
     default_threads,
     make_session,
     run_batches,
+    use_memory_cap,
 )
 from assay.server.onnx_safety import input_fits, parse_model
 from assay.server.strategies import registry
@@ -131,8 +134,10 @@ class ModelRuntime:
     """
 
     def __init__(self, store: ModelStore, *, threads: int = 0, max_sessions: int = 8,
-                 cache_bytes: int = 512 << 20):
+                 cache_bytes: int = 512 << 20, limits: ModelLimits | None = None):
         self.store = store
+        self.limits = limits or ModelLimits()
+        use_memory_cap(self.limits.memory_bytes)
         self.threads = threads or default_threads()
         self.max_sessions = max_sessions
         self.cache = _ResultCache(cache_bytes)
@@ -145,9 +150,16 @@ class ModelRuntime:
             self._sessions.pop(uid, None)
         self.cache.drop(uid)
 
-    def check_loads(self, data: bytes) -> None:
-        """Raise ``InvalidInput`` unless onnxruntime can build a session for ``data``."""
-        make_session(data, threads=1)
+    def check_loads(self, data: bytes, check: Callable[[], None] = lambda: None) -> float:
+        """Raise ``InvalidInput`` unless onnxruntime can build a session for ``data`` within
+        the limits; returns the seconds it took.
+
+        The session is built in a child process (``model_probe``), so a model whose
+        build would run for hours or allocate gigabytes is stopped, and ``check``
+        (the request's deadline and cancellation) ends the wait early.
+        """
+        return probe_session(data, seconds=self.limits.load_seconds,
+                             memory_bytes=self.limits.memory_bytes, check=check)
 
     def _read(self, info: ModelInfo) -> bytes:
         try:

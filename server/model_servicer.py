@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from assay.server.errors import Cancelled, InvalidInput
+from assay.server.errors import Cancelled, DeadlineExceeded, InvalidInput
 from assay.server.model_inference import ModelRun, ModelRuntime, needed_roles
 from assay.server.model_store import ModelInfo, ModelStore, check_model_id
 from assay.server.onnx_runner import Terminator
@@ -56,7 +56,7 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         bindings = tuple((b.role, b.output_name) for b in header.outputs)
         upload = self.store.begin_upload(header.model_id, header.size_bytes, header.sha256)
         committed = False
-        check = self._check_cancelled(context)
+        check = _registration_check(self._check_cancelled(context))
         try:
             for message in request_iterator:
                 check()
@@ -67,8 +67,11 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             if not context.is_active():
                 raise Cancelled("the client cancelled the upload; nothing was stored")
             data = upload.finish()
-            signature = inspect_model(data, bindings)
-            self.runtime.check_loads(data)
+            signature = inspect_model(data, bindings, self.runtime.limits)
+            check()
+            self.runtime.check_loads(data, check)
+            # The row is the commit point: a client told DEADLINE_EXCEEDED finds nothing.
+            check()
             info = upload.commit(signature, bindings)
             committed = True
         finally:
@@ -90,6 +93,19 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         info = self.store.delete(request.model_id)
         self.runtime.forget(info.uid)
         return model_pb2.DeleteModelResponse()
+
+
+def _registration_check(check: Callable[[], None]) -> Callable[[], None]:
+    """``check`` with the registration's own wording when the deadline has passed."""
+    def checked() -> None:
+        try:
+            check()
+        except DeadlineExceeded as error:
+            raise DeadlineExceeded(
+                "the request deadline (or the server's ceiling, --max-deadline-seconds) "
+                "passed while the model was received or checked; nothing was stored",
+                reason=error.reason) from None
+    return checked
 
 
 def _time_left(context: grpc.ServicerContext, ceiling: float) -> float | None:

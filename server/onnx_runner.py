@@ -9,6 +9,13 @@ Sessions use the CUDA execution provider when onnxruntime-gpu is installed and
 a GPU answers (onnxruntime falls back to CPU otherwise), and cap their thread
 pools: the server runs several requests at once and must not oversubscribe the
 cores the strategies need too.
+
+Memory: a model's tensor sizes may depend on its input values, which no static
+check sees, so every session allocates from one shared onnxruntime arena whose
+``max_mem`` is the server's model memory limit (``use_memory_cap``), and the
+CUDA provider gets the same ``gpu_mem_limit``. An allocation past the cap fails
+before anything is allocated and the request answers RESOURCE_EXHAUSTED; every
+run shrinks the arena afterwards, so a burst does not stay resident.
 """
 
 from __future__ import annotations
@@ -20,7 +27,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from assay.server.errors import AssayError, Cancelled, DeadlineExceeded, InvalidInput
+from assay.server.errors import (
+    AssayError,
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    ResourceExhausted,
+)
 
 #: Input bytes of one batch by default (the activations of common models are a small
 #: multiple of their input, so a batch stays in the hundreds of MiB at most).
@@ -34,32 +47,84 @@ def default_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-def providers() -> list[str]:
+#: Messages of onnxruntime's failed allocations (arena cap, CUDA limit, std::bad_alloc).
+_OUT_OF_MEMORY = ("Available memory of", "bad_alloc", "Failed to allocate memory",
+                  "bad allocation", "out of memory")
+_memory_cap = {"bytes": 0}
+_memory_lock = threading.Lock()
+
+
+def use_memory_cap(max_bytes: int) -> None:
+    """Make sessions built from now on allocate from one shared CPU arena of ``max_bytes``.
+
+    onnxruntime's environment holds one such allocator per process; registering
+    another replaces it for later sessions (earlier ones keep theirs).
+    """
+    with _memory_lock:
+        if max_bytes <= 0 or _memory_cap["bytes"] == max_bytes:
+            return
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                 ort.OrtMemType.DEFAULT)
+        # kSameAsRequested (1): grow by what is asked, so the arena never rounds past the cap.
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(max_bytes, 1, -1, -1))
+        _memory_cap["bytes"] = max_bytes
+
+
+def memory_cap() -> int:
+    """The shared arena's size in bytes (0: none registered, allocations are unbounded)."""
+    return _memory_cap["bytes"]
+
+
+def providers() -> list:
     """CUDA first when this onnxruntime build has it, CPU always (and as the fallback)."""
     available = ort.get_available_providers()
-    chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
+    chosen: list = []
+    if "CUDAExecutionProvider" in available:
+        cap = memory_cap()
+        chosen.append(("CUDAExecutionProvider", {"gpu_mem_limit": str(cap)})
+                      if cap else "CUDAExecutionProvider")
     return [*chosen, "CPUExecutionProvider"]
 
 
 def make_session(model: bytes, *, threads: int,
                  disabled_optimizers: Sequence[str] = ()) -> ort.InferenceSession:
-    """An inference session over checked model bytes, with capped thread pools.
+    """An inference session over checked model bytes, with capped thread pools and,
+    once ``use_memory_cap`` was called, the shared capped arena.
 
     Raises ``InvalidInput`` when onnxruntime cannot load the model (an operator
     or type it does not implement), since a checked model that does not load is
-    still the client's to fix.
+    still the client's to fix; ``ResourceExhausted`` when building it needs more
+    memory than the cap.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    if memory_cap():
+        options.add_session_config_entry("session.use_env_allocators", "1")
     try:
         return ort.InferenceSession(model, options, providers=providers(),
                                     disabled_optimizers=list(disabled_optimizers) or None)
     except Exception as error:  # onnxruntime raises its own exception types
+        if is_out_of_memory(error):
+            raise _memory_error("building the model's session", "chunk") from None
         raise InvalidInput(f"onnxruntime cannot load the model: {_first_line(error)}",
                            field="chunk", reason="MODEL_LOAD_FAILED") from None
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether onnxruntime failed because an allocation was refused."""
+    return isinstance(error, MemoryError) or any(m in str(error) for m in _OUT_OF_MEMORY)
+
+
+def _memory_error(what: str, field: str) -> ResourceExhausted:
+    cap = memory_cap()
+    limit = f" of {cap} bytes (--max-model-memory-bytes)" if cap else ""
+    return ResourceExhausted(
+        f"{what} needs more memory than the server's model memory limit{limit}, shared by "
+        "the requests running models at once: lower batch_size, retry when fewer requests "
+        "run, or use a smaller model; nothing was stored", field=field, reason="MODEL_MEMORY")
 
 
 def session_backend(session: ort.InferenceSession) -> str:
@@ -82,6 +147,15 @@ def default_batch_size(item_bytes: int) -> int:
     return int(np.clip(BATCH_BYTES // max(item_bytes, 1), 1, MAX_BATCH_ITEMS))
 
 
+def run_options() -> ort.RunOptions:
+    """Options of every run: quiet, and the arena hands back what the run freed."""
+    options = ort.RunOptions()
+    options.log_severity_level = 3
+    if memory_cap():
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 class Terminator:
     """Stops running inference when a request's time is up or its caller left.
 
@@ -92,8 +166,7 @@ class Terminator:
     """
 
     def __init__(self, seconds: float | None = None):
-        self.run_options = ort.RunOptions()
-        self.run_options.log_severity_level = 3
+        self.run_options = run_options()
         self.error: AssayError | None = None
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
@@ -143,7 +216,7 @@ def run_batches(session: ort.InferenceSession, inputs: np.ndarray, output_names:
         raise InvalidInput("model_inputs holds no items", field="inputs.model_inputs")
     step = fixed_batch or batch_size
     input_name = session.get_inputs()[0].name
-    options = terminator.run_options if terminator is not None else None
+    options = terminator.run_options if terminator is not None else run_options()
     results: list[np.ndarray | None] = [None] * len(output_names)
     for start in range(0, n, step):
         check_cancelled()
@@ -175,11 +248,13 @@ def run_batches(session: ort.InferenceSession, inputs: np.ndarray, output_names:
 
 
 def _run(session: ort.InferenceSession, names: Sequence[str], feed: dict,
-         options: ort.RunOptions | None, terminator: Terminator | None) -> list:
+         options: ort.RunOptions, terminator: Terminator | None) -> list:
     try:
         return session.run(list(names), feed, options)
     except Exception as error:  # onnxruntime raises its own exception types
         if terminator is not None and terminator.error is not None:
             raise terminator.error from None
+        if is_out_of_memory(error):
+            raise _memory_error("running the model", "model_ids") from None
         raise InvalidInput(f"the model failed on the inputs: {_first_line(error)}",
                            field="inputs.model_inputs", reason="INFERENCE_FAILED") from None

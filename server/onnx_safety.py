@@ -4,12 +4,17 @@ A model is code supplied by a client, so it is judged as data first:
 
 * **External data** is refused. An initializer stored "externally" names a file
   path that onnxruntime would open relative to its working directory, so a
-  model could read any file the server can; every tensor of every graph,
-  subgraph, attribute and function is checked before the checker or
-  onnxruntime sees the model.
+  model could read any file the server can; every tensor anywhere in the file
+  (graphs, subgraphs, attributes, sparse tensors, functions, ``training_info``)
+  is checked before the checker or onnxruntime sees the model.
 * **Only the standard domains** (``ai.onnx`` and ``ai.onnx.ml``): other domains
   need custom-op libraries, i.e. native code. Calls to the model's own local
-  functions are allowed, since their bodies are checked the same way.
+  functions are allowed, since their bodies are checked the same way, but only
+  in a domain onnxruntime implements nothing in: onnxruntime runs its own
+  kernel, not the function body, for a function named like one of its operators
+  (``com.microsoft.Gelu``), so such a function would bypass the check.
+* **Cost**: one item may not need more memory or arithmetic than the server's
+  limits (``onnx_cost``).
 * **Opsets in range**, then ``onnx.checker``.
 * **One graph input** whose axis 0 is the item axis, of a type a pool can hold;
   and the declared output roles must name real outputs of the right rank and a
@@ -21,14 +26,16 @@ offending field; the size cap and the digest are enforced while receiving.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from assay.server.errors import InvalidInput
+from assay.server.onnx_cost import ModelLimits, check_cost
 
 #: Domains whose operators onnxruntime implements itself ("" is ai.onnx).
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -97,26 +104,28 @@ def _node_lists(model: onnx.ModelProto) -> Iterator[tuple[str, Sequence[onnx.Nod
                         yield f"graph {graph.name!r}", graph.node
 
 
-def _tensors(model: onnx.ModelProto) -> Iterator[tuple[str, onnx.TensorProto]]:
-    """(name, tensor) for every tensor the model carries: initializers (dense and sparse)
-    and tensor-valued attributes, in all graphs and functions."""
-    for graph in iter_graphs(model.graph):
-        for t in graph.initializer:
-            yield t.name, t
-        for s in graph.sparse_initializer:
-            yield s.values.name, s.values
-            yield s.indices.name, s.indices
-    for _, nodes in _node_lists(model):
-        for node in nodes:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield f"{node.name or node.op_type}.{attr.name}", attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    for t in attr.tensors:
-                        yield f"{node.name or node.op_type}.{attr.name}", t
-                elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
-                    yield f"{node.name or node.op_type}.{attr.name}", attr.sparse_tensor.values
-                    yield f"{node.name or node.op_type}.{attr.name}", attr.sparse_tensor.indices
+def _tensors(message: Message, path: str = "model") -> Iterator[tuple[str, onnx.TensorProto]]:
+    """(where, tensor) for every ``TensorProto`` anywhere in ``message``, found by walking
+    the protobuf itself, so no place a tensor can hide (initializers dense and sparse,
+    attributes, subgraphs, functions, ``training_info``, fields added later) is missed."""
+    if message.DESCRIPTOR is onnx.TensorProto.DESCRIPTOR:
+        yield message.name or path, message
+        return  # a tensor holds no tensors
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        if _repeated(descriptor):
+            for i, item in enumerate(value):
+                label = getattr(item, "name", "") or str(i)
+                yield from _tensors(item, f"{path}.{descriptor.name}[{label}]")
+        else:
+            yield from _tensors(value, f"{path}.{descriptor.name}")
+
+
+def _repeated(descriptor) -> bool:
+    # ``is_repeated`` in protobuf >= 6, ``label`` before.
+    repeated = getattr(descriptor, "is_repeated", None)
+    return repeated if repeated is not None else descriptor.label == descriptor.LABEL_REPEATED
 
 
 def parse_model(data: bytes) -> onnx.ModelProto:
@@ -149,8 +158,50 @@ def default_opset(model: onnx.ModelProto) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
+@functools.cache
+def _runtime_ops() -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+    """Domains and (domain, name) pairs onnxruntime implements itself: its operator
+    schemas and kernels, plus ONNX's own schemas."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as capi
+
+    pairs: set[tuple[str, str]] = set()
+    for getter in ("get_all_operator_schema", "get_all_opkernel_def"):
+        try:
+            pairs.update((_domain(x.domain), x.op_name if hasattr(x, "op_name") else x.name)
+                         for x in getattr(capi, getter)())
+        except Exception:  # an older build without the listing: the domains below hold
+            continue
+    pairs.update((_domain(x.domain), x.name) for x in onnx.defs.get_all_schemas_with_history())
+    domains = {d for d, _ in pairs} | {"", "ai.onnx.ml", "ai.onnx.preview.training",
+                                       "com.microsoft", "com.microsoft.nchwc",
+                                       "com.microsoft.experimental", "com.ms.internal.nhwc",
+                                       "org.pytorch.aten"}
+    return frozenset(domains), frozenset(pairs)
+
+
+def _domain(domain: str) -> str:
+    return "" if domain == "ai.onnx" else domain
+
+
+def check_local_functions(model: onnx.ModelProto) -> None:
+    """Refuse local functions that onnxruntime would not run: one in a domain it
+    implements operators in, or named like any operator it or ONNX knows, would be
+    replaced by that operator's built-in kernel, and the checked body never run."""
+    domains, pairs = _runtime_ops()
+    for function in model.functions:
+        key = (_domain(function.domain), function.name)
+        if key[0] in domains or key in pairs or onnx.defs.has(function.name, function.domain):
+            raise InvalidInput(
+                f"local function {function.domain}.{function.name} is in a domain "
+                "onnxruntime implements operators in, or is named like one of its operators: "
+                "onnxruntime would run its built-in kernel instead of the function's body. "
+                "Put model-local functions in a domain of their own (e.g. 'local.fn')",
+                field="chunk", reason="FUNCTION_SHADOWS_OP")
+
+
 def check_domains_and_opsets(model: onnx.ModelProto) -> int:
     """Allow only standard domains and supported opsets; returns the default-domain opset."""
+    check_local_functions(model)
     local = {(f.domain, f.name) for f in model.functions}
     local_domains = {f.domain for f in model.functions}
     for where, nodes in _node_lists(model):
@@ -280,11 +331,13 @@ def count_dropout(model: onnx.ModelProto) -> int:
                if n.op_type == "Dropout" and n.domain in ("", "ai.onnx"))
 
 
-def inspect_model(data: bytes, bindings: Sequence[tuple[str, str]]) -> ModelSignature:
+def inspect_model(data: bytes, bindings: Sequence[tuple[str, str]],
+                  limits: ModelLimits | None = None) -> ModelSignature:
     """Run every static check on ``data`` and return the model's signature.
 
     The order matters: external data is refused before any tool that could
-    resolve it (the checker, onnxruntime) sees the model.
+    resolve it (the checker, onnxruntime) sees the model; the cost check (when
+    ``limits`` are given) runs on a model known to be well formed.
     """
     model = parse_model(data)
     check_no_external_data(model)
@@ -292,6 +345,8 @@ def inspect_model(data: bytes, bindings: Sequence[tuple[str, str]]) -> ModelSign
     run_checker(model)
     name, dtype, shape = read_input(model)
     outputs = check_outputs(model, bindings)
+    if limits is not None:
+        check_cost(model, limits)
     return ModelSignature(name, dtype, shape, outputs, opset, count_dropout(model))
 
 

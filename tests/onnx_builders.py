@@ -150,3 +150,84 @@ def slow_model(layers: int = 400, width: int = 256) -> onnx.ModelProto:
 
 ALL_OUTPUTS = {"logits": "logits", "embeddings": "features", "loss": "loss",
                "discriminator": "disc"}
+
+
+# -- hostile models: small files that cost much to load or run ----------------------------------
+
+
+def _model(nodes: list, initializers: list, *, functions: tuple = (),
+           extra_opsets: tuple = ()) -> onnx.ModelProto:
+    """A graph x [N, 2] -> logits [N, 2] around ``nodes`` (which must produce ``bias``, added
+    to x), opset 13."""
+    nodes = [*nodes, helper.make_node("Add", ["x", "bias"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "hostile", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])], initializers)
+    model = helper.make_model(graph, functions=list(functions), opset_imports=[
+        helper.make_opsetid("", 13), *(helper.make_opsetid(d, 1) for d in extra_opsets)])
+    model.ir_version = 8
+    return model
+
+
+def _ones(shape_input: str, output: str) -> onnx.NodeProto:
+    return helper.make_node("ConstantOfShape", [shape_input], [output],
+                            value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0]))
+
+
+def _matmul_chain(square: str, chain: int) -> list[onnx.NodeProto]:
+    """``chain`` MatMuls of ``square`` by itself, reduced to a [1, 1] ``bias``."""
+    nodes, last = [], square
+    for i in range(chain):
+        nodes.append(helper.make_node("MatMul", [last, square], [f"product{i}"]))
+        last = f"product{i}"
+    nodes.append(helper.make_node("ReduceMean", [last], ["bias"], keepdims=1))
+    return nodes
+
+
+def folding_bomb(n: int = 8192, chain: int = 4) -> onnx.ModelProto:
+    """ConstantOfShape [n, n] then ``chain`` MatMuls of constants: O(chain * n^3) work that
+    onnxruntime's constant folding does while it builds a session (a few hundred bytes)."""
+    shape = numpy_helper.from_array(np.array([n, n], np.int64), "shape")
+    return _model([_ones("shape", "square"), *_matmul_chain("square", chain)], [shape])
+
+
+def allocation_bomb(n: int = 25000) -> onnx.ModelProto:
+    """A ConstantOfShape [n, n] float32 (n = 25000: 2.5 GB) reduced to the bias."""
+    shape = numpy_helper.from_array(np.array([n, n], np.int64), "shape")
+    return _model([_ones("shape", "big"),
+                   helper.make_node("ReduceMean", ["big"], ["bias"], keepdims=1)], [shape])
+
+
+def hidden_folding_bomb(n: int = 8192, chain: int = 4) -> onnx.ModelProto:
+    """``folding_bomb`` whose square's side is computed by a reduction (ReduceMax of a
+    constant), which ONNX shape inference does not evaluate: no static check sees the
+    [n, n] shape, yet onnxruntime folds it all when it builds the session."""
+    side = numpy_helper.from_array(np.array([float(n), 1.0], np.float32), "side")
+    nodes = [helper.make_node("ReduceMax", ["side"], ["n_float"], keepdims=1),
+             helper.make_node("Cast", ["n_float"], ["n"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["n", "n"], ["shape"], axis=0),
+             _ones("shape", "square"), *_matmul_chain("square", chain)]
+    return _model(nodes, [side])
+
+
+def input_sized_allocation() -> onnx.ModelProto:
+    """A ConstantOfShape [v, v] where v is the largest input value: its size depends on the
+    data sent, so only a bound at run time can stop it (v = 25000: 2.5 GB)."""
+    nodes = [helper.make_node("ReduceMax", ["x"], ["v_float"], keepdims=1),
+             helper.make_node("Reshape", ["v_float", "one_dim"], ["v_1d"]),
+             helper.make_node("Cast", ["v_1d"], ["v"], to=TensorProto.INT64),
+             helper.make_node("Concat", ["v", "v"], ["shape"], axis=0),
+             _ones("shape", "big"),
+             helper.make_node("ReduceMean", ["big"], ["bias"], keepdims=1)]
+    return _model(nodes, [numpy_helper.from_array(np.array([1], np.int64), "one_dim")])
+
+
+def shadowing_function(domain: str = "com.microsoft", name: str = "Gelu") -> onnx.ModelProto:
+    """A model-local function ``domain.name`` whose body negates its input, called on x and
+    added to it (so a checked body would give logits = x - x = 0). onnxruntime has a kernel
+    com.microsoft.Gelu and runs that instead of the body."""
+    body = [helper.make_node("Neg", ["a"], ["b"])]
+    function = helper.make_function(domain, name, ["a"], ["b"], body,
+                                    [helper.make_opsetid("", 13)])
+    call = helper.make_node(name, ["x"], ["bias"], domain=domain)
+    return _model([call], [], functions=(function,), extra_opsets=(domain,))

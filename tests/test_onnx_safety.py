@@ -4,18 +4,34 @@ each rejection with its precise status and reason, and nothing stored after one.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import onnx
+import onnxruntime as ort
+import psutil
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from onnx import TensorProto, helper, numpy_helper
-from onnx_builders import ALL_OUTPUTS, mlp
+from onnx_builders import (
+    ALL_OUTPUTS,
+    allocation_bomb,
+    folding_bomb,
+    hidden_folding_bomb,
+    mlp,
+    shadowing_function,
+)
 
 from assay.client import AssayError, Client
+from assay.server.errors import InvalidInput
+from assay.server.model_probe import MAX_PROBES
+from assay.server.onnx_cost import ModelLimits, check_cost, estimate
 from assay.v1 import model_pb2, model_pb2_grpc
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -345,3 +361,207 @@ def test_declared_outputs_are_checked_against_the_graph(client, rng):
     got = rejected(client, m.model, outputs={"embeddings": "features"})
     assert got[:2] == ("OUTPUT_SHAPE", "header.outputs[0].output_name")
     assert "[N, d]" in got[2]
+
+
+def test_a_local_function_named_like_a_runtime_op_is_refused(client):
+    # Why it matters: onnxruntime runs its own com.microsoft.Gelu kernel, not the checked body
+    # (Neg), so logits = x + gelu(x) instead of x - x = 0.
+    x = np.array([[1.0, -2.0]], np.float32)
+    session = ort.InferenceSession(shadowing_function().SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    gelu = 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x + gelu, rtol=1e-5)
+    for domain, name in (("com.microsoft", "Gelu"), ("com.microsoft", "MyOwnName"),
+                         ("", "Gelu"), ("ai.onnx.ml", "Normalizer")):
+        reason, field, message = rejected(client, shadowing_function(domain, name))
+        assert (reason, field) == ("FUNCTION_SHADOWS_OP", "chunk"), (domain, name)
+        assert f"{domain}.{name}" in message
+    # The same body in a domain of its own runs as written, and is accepted.
+    client.register_model("own", shadowing_function("local.fn", "Gelu").SerializeToString(),
+                          {"logits": "logits"})
+    got = client.select("entropy", 1, model_inputs=np.ones((3, 2), np.float32), models=["own"])
+    np.testing.assert_allclose(got.scores, np.log(2.0), rtol=1e-6)  # logits 0: uniform
+
+
+def _external_tensor(name: str) -> onnx.TensorProto:
+    tensor = numpy_helper.from_array(np.ones(3, np.float32), name)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="/etc/passwd")
+    return tensor
+
+
+def _hiding_places() -> dict[str, onnx.ModelProto]:
+    """A model per place a TensorProto can hide, each one external."""
+    rng = np.random.default_rng(11)
+    models = {}
+    m = mlp(rng).model  # training_info: its initialization graph's initializers
+    init = helper.make_graph([], "init", [], [], [_external_tensor("t_init")])
+    m.training_info.add().initialization.CopyFrom(init)
+    models["training_info"] = m
+    m = mlp(rng).model  # a sparse initializer's values
+    sparse = helper.make_sparse_tensor(_external_tensor("s_values"),
+                                       numpy_helper.from_array(np.arange(3, dtype=np.int64),
+                                                               "s_indices"), [5])
+    m.graph.sparse_initializer.append(sparse)
+    models["sparse_initializer"] = m
+    m = mlp(rng).model  # a SPARSE_TENSOR attribute
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["unused"], sparse_value=sparse))
+    models["sparse attribute"] = m
+    m = mlp(rng).model  # an initializer of an If's subgraph
+    branch = helper.make_graph([helper.make_node("Identity", ["t_sub"], ["o"])], "branch", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, [3])],
+                               [_external_tensor("t_sub")])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    m.graph.initializer.append(cond)
+    m.graph.node.insert(0, helper.make_node("If", ["cond"], ["unused"], then_branch=branch,
+                                            else_branch=branch))
+    models["subgraph"] = m
+    m = mlp(rng).model  # a Constant inside a local function's body
+    body = [helper.make_node("Constant", [], ["k"], value=_external_tensor("t_fn")),
+            helper.make_node("Relu", ["a"], ["b"])]
+    m.functions.append(helper.make_function("local.fn", "MyRelu", ["a"], ["b"], body,
+                                            [helper.make_opsetid("", 13)]))
+    m.opset_import.append(helper.make_opsetid("local.fn", 1))
+    for node in m.graph.node:
+        if node.op_type == "Relu":
+            node.op_type, node.domain = "MyRelu", "local.fn"
+    models["function"] = m
+    return models
+
+
+@pytest.mark.parametrize("place", sorted(_hiding_places()))
+def test_external_data_is_refused_wherever_a_tensor_hides(client, place):
+    reason, _, message = rejected(client, _hiding_places()[place])
+    assert reason == "EXTERNAL_DATA", (place, message)
+
+
+# -- what a model may cost ----------------------------------------------------------------------
+
+
+def test_the_cost_estimate_matches_the_arithmetic():
+    # Multiply-adds counted by hand for one item: Conv [1,3,8,8] * W [4,3,3,3] pad 1 ->
+    # [1,4,8,8], each output 3*3*3 products; Gemm [1,256]x[256,10]; Einsum contracting j (5)
+    # and k (6) into [1,7]; the largest tensor is the Conv output (256 floats).
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "W")
+    g = numpy_helper.from_array(rng.normal(size=(256, 10)).astype(np.float32), "G")
+    e = numpy_helper.from_array(rng.normal(size=(5, 6, 7)).astype(np.float32), "E")
+    f = numpy_helper.from_array(rng.normal(size=(10, 30)).astype(np.float32), "F")
+    shape = numpy_helper.from_array(np.array([-1, 5, 6], np.int64), "s")
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "G"], ["y"]),
+             helper.make_node("MatMul", ["y", "F"], ["y30"]),
+             helper.make_node("Reshape", ["y30", "s"], ["y56"]),
+             helper.make_node("Einsum", ["y56", "E"], ["logits"], equation="njk,jkl->nl")]
+    graph = helper.make_graph(
+        nodes, "cost", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])], [w, g, e, f, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    cost, largest, costliest = estimate(model)
+    conv, gemm, matmul, einsum = 4 * 8 * 8 * 27, 256 * 10, 10 * 30, 7 * 5 * 6
+    assert cost.macs == conv + gemm + matmul + einsum
+    assert cost.largest_tensor_bytes == 4 * 8 * 8 * 4
+    assert "'c'" in largest[0] and "(Conv)" in costliest[0]
+    limits = ModelLimits(memory_bytes=4 * 8 * 8 * 4, macs=cost.macs)
+    assert check_cost(model, limits) == cost  # exactly at both limits: accepted
+    with pytest.raises(InvalidInput) as info:
+        check_cost(model, ModelLimits(memory_bytes=4 * 8 * 8 * 4 - 1, macs=cost.macs))
+    assert info.value.reason == "MODEL_TOO_COSTLY"
+    with pytest.raises(InvalidInput) as info:
+        check_cost(model, ModelLimits(memory_bytes=0, macs=cost.macs - 1))
+    assert info.value.reason == "MODEL_TOO_COSTLY" and str(cost.macs) in info.value.message
+
+
+def test_models_too_costly_for_one_item_are_refused_from_their_graph(client):
+    # The two files are a few hundred bytes; a session build or a Select would take hours
+    # (4 products of 8192^2 matrices) or 2.5 GB (a [25000, 25000] float32 constant).
+    started = time.monotonic()
+    reason, field, message = rejected(client, folding_bomb(8192))
+    assert (reason, field) == ("MODEL_TOO_COSTLY", "chunk")
+    assert "(MatMul)" in message and str(4 * 8192**3) in message and "--max-model-macs" in message
+    reason, field, message = rejected(client, allocation_bomb(25000))
+    assert (reason, field) == ("MODEL_TOO_COSTLY", "chunk")
+    assert "(ConstantOfShape)" in message and "[25000, 25000]" in message
+    assert str(25000 * 25000 * 4) in message and "--max-model-memory-bytes" in message
+    # Generous: the static check takes milliseconds; folding would take hours.
+    assert time.monotonic() - started < 60
+    # The same shapes scaled down are ordinary models.
+    client.register_model("small", folding_bomb(16).SerializeToString(), {"logits": "logits"})
+
+
+def _probes_running() -> list[psutil.Process]:
+    """Live session-build children of this process (exited ones and zombies do not count)."""
+    running = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "assay.server.model_probe" in " ".join(child.cmdline()):
+                running.append(child)
+        except psutil.Error:  # exited meanwhile, or a zombie: it runs nothing
+            continue
+    return running
+
+
+def _no_probe_left() -> None:
+    """Every probe child was killed (allowing a generous few seconds for the kill)."""
+    stop = time.monotonic() + 30
+    while _probes_running():
+        assert time.monotonic() < stop, "a session-build child outlived its registration"
+        time.sleep(0.1)
+
+
+def test_folding_no_static_check_sees_stops_at_the_load_limit(server_factory):
+    server = server_factory(model_load_seconds=2.0)
+    with Client(f"127.0.0.1:{server.port}", timeout=120) as client:
+        started = time.monotonic()
+        reason, field, message = rejected(client, hidden_folding_bomb())
+        elapsed = time.monotonic() - started
+        assert (reason, field) == ("MODEL_TOO_COSTLY", "chunk")
+        assert "--model-load-seconds" in message
+        assert elapsed < 60, elapsed  # the limit is 2 s; folding would take hours
+        _no_probe_left()
+        assert _tmp_files(server) == []
+
+
+def test_a_client_deadline_ends_registration_and_nothing_is_stored(server, client, stub):
+    data = hidden_folding_bomb().SerializeToString()
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RegisterModel(iter([_header(data), *_chunks(data, 4096)]), timeout=3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 30
+    _no_probe_left()  # the server stopped the build, not only the client its wait
+    stop = time.monotonic() + 30
+    while _tmp_files(server):  # the handler has returned once its temp file is gone
+        assert time.monotonic() < stop, "the registration kept running past its deadline"
+        time.sleep(0.1)
+    assert client.list_models() == []
+    # The id is free: a well-formed model registers under it.
+    client.register_model("m", mlp(np.random.default_rng(3)).data, {"logits": "logits"})
+
+
+def test_cheap_calls_are_answered_while_builds_run_and_excess_builds_are_refused(server_factory):
+    server = server_factory(model_load_seconds=8.0)
+    data = hidden_folding_bomb().SerializeToString()
+    address = f"127.0.0.1:{server.port}"
+    with Client(address, timeout=60) as client, ThreadPoolExecutor(MAX_PROBES) as pool:
+        builds = [pool.submit(rejected, client, data, model_id=f"bomb{i}")
+                  for i in range(MAX_PROBES)]
+        stop = time.monotonic() + 30
+        while len(_probes_running()) < MAX_PROBES:
+            assert time.monotonic() < stop, "the builds did not start"
+            time.sleep(0.05)
+        # All build slots taken: another registration is refused at once, retryably.
+        reason, _, message = rejected(client, data, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      model_id="one-more")
+        assert reason == "MODEL_LOADS_BUSY" and "retry" in message
+        with grpc.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        assert client.list_models() == []
+        assert len(_probes_running()) == MAX_PROBES  # answered while both builds still ran
+        for build in builds:
+            assert build.result()[0] == "MODEL_TOO_COSTLY"
+    _no_probe_left()
