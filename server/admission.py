@@ -8,27 +8,24 @@ refuses with the rich status every other refusal has: ``ErrorInfo`` reason
 ``TOO_MANY_REQUESTS`` and a ``RetryInfo`` back-off hint.
 
 What is counted is what grpcio counts: a call is in flight from the moment it is
-handed to the worker pool until its pool task ends, whether it is running or
-still queued for a worker (so the limit sheds load *before* it queues). Health
+accepted until it ends, whether it is running or still queued for a worker (so
+the limit sheds load *before* it queues). Health
 checks are neither counted nor refused: a probe must be answered however busy
 the server is.
 
-Two pieces work together, because an interceptor alone cannot do either job:
-
-* ``GateInterceptor`` decides, when a call arrives (on gRPC's polling thread),
-  whether it is admitted, and tags the handler it returns with a ticket.
-* ``GateExecutor`` is the server's worker pool. It releases a ticket when the
-  pool task that carries it ends (which also covers a call cancelled while still
-  queued, whose handler gRPC never runs), and it runs refusals on a small lane of
-  their own, so a refusal is answered at once instead of waiting behind the very
-  calls that filled the server.
+Refusals run on a small thread lane of their own (grpcio's
+``experimental_thread_pool``), so a refusal is answered at once instead of waiting
+for a worker behind the very calls that filled the server. An admitted call's
+place is given back when its behavior ends (a streaming response: when the stream
+ends), or, for a call that gRPC drops before running it (cancelled while queued),
+when its handler is released with the pool task that carried it.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -51,37 +48,12 @@ class _Ticket:
         self._gate = gate
         self._released = False
 
-    def release(self, *_ignored: Any) -> None:
+    def release(self) -> None:
         gate = self._gate
         with gate._lock:
             if not self._released:
                 self._released = True
                 gate._in_flight -= 1
-
-
-class _Admitted:
-    """An admitted call's behavior, carrying its ticket so the pool can release it."""
-
-    __slots__ = ("__weakref__", "behavior", "ticket")
-
-    def __init__(self, behavior: Callable, ticket: _Ticket):
-        self.behavior = behavior
-        self.ticket = ticket
-
-    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self.behavior(request, context)
-
-
-class _Refusal:
-    """A refused call's behavior: the rich RESOURCE_EXHAUSTED, without reading the request."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ResourceExhausted):
-        self.error = error
-
-    def __call__(self, request_iterator: Any, context: grpc.ServicerContext) -> None:
-        abort_with(context, self.error)
 
 
 class AdmissionGate:
@@ -92,16 +64,17 @@ class AdmissionGate:
     limit
         Calls in flight (running or queued for a worker) before new ones are refused:
         ``max_concurrent_rpcs``.
-    workers
-        Threads of the worker pool (``workers``).
+    refusal_threads
+        Threads of the lane that answers refusals.
     metrics
         Where refused calls are counted (as RESOURCE_EXHAUSTED), like every other call.
     exempt
         Method-name prefixes that are never counted nor refused (health checks).
     """
 
-    def __init__(self, limit: int, workers: int, *, metrics: Metrics | None = None,
-                 exempt: Iterable[str] = EXEMPT_PREFIXES, thread_name_prefix: str = "assay"):
+    def __init__(self, limit: int, *, metrics: Metrics | None = None,
+                 exempt: Iterable[str] = EXEMPT_PREFIXES, refusal_threads: int = 2,
+                 thread_name_prefix: str = "assay"):
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         self.limit = limit
@@ -110,12 +83,13 @@ class AdmissionGate:
         self._lock = threading.Lock()
         self._in_flight = 0
         self.refused = 0
-        self.executor = GateExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix)
+        self.refusals = futures.ThreadPoolExecutor(
+            max_workers=refusal_threads, thread_name_prefix=f"{thread_name_prefix}-refuse")
         self.interceptor = GateInterceptor(self)
 
     @property
     def in_flight(self) -> int:
-        """Admitted calls whose pool task has not ended yet."""
+        """Admitted calls that have not ended yet (running or queued)."""
         with self._lock:
             return self._in_flight
 
@@ -133,6 +107,10 @@ class AdmissionGate:
             return None
         return _Ticket(self)
 
+    def shutdown(self) -> None:
+        """Stop the refusal lane (with the server)."""
+        self.refusals.shutdown(wait=False, cancel_futures=True)
+
     def refusal(self) -> ResourceExhausted:
         """The error a refused call gets (its RetryInfo hint is the reason's)."""
         return ResourceExhausted(
@@ -144,7 +122,8 @@ class GateInterceptor(grpc.ServerInterceptor):
     """Admits or refuses each call as it arrives; runs on gRPC's polling thread.
 
     Put it first among the server's interceptors, so that what it counts is the
-    whole handling of a call.
+    whole handling of a call, and the lane another interceptor chose for a
+    behavior (``experimental_thread_pool``) is kept.
     """
 
     def __init__(self, gate: AdmissionGate):
@@ -157,59 +136,69 @@ class GateInterceptor(grpc.ServerInterceptor):
             return handler
         ticket = self.gate.admit(method)
         if ticket is None:
-            # Shaped as request-streaming whatever the method is, so that the refusal
-            # never waits for the request message: it answers before reading anything.
-            return grpc.stream_unary_rpc_method_handler(_Refusal(self.gate.refusal()))
-        admitted = _rebuild(handler, lambda behavior: _Admitted(behavior, ticket))
-        # Backstop: should a handler ever be dropped without its pool task (a call that
-        # died before it was handed over), the count still comes back.
-        weakref.finalize(_behavior_of(admitted), ticket.release)
-        return admitted
+            return _refusal_handler(self.gate)
+        return _admitted_handler(handler, ticket)
 
 
-class GateExecutor(futures.ThreadPoolExecutor):
-    """The server's worker pool: releases tickets when tasks end, runs refusals apart."""
+def _refusal_handler(gate: AdmissionGate) -> grpc.RpcMethodHandler:
+    """The rich RESOURCE_EXHAUSTED on the refusal lane, whatever the method.
 
-    def __init__(self, max_workers: int, thread_name_prefix: str = "assay", *,
-                 refusal_threads: int = 2):
-        super().__init__(max_workers=max_workers, thread_name_prefix=thread_name_prefix)
-        self._refusals = futures.ThreadPoolExecutor(
-            max_workers=refusal_threads, thread_name_prefix=f"{thread_name_prefix}-refuse")
+    Shaped as request-streaming, so that it never waits for a request message: it
+    answers before reading anything.
+    """
+    error = gate.refusal()
 
-    def submit(self, fn, /, *args, **kwargs):
-        for arg in args:
-            if isinstance(arg, _Refusal):
-                return self._refusals.submit(fn, *args, **kwargs)
-            if isinstance(arg, _Admitted):
-                # A lane the wrapped behavior names (``lanes.LaneInterceptor``), as grpcio
-                # itself honours ``experimental_thread_pool`` on an unwrapped behavior.
-                lane = getattr(arg.behavior, "experimental_thread_pool", None)
-                submit = (lane.submit if isinstance(lane, futures.ThreadPoolExecutor)
-                          else super().submit)
-                future = submit(fn, *args, **kwargs)
-                future.add_done_callback(arg.ticket.release)
-                return future
-        return super().submit(fn, *args, **kwargs)
+    def refuse(request_iterator: Any, context: grpc.ServicerContext) -> None:
+        abort_with(context, error)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._refusals.shutdown(wait=wait, cancel_futures=cancel_futures)
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+    refuse.experimental_thread_pool = gate.refusals
+    return grpc.stream_unary_rpc_method_handler(refuse)
 
 
-def _behavior_of(handler: grpc.RpcMethodHandler) -> Callable:
-    return (handler.unary_unary or handler.unary_stream or handler.stream_unary
-            or handler.stream_stream)
-
-
-def _rebuild(handler: grpc.RpcMethodHandler,
-             wrap: Callable[[Callable], Callable]) -> grpc.RpcMethodHandler:
-    """``handler`` with its behavior wrapped, keeping its arity and (de)serializers."""
+def _admitted_handler(handler: grpc.RpcMethodHandler, ticket: _Ticket) -> grpc.RpcMethodHandler:
+    """``handler`` with a behavior that gives the ticket back when the call ends."""
     codecs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codecs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codecs)
+        return grpc.unary_unary_rpc_method_handler(
+            _unary(handler.unary_unary, ticket), **codecs)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **codecs)
-    return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codecs)
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(handler.stream_unary, ticket), **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _streaming(handler.unary_stream, ticket), **codecs)
+    return grpc.stream_stream_rpc_method_handler(
+        _streaming(handler.stream_stream, ticket), **codecs)
+
+
+def _unary(behavior: Callable, ticket: _Ticket) -> Callable:
+    def run(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        finally:
+            ticket.release()
+    return _keep_lane(run, behavior, ticket)
+
+
+def _streaming(behavior: Callable, ticket: _Ticket) -> Callable:
+    def run(request: Any, context: grpc.ServicerContext) -> Iterator:
+        try:
+            yield from behavior(request, context)
+        finally:
+            ticket.release()
+    return _keep_lane(run, behavior, ticket)
+
+
+def _keep_lane(run: Callable, behavior: Callable, ticket: _Ticket) -> Callable:
+    """Carry the inner behavior's lane over, and make sure the ticket comes back.
+
+    gRPC never runs the behavior of a call cancelled while it was queued; its pool
+    task ends without it and drops the last reference to ``run``, which releases
+    the ticket then.
+    """
+    pool = getattr(behavior, "experimental_thread_pool", None)
+    if pool is not None:
+        run.experimental_thread_pool = pool
+    weakref.finalize(run, ticket.release)
+    return run
