@@ -8,7 +8,8 @@
 Large arrays go to pools with ``append``, which streams them in chunks; every
 call has a deadline; ``select`` is retried on UNAVAILABLE with the same request
 id (the server answers a retried id identically). Every failure surfaces as
-``AssayError`` carrying the gRPC status code.
+``AssayError`` carrying the gRPC status code and the server's ``reason``, ``field``
+and ``retry_delay``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from assay.client.errors import error_details
 from assay.server.tensors import enum_of, to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
 
@@ -37,13 +39,26 @@ INLINE_HINT = "upload large arrays with create_pool/append and select(pool=...)"
 
 
 class AssayError(Exception):
-    """A failed call: ``code`` is the ``grpc.StatusCode``, ``message`` the server's text."""
+    """A failed call, with what a program needs to act on it.
 
-    def __init__(self, code: grpc.StatusCode, message: str, details: Any = None):
-        super().__init__(f"{code.name}: {message}")
+    ``code`` is the ``grpc.StatusCode`` and ``message`` the server's text, for people.
+    ``reason`` is the stable ``ErrorInfo`` reason to branch on (``"DISK_FULL"``,
+    ``"TOO_MANY_REQUESTS"``, ...; the list is docs/errors.md), ``""`` for a status
+    that did not come from Assay itself (the transport, an unreachable server).
+    ``field`` names the offending request field (``""``: none). ``retry_delay`` is
+    the server's back-off hint in seconds (``RetryInfo``) for a refusal that the same
+    request may retry, ``None`` otherwise. ``details`` is the ``grpc.RpcError``.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, details: Any = None, *,
+                 reason: str = "", field: str = "", retry_delay: float | None = None):
+        super().__init__(f"{code.name}{f' {reason}' if reason else ''}: {message}")
         self.code = code
         self.message = message
         self.details = details
+        self.reason = reason
+        self.field = field
+        self.retry_delay = retry_delay
 
     @classmethod
     def from_rpc(cls, error: grpc.RpcError) -> AssayError:
@@ -51,7 +66,7 @@ class AssayError(Exception):
         message = error.details() or ""
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message:
             message += f" ({INLINE_HINT})"
-        return cls(code, message, error)
+        return cls(code, message, error, **error_details(error))
 
 
 @dataclass(frozen=True)
