@@ -87,6 +87,26 @@ def test_committee_matches_modal(seed, ours, theirs):
     np.testing.assert_allclose(got.scores, peer[got.indices], rtol=1e-9, atol=1e-12)
 
 
+def test_vote_entropy_ties_where_modal_rounds_apart():
+    """The case that changed a selected set: two items with the vote histogram
+    (1, 1, 1, 4) in different class orders. modAL sums p log p in class order, so
+    its two scores differ in the last bit and its top-2 takes the later item; the
+    scores are equal, so the earlier one is ours. With modAL's scores merged where
+    they agree to rounding, the two selections are the same."""
+    from test_ties import _committee
+
+    histograms = [(2, 2, 2, 1), (1, 1, 4, 1), (1, 1, 1, 4), (7, 0, 0, 0)]
+    samples = _committee(histograms)
+    peer = modal_disagreement.vote_entropy(_FixedCommittee(samples), np.zeros((4, 1)))
+    got = select("vote_entropy", 4, {"samples": samples})
+    np.testing.assert_allclose(got.scores, peer[got.indices], rtol=1e-12)
+    assert got.scores[1] == got.scores[2]
+    merged = np.round(peer, 12)
+    np.testing.assert_array_equal(select("vote_entropy", 2, {"samples": samples}).indices,
+                                  _top(merged, 2))
+    np.testing.assert_array_equal(got.indices, [0, 1, 2, 3])
+
+
 def test_kl_disagreement_is_the_mean_of_modal_member_kls():
     """modAL reports the max over members; the mean of the same per-member KLs is ours."""
     from scipy.stats import entropy as kl
