@@ -22,6 +22,7 @@ from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import ModelServicer
 from assay.server.model_store import ModelStore
+from assay.server.request_records import Retention
 from assay.server.servicer import AssayServicer, cancellation_check
 from assay.server.store import PoolStore
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
@@ -137,7 +138,9 @@ def start(config: ServerConfig) -> RunningServer:
         health_server, health_port = _health_only_server(config.health_address, health_servicer)
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
                       max_pools=config.max_pools, max_pool_items=config.max_pool_items,
-                      min_free_bytes=config.min_free_disk_bytes)
+                      min_free_bytes=config.min_free_disk_bytes,
+                      retention=Retention(config.request_retention_seconds,
+                                          config.max_request_records, config.max_request_bytes))
     models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
                         max_model_bytes=config.max_model_bytes)
     runtime = ModelRuntime(models)

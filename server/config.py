@@ -79,6 +79,15 @@ class ServerConfig:
     max_pool_items: int = field(default=0, metadata={
         "help": "most items in one pool (0: no limit)"})
     max_pools: int = field(default=0, metadata={"help": "most pools held (0: no limit)"})
+    request_retention_seconds: float = field(default=86400.0, metadata={
+        "help": "how long the response to a request with a request_id is kept for its "
+                "retries; a retry after that runs again as a new request (0: no time limit)"})
+    max_request_records: int = field(default=100_000, metadata={
+        "help": "most stored request responses; beyond it the oldest are dropped first "
+                "(0: no limit)"})
+    max_request_bytes: int = field(default=256 * MIB, metadata={
+        "help": "most bytes of stored request responses; beyond it the oldest are dropped "
+                "first (0: no limit)"})
     max_model_bytes: int = field(default=256 * MIB, metadata={
         "help": "largest ONNX model accepted by RegisterModel"})
     min_free_disk_bytes: int = field(default=64 * MIB, metadata={
@@ -157,6 +166,9 @@ class ServerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 switches it off), got "
                                  f"{getattr(self, name)}")
+        for name in ("request_retention_seconds", "max_request_records", "max_request_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
         for name in ("auto_shard_items", "shard_threads", "shard_cpus", "ray_num_cpus"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

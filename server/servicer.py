@@ -8,11 +8,13 @@ interceptor.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import math
 import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import grpc
@@ -25,13 +27,16 @@ from assay.server.errors import (
     AlreadyExists,
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     ResourceExhausted,
 )
+from assay.server.idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
 from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import pool_cache_key, run_models
 from assay.server.paging import page_end, page_start
+from assay.server.request_records import RequestKey, StoredResponse
 from assay.server.response_size import check_budget, check_encoded
 from assay.server.scaleout import rpc as sharded_rpc
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
@@ -94,20 +99,6 @@ def param_to_proto(value) -> assay_pb2.ParamValue:
     return assay_pb2.ParamValue(string_value=str(value))
 
 
-def _fingerprint(message) -> str:
-    """Hash of a request without its request_id: what makes two retries 'the same'.
-
-    The id is blanked on the message itself for the serialization and put back, so
-    a large inline request is not copied once more just to be hashed.
-    """
-    request_id = message.request_id
-    message.request_id = ""
-    try:
-        return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
-    finally:
-        message.request_id = request_id
-
-
 def cancellation_check(context: grpc.ServicerContext, ceiling: float = 0.0):
     """A check that raises once the caller left, its deadline passed, or the server's
     ceiling (``max_deadline_seconds``, 0: none) did."""
@@ -151,6 +142,15 @@ def _learning_arrays(strategy: str, data, arrays: dict) -> dict[str, np.ndarray]
     return out
 
 
+def _digested(messages: Iterator, digest: StreamDigest) -> Iterator:
+    """Pass an append stream's messages on, adding each chunk to ``digest`` first."""
+    for message in messages:
+        if message.WhichOneof("part") == "chunk":
+            chunk = message.chunk
+            digest.update(chunk.array_index, chunk.offset, chunk.data)
+        yield message
+
+
 class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
 
@@ -164,6 +164,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
         self._queue_lock = threading.Lock()
         self._queued = 0
+        self._flights = SingleFlight()
 
     def _acquire_select_slot(self, check) -> None:
         """Take one of ``max_concurrent_selects`` slots, waiting in a bounded queue.
@@ -189,17 +190,37 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             with self._queue_lock:
                 self._queued -= 1
 
-    def _replay(self, message, method: str, response_type):
-        """Idempotency (AIP-155): ``(stored response, None)`` for a retried request id,
-        else ``(None, key)`` with the key to store the new response under (None when the
-        message has no request id)."""
-        if not message.request_id:
-            return None, None
-        fingerprint = _fingerprint(message)
-        cached = self.store.get_request(message.request_id, method, fingerprint)
-        if cached is not None:
-            return response_type.FromString(cached), None
-        return None, (message.request_id, method, fingerprint)
+    @contextlib.contextmanager
+    def _once(self, message, method: str, context, pool_id: str = "",
+              field: str = "request_id", pool_field: str = "pool_id",
+              ) -> Iterator[tuple[StoredResponse | None, RequestKey | None]]:
+        """Idempotency (AIP-155), one execution per request id.
+
+        Yields ``(stored, None)`` when a committed earlier attempt of this request
+        answered it, else ``(None, key)`` with the key to store the new response
+        under (``(None, None)`` without a request id). The body runs while this
+        request id is held: a duplicate arriving meanwhile waits (within its own
+        deadline) and then finds the stored answer, or runs itself if the first
+        attempt stored none (it failed or was cancelled). ``pool_id`` names the pool
+        the request is about: its uid is part of the fingerprint.
+        """
+        request_id = message.request_id
+        if not request_id:
+            yield None, None
+            return
+        check_request_id(request_id, field)
+        with self._flights.hold(request_id,
+                                cancellation_check(context, self.config.max_deadline_seconds)):
+            uid = self._pool_uid(pool_id, pool_field) if pool_id else ""
+            key = RequestKey(request_id, method, fingerprint(message, uid), uid, field=field)
+            stored = self.store.get_request(key)
+            yield (stored, None) if stored is not None else (None, key)
+
+    def _pool_uid(self, pool_id: str, field: str) -> str:
+        """The identity of the pool under ``pool_id`` (NOT_FOUND when there is none)."""
+        if self._is_sharded(pool_id):
+            return "sharded:" + self.sharded.uid(pool_id)
+        return self.store.pool_uid(pool_id, field)
 
     # -- pools -------------------------------------------------------------------------
 
@@ -237,9 +258,12 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.DeletePoolResponse()
 
     def LabelPoolItems(self, request, context):
-        replayed, key = self._replay(request, "LabelPoolItems", assay_pb2.LabelPoolItemsResponse)
-        if replayed is not None:
-            return replayed
+        with self._once(request, "LabelPoolItems", context, request.pool_id) as (stored, key):
+            if stored is not None:
+                return assay_pb2.LabelPoolItemsResponse.FromString(stored.response)
+            return self._label(request, key)
+
+    def _label(self, request, key: RequestKey | None):
         if self._is_sharded(request.pool_id):
             return sharded_rpc.label(self, request, key)
         info = self.store.label(
@@ -249,9 +273,12 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(info))
 
     def RecordEpoch(self, request, context):
-        replayed, key = self._replay(request, "RecordEpoch", assay_pb2.RecordEpochResponse)
-        if replayed is not None:
-            return replayed
+        with self._once(request, "RecordEpoch", context, request.pool_id) as (stored, key):
+            if stored is not None:
+                return assay_pb2.RecordEpochResponse.FromString(stored.response)
+            return self._record_epoch(request, key)
+
+    def _record_epoch(self, request, key: RequestKey | None):
         check_pool_id(request.pool_id)
         which = request.WhichOneof("predictions")
         if which == "predicted_labels":
@@ -272,19 +299,56 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     def AppendPoolItems(self, request_iterator: Iterator, context):
         header = stream_header(request_iterator, "an append stream")
         check_pool_id(header.pool_id, "header.pool_id")
-        replayed, key = self._replay(header, "AppendPoolItems", assay_pb2.AppendPoolItemsResponse)
-        if replayed is not None:
-            return replayed
         specs = []
         for i, a in enumerate(header.arrays):
             numpy_dtype(a.dtype, f"header.arrays[{i}]")
             name = next(k for k, v in _STORED_DTYPES.items() if v == a.dtype)
             specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]",
                                                              min_dim=1)))
+        with self._once(header, "AppendPoolItems", context, header.pool_id,
+                        "header.request_id", "header.pool_id") as (stored, key):
+            if key is None and stored is None:
+                return self._append(header, specs, request_iterator, context, None, None)
+            digest = StreamDigest([s.name for s in specs], [
+                math.prod(s.shape) * DTYPES[a.dtype].itemsize
+                for s, a in zip(specs, header.arrays, strict=True)])
+            messages = _digested(request_iterator, digest)
+            if stored is not None:
+                return self._replay_append(stored, digest, messages, context)
+            return self._append(header, specs, messages, context, key, digest)
+
+    def _replay_append(self, stored: StoredResponse, digest: StreamDigest, messages: Iterator,
+                       context) -> assay_pb2.AppendPoolItemsResponse:
+        """Answer a retried append from its stored response, once its data proved equal.
+
+        The header arrives before the data, so the retry's stream is read to the end
+        (checked and CRC'd, not written) before it is answered: the stored answer
+        may only go to a retry that sent the same bytes.
+        """
+        check = cancellation_check(context, self.config.max_deadline_seconds)
+        for message in messages:
+            check()
+            if message.WhichOneof("part") != "chunk":
+                raise InvalidInput("only chunk messages may follow the header",
+                                   field="chunk", reason="OUT_OF_ORDER")
+            self.metrics.add_bytes(len(message.chunk.data))
+        if not context.is_active():
+            raise Cancelled("the client cancelled the upload")
+        digest.check_complete()
+        if digest.value() != stored.data_digest:
+            raise FailedPrecondition(
+                "header.request_id was already used for an append of different data to this "
+                "pool; nothing was stored. Use a new request_id for a new append",
+                field="header.request_id", reason="REQUEST_ID_REUSED")
+        return assay_pb2.AppendPoolItemsResponse.FromString(stored.response)
+
+    def _append(self, header, specs: list[ArraySpec], request_iterator: Iterator, context,
+                key: RequestKey | None, digest: StreamDigest | None):
         if self._is_sharded(header.pool_id):
             return sharded_rpc.append(self, header.pool_id, specs, request_iterator, key,
                                       context, cancellation_check(context,
-                                                             self.config.max_deadline_seconds))
+                                                             self.config.max_deadline_seconds),
+                                      digest)
         writer = self.store.begin_append(header.pool_id, specs)
         committed = False
         check = cancellation_check(context, self.config.max_deadline_seconds)
@@ -305,6 +369,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                     pool=pool_to_proto(info), first_index=first_index,
                     appended_count=count).SerializeToString()
 
+            if key is not None:
+                key = replace(key, data_digest=digest.value())
             info, first_index, count = writer.commit(key, response)
             committed = True
         finally:
@@ -316,9 +382,13 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     # -- selection ---------------------------------------------------------------------
 
     def Select(self, request, context):
-        replayed, key = self._replay(request, "Select", assay_pb2.SelectResponse)
-        if replayed is not None:
-            return replayed
+        pool_id = request.pool_id if request.WhichOneof("source") == "pool_id" else ""
+        with self._once(request, "Select", context, pool_id) as (stored, key):
+            if stored is not None:
+                return assay_pb2.SelectResponse.FromString(stored.response)
+            return self._select(request, context, key)
+
+    def _select(self, request, context, key: RequestKey | None):
         if not request.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         strategy = registry.get(request.strategy)
@@ -402,7 +472,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             response.pseudo_labels.extend(result.pseudo_labels.tolist())
         check_encoded(response.ByteSize(), request.budget, self.config.max_message_bytes)
         if key is not None:
-            self.store.put_request(*key, response.SerializeToString())
+            self.store.put_request(key, response.SerializeToString())
         return response
 
     def ListStrategies(self, request, context):

@@ -44,6 +44,7 @@ from assay.server.errors import (
     NotFound,
     ResourceExhausted,
 )
+from assay.server.request_records import RequestKey, RequestRecords, Retention, StoredResponse
 from assay.server.strategies.registry import INPUT_ROLES, LABELED_ROLES
 from assay.server.tensors import BFLOAT16
 from assay.server.validation import check_consistency, rank_fits, shape_doc, validate_array
@@ -77,13 +78,6 @@ CREATE TABLE IF NOT EXISTS labels (
     item INTEGER NOT NULL,
     label INTEGER NOT NULL,
     PRIMARY KEY (pool_id, item)
-);
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY,
-    method TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    response BLOB NOT NULL,
-    create_time REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS epochs (
     pool_id TEXT NOT NULL,
@@ -231,7 +225,7 @@ class PoolStore:
 
     def __init__(self, data_dir: str | os.PathLike, *, max_pool_bytes: int = 0,
                  max_pools: int = 0, cache_entries: int = 4, max_pool_items: int = 0,
-                 min_free_bytes: int = 64 << 20):
+                 min_free_bytes: int = 64 << 20, retention: Retention | None = None):
         self.data_dir = Path(data_dir)
         self.pools_dir = self.data_dir / "pools"
         self.tmp_dir = self.data_dir / "tmp"
@@ -247,6 +241,8 @@ class PoolStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        #: Stored responses of requests with a request_id (swept on open, then lazily).
+        self.requests = RequestRecords(self._db, self._lock, retention)
         self._cache: OrderedDict[tuple[str, int], PoolData] = OrderedDict()
         self._cache_entries = cache_entries
         self._sweep()
@@ -254,9 +250,13 @@ class PoolStore:
     # -- housekeeping -------------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Remove what a crash left behind: temp uploads and unreferenced segments."""
+        """Remove what a crash left behind: temp uploads and epoch files, unreferenced
+        segments. ``tmp`` holds upload directories and ``epoch-*.npy`` files."""
         for entry in self.tmp_dir.iterdir():
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
         referenced = {row[0] for row in self._db.execute("SELECT dir FROM segments")}
         live_uids = {row[0] for row in self._db.execute("SELECT uid FROM pools")}
         for pool_dir in self.pools_dir.iterdir():
@@ -323,6 +323,12 @@ class PoolStore:
         check_pool_id(pool_id)
         with self._lock:
             return self._info(self._row(pool_id))
+
+    def pool_uid(self, pool_id: str, field: str = "pool_id") -> str:
+        """The identity of the pool now under ``pool_id``; a new one after delete + create."""
+        check_pool_id(pool_id, field)
+        with self._lock:
+            return self._row(pool_id)[1]
 
     def list_pools(self, after: str = "", limit: int = 100) -> list[PoolInfo]:
         with self._lock:
@@ -422,7 +428,7 @@ class PoolStore:
                     f"{spec.dtype} {list(spec.shape)}", field="header.arrays",
                     reason="SCHEMA_MISMATCH")
 
-    def _commit_append(self, writer: AppendWriter, request: tuple[str, str, bytes] | None,
+    def _commit_append(self, writer: AppendWriter, request: RequestKey | None,
                        make_response) -> tuple[PoolInfo, int, int]:
         """Make a fully written segment part of its pool, atomically."""
         specs = writer.specs
@@ -457,7 +463,8 @@ class PoolStore:
                     (first + added, time.time(), json.dumps(merged), writer.pool_id))
                 new_info = self._info(self._row(writer.pool_id))
                 if request is not None:
-                    self._put_request(*request, make_response(new_info, first, added))
+                    self.requests.put(request, make_response(new_info, first, added),
+                                      pool_uid=writer.uid)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -474,7 +481,7 @@ class PoolStore:
     # -- labels ------------------------------------------------------------------------
 
     def label(self, pool_id: str, indices: np.ndarray, labels: np.ndarray,
-              request: tuple[str, str, bytes] | None = None, make_response=None) -> PoolInfo:
+              request: RequestKey | None = None, make_response=None) -> PoolInfo:
         """Mark items labeled (relabeling replaces). Validates everything before writing."""
         check_pool_id(pool_id)
         indices = np.asarray(indices, dtype=np.int64)
@@ -494,7 +501,8 @@ class PoolStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                info = self._info(self._row(pool_id))
+                row = self._row(pool_id)
+                info = self._info(row)
                 if indices.min() < 0 or indices.max() >= info.item_count:
                     bad = int(indices[(indices < 0) | (indices >= info.item_count)][0])
                     raise InvalidInput(f"index {bad} is outside the pool's items "
@@ -506,7 +514,7 @@ class PoolStore:
                                  "WHERE pool_id = ?", (time.time(), pool_id))
                 new_info = self._info(self._row(pool_id))
                 if request is not None:
-                    self._put_request(*request, make_response(new_info))
+                    self.requests.put(request, make_response(new_info), pool_uid=row[1])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -516,7 +524,7 @@ class PoolStore:
     # -- learning dynamics -------------------------------------------------------------
 
     def record_epoch(self, pool_id: str, predicted: np.ndarray,
-                     request: tuple[str, str, bytes] | None = None,
+                     request: RequestKey | None = None,
                      make_response=None) -> tuple[PoolInfo, int]:
         """Store one epoch's predicted labels for every item; returns (pool, epoch index).
 
@@ -570,7 +578,7 @@ class PoolStore:
                                  "WHERE pool_id = ?", (time.time(), pool_id))
                 new_info = self._info(self._row(pool_id))
                 if request is not None:
-                    self._put_request(*request, make_response(new_info, epoch))
+                    self.requests.put(request, make_response(new_info, epoch), pool_uid=uid)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -624,29 +632,21 @@ class PoolStore:
 
     # -- idempotency -------------------------------------------------------------------
 
-    def get_request(self, request_id: str, method: str, fingerprint: str) -> bytes | None:
-        """A stored response for ``request_id``, or None. A reused id with another request
-        is FAILED_PRECONDITION: silently answering a different question would be worse."""
-        with self._lock:
-            row = self._db.execute("SELECT method, fingerprint, response FROM requests "
-                                   "WHERE request_id = ?", (request_id,)).fetchone()
-        if row is None:
-            return None
-        if row[0] != method or row[1] != fingerprint:
-            raise FailedPrecondition(
-                f"request_id {request_id!r} was already used for a different {row[0]} request; "
-                "use a new request_id for a new request", field="request_id",
-                reason="REQUEST_ID_REUSED")
-        return row[2]
+    def get_request(self, key: RequestKey) -> StoredResponse | None:
+        """The stored response of a committed earlier attempt of ``key`` (see
+        ``RequestRecords.get``: a reused id with another request is FAILED_PRECONDITION)."""
+        return self.requests.get(key)
 
-    def put_request(self, request_id: str, method: str, fingerprint: str, response: bytes) -> None:
+    def put_request(self, key: RequestKey, response: bytes) -> None:
+        """Store the response of a request that changed nothing (a Select)."""
         with self._lock:
-            self._put_request(request_id, method, fingerprint, response)
-
-    def _put_request(self, request_id: str, method: str, fingerprint: str,
-                     response: bytes) -> None:
-        self._db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?)",
-                         (request_id, method, fingerprint, response, time.time()))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.requests.put(key, response)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
 
 class AppendWriter:
@@ -794,7 +794,7 @@ class AppendWriter:
             return False
         return True
 
-    def commit(self, request: tuple[str, str, bytes] | None = None,
+    def commit(self, request: RequestKey | None = None,
                make_response=None) -> tuple[PoolInfo, int, int]:
         """Check completeness and content, fsync, then publish the segment."""
         for spec, got, want in zip(self.specs, self.received, self.expected, strict=True):

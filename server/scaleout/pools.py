@@ -124,6 +124,11 @@ class ShardedPools:
         with self._lock:
             return int(self._row(pool_id)[2])
 
+    def uid(self, pool_id: str) -> str:
+        """The identity of the pool now under ``pool_id`` (request ids bind it)."""
+        with self._lock:
+            return self._row(pool_id)[1]
+
     def layout(self, pool_id: str) -> Layout:
         with self._lock:
             row = self._row(pool_id)

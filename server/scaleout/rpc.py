@@ -10,6 +10,7 @@ where protobuf appears.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def delete_pool(servicer, request) -> assay_pb2.DeletePoolResponse:
 def label(servicer, request, key) -> assay_pb2.LabelPoolItemsResponse:
     def stored(info: PoolInfo) -> None:
         if key is not None:
-            servicer.store.put_request(*key, assay_pb2.LabelPoolItemsResponse(
+            servicer.store.put_request(key, assay_pb2.LabelPoolItemsResponse(
                 pool=pool_proto(servicer, info)).SerializeToString())
 
     info = servicer.sharded.label(request.pool_id, np.asarray(request.indices, dtype=np.int64),
@@ -92,7 +93,9 @@ def label(servicer, request, key) -> assay_pb2.LabelPoolItemsResponse:
 
 
 def append(servicer, pool_id: str, specs: list[ArraySpec], messages: Iterator, key,
-           context, check) -> assay_pb2.AppendPoolItemsResponse:
+           context, check, digest=None) -> assay_pb2.AppendPoolItemsResponse:
+    """``digest``: the stream's ``StreamDigest``, complete once the chunks are consumed and
+    stored with the request record so a retry must send the same data."""
     def chunks():
         for message in messages:
             check()
@@ -110,7 +113,8 @@ def append(servicer, pool_id: str, specs: list[ArraySpec], messages: Iterator, k
 
     def stored(info: PoolInfo, first: int, count: int) -> None:
         if key is not None:
-            servicer.store.put_request(*key, response(info, first, count).SerializeToString())
+            record = key if digest is None else replace(key, data_digest=digest.value())
+            servicer.store.put_request(record, response(info, first, count).SerializeToString())
 
     return response(*servicer.sharded.append(pool_id, specs, chunks(), stored))
 
@@ -141,5 +145,5 @@ def select(servicer, request, params: dict, exclude: np.ndarray, key,
         pool_version=version, request_id=request.request_id, metrics=result.metrics,
         compute_seconds=result.compute_seconds)
     if key is not None:
-        servicer.store.put_request(*key, response.SerializeToString())
+        servicer.store.put_request(key, response.SerializeToString())
     return response
