@@ -115,6 +115,11 @@ class ServerConfig:
         "help": "CPUs Ray reserves for each shard actor"})
     ray_num_cpus: int = field(default=0, metadata={
         "help": "CPUs of the --ray-address local instance (0: all)"})
+    shard_start_timeout_seconds: float = field(default=20.0, metadata={
+        "help": "how long CreatePool (or the first call on a sharded pool) waits for Ray to "
+                "place its shard actors; past it the call fails with RESOURCE_EXHAUSTED "
+                "instead of hanging (a pool needing more CPUs than the cluster has fails "
+                "at once)"})
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -157,15 +162,21 @@ class ServerConfig:
             raise ValueError(f"max_message_bytes must be in (0, {PROTOBUF_LIMIT}], got "
                              f"{self.max_message_bytes}")
         for name in ("workers", "max_concurrent_rpcs", "max_concurrent_selects",
-                     "max_inline_bytes", "max_model_bytes"):
+                     "max_concurrent_streams", "max_inline_bytes", "max_model_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_queued_selects", "max_pool_bytes", "max_pool_items", "max_pools",
-                     "min_free_disk_bytes",
+                     "min_free_disk_bytes", "max_model_memory_bytes", "max_model_macs",
                      "max_deadline_seconds", "grace_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 switches it off), got "
                                  f"{getattr(self, name)}")
+        if self.stream_idle_timeout_seconds <= 0:
+            raise ValueError("stream_idle_timeout_seconds must be > 0, got "
+                             f"{self.stream_idle_timeout_seconds}")
+        if self.shard_start_timeout_seconds <= 0:
+            raise ValueError("shard_start_timeout_seconds must be > 0, got "
+                             f"{self.shard_start_timeout_seconds}")
         for name in ("request_retention_seconds", "max_request_records", "max_request_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")

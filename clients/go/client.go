@@ -8,7 +8,8 @@
 //
 // Every call gets a deadline (Options.Timeout unless ctx has one); Select is
 // retried on UNAVAILABLE with the same request id; errors are *Error values that
-// carry the gRPC status code (status.FromError works on them too).
+// carry the gRPC status code and the server's Reason, Field and RetryDelay
+// (status.FromError works on them too).
 package assay
 
 import (
@@ -24,6 +25,7 @@ import (
 
 	assayv1 "assay/gen/assayv1"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -49,14 +51,28 @@ type Options struct {
 	MaxMessageBytes int
 }
 
-// Error is a failed call: the gRPC status code and the server's message.
+// Error is a failed call, with what a program needs to act on it: the gRPC status
+// code, the server's message (for people), and from the status details
+// (google.rpc.ErrorInfo and RetryInfo, see docs/errors.md) the stable Reason to branch
+// on ("DISK_FULL", "TOO_MANY_REQUESTS", ...; empty for a status that did not come
+// from Assay, such as a transport error), the offending request Field (empty: none)
+// and RetryDelay, the server's back-off hint for a refusal that the same request may
+// retry (0: none).
 type Error struct {
-	Code    codes.Code
-	Message string
-	status  *status.Status
+	Code       codes.Code
+	Message    string
+	Reason     string
+	Field      string
+	RetryDelay time.Duration
+	status     *status.Status
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("assay: %s: %s", codeName(e.Code), e.Message) }
+func (e *Error) Error() string {
+	if e.Reason != "" {
+		return fmt.Sprintf("assay: %s %s: %s", codeName(e.Code), e.Reason, e.Message)
+	}
+	return fmt.Sprintf("assay: %s: %s", codeName(e.Code), e.Message)
+}
 
 // GRPCStatus lets status.FromError and status.Code see the original status.
 func (e *Error) GRPCStatus() *status.Status { return e.status }
@@ -84,7 +100,28 @@ func wrap(err error) error {
 	if !ok {
 		return err
 	}
-	return &Error{Code: s.Code(), Message: s.Message(), status: s}
+	return fromStatus(s)
+}
+
+// errorDomain is the ErrorInfo domain of Assay's own errors.
+const errorDomain = "assay.v1"
+
+// fromStatus reads the code, message and the ErrorInfo / RetryInfo details of s.
+func fromStatus(s *status.Status) *Error {
+	e := &Error{Code: s.Code(), Message: s.Message(), status: s}
+	for _, d := range s.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetDomain() == errorDomain {
+				e.Reason, e.Field = d.GetReason(), d.GetMetadata()["field"]
+			}
+		case *errdetails.RetryInfo:
+			if d.GetRetryDelay() != nil {
+				e.RetryDelay = d.GetRetryDelay().AsDuration()
+			}
+		}
+	}
+	return e
 }
 
 // Client is a connection to an Assay server; safe for concurrent use.

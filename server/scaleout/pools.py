@@ -72,10 +72,13 @@ class ShardedPools:
     threads : Numba threads per shard actor (0: one per core of its node).
     actor_cpus : CPUs Ray reserves per shard actor.
     local_shards : run shards in-process instead of as Ray actors (no Ray at all).
+    start_timeout : seconds to wait for shard actors to be placed before a call that
+        needs them fails (RESOURCE_EXHAUSTED) instead of hanging.
     """
 
     def __init__(self, data_dir: str, shard_dir: str = "", *, threads: int = 0,
-                 actor_cpus: float = 1.0, local_shards: bool = False):
+                 actor_cpus: float = 1.0, local_shards: bool = False,
+                 start_timeout: float = 20.0):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.shard_dir = Path(shard_dir) if shard_dir else self.data_dir / "shards"
@@ -87,7 +90,8 @@ class ShardedPools:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._groups: dict[str, Any] = {}
-        self._workers = cluster.Workers(threads=threads, actor_cpus=actor_cpus)
+        self._workers = cluster.Workers(threads=threads, actor_cpus=actor_cpus,
+                                        start_timeout=start_timeout)
 
     def close(self) -> None:
         with self._lock:
@@ -140,16 +144,20 @@ class ShardedPools:
         return Layout(tuple(tuple(s) for s in segs))
 
     def group(self, pool_id: str):
-        """The shard handles of a pool (actors created, or found, on first use)."""
+        """The shard handles of a pool (actors created, or found, on first use).
+
+        Starting actors may wait for Ray to place them (bounded by ``start_timeout``),
+        so it happens outside the lock: calls on other pools go on meanwhile.
+        """
         with self._lock:
             _, uid, shards = self._row(pool_id)[:3]
-            if uid not in self._groups:
-                roots = [str(self.shard_dir / uid / f"shard-{k}") for k in range(shards)]
-                self._groups[uid] = (cluster.LocalGroup(roots, threads=self.threads)
-                                     if self.local_shards else
-                                     cluster.RayGroup(uid, roots,
-                                                      self._workers.first(shards)))
-            return self._groups[uid]
+            if uid in self._groups:
+                return self._groups[uid]
+        roots = [str(self.shard_dir / uid / f"shard-{k}") for k in range(shards)]
+        group = (cluster.LocalGroup(roots, threads=self.threads) if self.local_shards
+                 else cluster.RayGroup(uid, roots, self._workers.first(shards)))
+        with self._lock:
+            return self._groups.setdefault(uid, group)
 
     # -- pool methods ----------------------------------------------------------------
 
@@ -157,6 +165,12 @@ class ShardedPools:
         check_pool_id(pool_id)
         if shards < 1:
             raise InvalidInput(f"shards must be >= 1, got {shards}", field="shards")
+        if self.owns(pool_id):
+            raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id")
+        if not self.local_shards:
+            # Placed before the pool exists: a cluster without room for
+            # its shards fails the create at once, not the first append after minutes.
+            self._workers.first(shards)
         now = time.time()
         with self._lock:
             try:
@@ -165,7 +179,7 @@ class ShardedPools:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id") from None
             info = self._info(self._row(pool_id))
-        self.group(pool_id)  # start the actors now, so a bad cluster fails the create
+        self.group(pool_id)
         return info
 
     def get_pool(self, pool_id: str) -> PoolInfo:
