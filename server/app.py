@@ -171,7 +171,8 @@ def _sharded_pools(config: ServerConfig):
 
     cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
     return ShardedPools(config.data_dir, config.shard_dir, threads=config.shard_threads,
-                        actor_cpus=config.shard_cpus)
+                        actor_cpus=config.shard_cpus,
+                        start_timeout=config.shard_start_timeout_seconds)
 
 
 def _is_socket(address: str) -> bool:

@@ -201,6 +201,122 @@ def test_unshardable_requests_fail_clearly(pools):
         pools.select(pid, "coreset", 101, {})
 
 
+# -- placement: a pool the cluster cannot hold fails at once, not its first append -------
+
+
+@pytest.mark.parametrize("shards, cpus, cluster, fits", [
+    (3, 1.0, 2.0, 2), (5, 0.5, 2.0, 4), (2, 1.5, 2.0, 1), (9, 0.25, 2.0, 8)])
+def test_capacity_check_names_what_is_missing(shards, cpus, cluster, fits):
+    from assay.server.errors import FailedPrecondition
+    from assay.server.scaleout.cluster import check_capacity
+
+    with pytest.raises(FailedPrecondition) as err:
+        check_capacity(shards, cpus, cluster)
+    needed = shards * cpus  # written out: shards x CPUs per actor
+    assert f"{shards} shards need {needed:g} CPUs" in err.value.message
+    assert f"the Ray cluster has {cluster:g}" in err.value.message
+    assert f"at most {fits} shards" in err.value.message
+    assert (err.value.field, err.value.reason) == ("shards", "CLUSTER_TOO_SMALL")
+    check_capacity(fits, cpus, cluster)  # the suggested count does fit
+    check_capacity(100, 0.0, cluster)  # actors reserving no CPU always fit
+
+
+@pytest.fixture
+def private_workers(local_ray, monkeypatch):
+    """Worker actors in a namespace of this test alone, so the placement it sees does not
+    depend on workers other tests started; every one is stopped afterwards."""
+    from assay.server.scaleout import cluster
+
+    from ray.util.placement_group import remove_placement_group
+
+    handles: dict = {}
+    reserved: dict = {}
+    monkeypatch.setattr(cluster, "NAMESPACE", f"assay-test-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setattr(cluster, "_HANDLES", handles)
+    monkeypatch.setattr(cluster, "_RESERVATIONS", reserved)
+    yield handles
+    for started in handles.values():
+        for handle in started:
+            ray.kill(handle, no_restart=True)
+    for groups in reserved.values():
+        for group in groups:
+            remove_placement_group(group)
+
+
+def test_more_shards_than_the_cluster_can_place_fail_the_create_at_once(private_workers,
+                                                                       tmp_path):
+    """The issue's case: 3 shards of 1 CPU each on a 2-CPU cluster."""
+    from assay.server.errors import FailedPrecondition
+
+    pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(FailedPrecondition, match="3 shards need 3 CPUs .* has 2"):
+        pools.create_pool("p", 3)
+    assert time.monotonic() - started < 10, "the refusal must not wait for placement"
+    assert pools.list_pools() == [] and not pools.owns("p")
+    assert all(h == [] for h in private_workers.values()), "no actor may be started"
+    pools.close()
+
+
+def test_shards_that_cannot_be_placed_in_time_are_refused_then_placed(private_workers,
+                                                                     tmp_path):
+    """The cluster is big enough, but other work holds its CPUs: the create waits
+    ``start_timeout``, answers RESOURCE_EXHAUSTED and starts no actor; once the CPUs are
+    free the same create succeeds and the pool works."""
+    from assay.server.errors import ResourceExhausted
+
+    @ray.remote(num_cpus=2)
+    class Hog:
+        def ping(self) -> int:
+            return 1
+
+    hog = Hog.remote()
+    ray.get(hog.ping.remote(), timeout=120)
+    pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=2.0)
+    started = time.monotonic()
+    with pytest.raises(ResourceExhausted) as err:
+        pools.create_pool("p", 2)
+    elapsed = time.monotonic() - started
+    assert 2.0 <= elapsed < 60, elapsed
+    assert err.value.reason == "SHARDS_NOT_PLACED"
+    assert "2 shard actors (1 CPUs each, --shard-cpus) could not be placed within 2 s" \
+        in err.value.message
+    assert "has 0 of 2 CPUs free" in err.value.message
+    assert not pools.owns("p")
+    assert all(h == [] for h in private_workers.values())
+    ray.kill(hog)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0.0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pools.close()
+    pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
+    rng = np.random.default_rng(23)
+    arrays = pool_arrays(rng, 200, 4, 3, grid=False)
+    pools.create_pool("p", 2)
+    pools.append_arrays("p", arrays)
+    got = pools.select("p", "coreset", 10, {}, seed=3)
+    want = acquisition.select("coreset", 10, arrays, {}, seed=3)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    pools.delete_pool("p")
+    pools.close()
+
+
+def test_grpc_create_of_an_unplaceable_pool_is_failed_precondition(private_workers,
+                                                                   server_factory):
+    server = server_factory(ray_address="auto", shard_cpus=1.0, shard_threads=1)
+    channel, stub = _stub(server)
+    with channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="big", shards=3), timeout=60)
+        assert time.monotonic() - started < 10
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "3 shards need 3 CPUs" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetPool(assay_pb2.GetPoolRequest(pool_id="big"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 # -- through the gRPC server ------------------------------------------------------------
 
 

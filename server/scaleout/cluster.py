@@ -13,11 +13,17 @@ repeated on a fresh actor would silently compute on missing state.
 
 from __future__ import annotations
 
+import logging
+import math
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from assay.server.errors import AssayError
+from assay.server.errors import AssayError, FailedPrecondition, ResourceExhausted
 from assay.server.scaleout.shard import Shard, Worker
+
+log = logging.getLogger("assay.server")
 
 NAMESPACE = "assay"
 
@@ -58,6 +64,7 @@ def shutdown() -> None:
     if ray.is_initialized():
         ray.shutdown()
     _HANDLES.clear()
+    _RESERVATIONS.clear()
 
 
 def _unwrap(error: BaseException) -> BaseException:
@@ -81,6 +88,33 @@ def _unwrap(error: BaseException) -> BaseException:
 
 #: Worker handles of this process, per cluster and job (a new ``ray.init`` starts afresh).
 _HANDLES: dict[str, list[Any]] = {}
+#: The placement groups holding the CPUs of those workers, per cluster and job.
+_RESERVATIONS: dict[str, list[Any]] = {}
+#: Guards both: two pools created at once must not both start worker k.
+_HANDLES_LOCK = threading.Lock()
+
+
+def check_capacity(shards: int, actor_cpus: float, cluster_cpus: float) -> None:
+    """Refuse a shard count the cluster can never place, before any actor is started.
+
+    Shard k lives in worker actor k, which reserves ``actor_cpus``; Ray keeps an
+    actor it cannot place pending forever, and every call to it then waits, so a
+    pool of more shards than the cluster has room for would hang its first append.
+
+    Raises
+    ------
+    FailedPrecondition
+        When ``shards * actor_cpus`` exceeds every CPU of the cluster.
+    """
+    needed = shards * actor_cpus
+    if actor_cpus <= 0 or needed <= cluster_cpus + 1e-9:
+        return
+    fits = math.floor(cluster_cpus / actor_cpus + 1e-9)
+    raise FailedPrecondition(
+        f"{shards} shards need {needed:g} CPUs ({actor_cpus:g} per shard actor, "
+        f"--shard-cpus), the Ray cluster has {cluster_cpus:g}: create the pool with at most "
+        f"{fits} shards, lower --shard-cpus, or add nodes to the cluster", field="shards",
+        reason="CLUSTER_TOO_SMALL")
 
 
 class Workers:
@@ -90,24 +124,77 @@ class Workers:
     handles live in this module for as long as the process is connected, not in
     objects that come and go with pools or servers; when the process exits, its
     workers go with it.
+
+    Ray keeps an actor it cannot place pending for ever, and every call to it waits
+    with it. So new workers that reserve CPUs are placed first: their CPUs are
+    reserved in a placement group (one bundle per worker, spread over the nodes),
+    waited for at most ``start_timeout`` seconds, and the workers are started inside
+    it. A reservation that does not come through in time (other work holds the CPUs)
+    fails the call with RESOURCE_EXHAUSTED and starts nothing; the time a placed
+    worker's process takes to start is not part of that wait.
     """
 
-    def __init__(self, *, threads: int = 0, actor_cpus: float = 1.0):
+    def __init__(self, *, threads: int = 0, actor_cpus: float = 1.0,
+                 start_timeout: float = 20.0):
         self.threads, self.actor_cpus = threads, actor_cpus
+        self.start_timeout = start_timeout
 
     def first(self, n: int) -> list[Any]:
-        """Handles of workers 0 .. n-1."""
+        """Handles of workers 0 .. n-1.
+
+        Raises
+        ------
+        FailedPrecondition
+            When the cluster is too small for n workers at all (nothing is started).
+        ResourceExhausted
+            When the new workers' CPUs could not be reserved within ``start_timeout``
+            (nothing is started; a later call, once CPUs are free, tries again).
+        """
         import ray
 
         context = ray.get_runtime_context()
-        handles = _HANDLES.setdefault(f"{context.gcs_address}/{context.get_job_id()}", [])
-        cls = ray.remote(Worker)
-        while len(handles) < n:
-            handles.append(cls.options(
-                name=f"assay-worker-{len(handles)}", namespace=NAMESPACE, get_if_exists=True,
-                max_restarts=-1, max_task_retries=0, num_cpus=self.actor_cpus,
-                scheduling_strategy="SPREAD").remote(self.threads))
-        return handles[:n]
+        key = f"{context.gcs_address}/{context.get_job_id()}"
+        with _HANDLES_LOCK:
+            handles = _HANDLES.setdefault(key, [])
+            missing = n - len(handles)
+            if missing <= 0:
+                return handles[:n]
+            check_capacity(n, self.actor_cpus, ray.cluster_resources().get("CPU", 0.0))
+            strategies = self._reserve(key, missing)
+            cls = ray.remote(Worker)
+            for strategy in strategies:
+                handles.append(cls.options(
+                    name=f"assay-worker-{len(handles)}", namespace=NAMESPACE,
+                    get_if_exists=True, max_restarts=-1, max_task_retries=0,
+                    num_cpus=self.actor_cpus, scheduling_strategy=strategy).remote(self.threads))
+            return handles[:n]
+
+    def _reserve(self, key: str, count: int) -> list[Any]:
+        """Scheduling strategies for ``count`` new workers, their CPUs reserved."""
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if self.actor_cpus <= 0:
+            return ["SPREAD"] * count
+        started = time.monotonic()
+        group = placement_group([{"CPU": self.actor_cpus}] * count, strategy="SPREAD")
+        if not group.wait(timeout_seconds=self.start_timeout):
+            remove_placement_group(group)
+            free = ray.available_resources().get("CPU", 0.0)
+            total = ray.cluster_resources().get("CPU", 0.0)
+            log.warning("%d shard workers not placed after %.1f s (%g of %g CPUs free)",
+                        count, time.monotonic() - started, free, total)
+            raise ResourceExhausted(
+                f"{count} shard actors ({self.actor_cpus:g} CPUs each, --shard-cpus) could "
+                f"not be placed within {self.start_timeout:g} s "
+                f"(--shard-start-timeout-seconds): the Ray cluster has {free:g} of {total:g} "
+                "CPUs free; retry once other work frees CPUs, or add nodes",
+                field="shards", reason="SHARDS_NOT_PLACED")
+        _RESERVATIONS.setdefault(key, []).append(group)
+        return [PlacementGroupSchedulingStrategy(placement_group=group,
+                                                 placement_group_bundle_index=i)
+                for i in range(count)]
 
 
 class RayGroup:
