@@ -44,6 +44,7 @@ from assay.server.errors import (
     NotFound,
     ResourceExhausted,
 )
+from assay.server.labels import check_labels
 from assay.server.request_records import RequestKey, RequestRecords, Retention, StoredResponse
 from assay.server.strategies.registry import INPUT_ROLES, LABELED_ROLES
 from assay.server.tensors import BFLOAT16
@@ -492,8 +493,6 @@ class PoolStore:
         if indices.size != labels.size:
             raise InvalidInput(f"indices has {indices.size} entries but labels has "
                                f"{labels.size}; give one label per index", field="labels")
-        if labels.min() < 0:
-            raise InvalidInput("labels must be >= 0 (class ids)", field="labels")
         uniq, counts = np.unique(indices, return_counts=True)
         if (counts > 1).any():
             raise InvalidInput(f"indices lists item {int(uniq[counts > 1][0])} more than once",
@@ -507,6 +506,7 @@ class PoolStore:
                     bad = int(indices[(indices < 0) | (indices >= info.item_count)][0])
                     raise InvalidInput(f"index {bad} is outside the pool's items "
                                        f"[0, {info.item_count})", field="indices")
+                check_labels(indices, labels, info.arrays)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
                     ((pool_id, int(i), int(y)) for i, y in zip(indices, labels, strict=True)))

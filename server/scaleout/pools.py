@@ -25,6 +25,7 @@ import numpy as np
 from assay.kernels import dispatch
 from assay.server.acquisition import SelectResult
 from assay.server.errors import AlreadyExists, FailedPrecondition, InvalidInput, NotFound
+from assay.server.labels import check_labels
 from assay.server.scaleout import cluster
 from assay.server.scaleout.coresets import composable_kcenter
 from assay.server.scaleout.kcenter import kcenter
@@ -332,6 +333,7 @@ class ShardedPools:
                 count = int(self._row(pool_id)[3])
                 if indices.min() < 0 or indices.max() >= count:
                     raise InvalidInput(f"indices must lie in [0, {count})", field="indices")
+                check_labels(indices, labels, self._info(self._row(pool_id)).arrays)
                 self._db.executemany("INSERT OR REPLACE INTO sharded_labels VALUES (?, ?, ?)",
                                      ((pool_id, int(i), int(y)) for i, y in zip(
                                          indices, labels, strict=True)))

@@ -5,6 +5,10 @@
 ...     sel = c.select("entropy", 10, probs=probs)
 ...     sel.indices  # int64[10], best first
 
+Arrays go inline (``select(probs=...)``) or into a pool (``append``, then
+``select(pool=...)``), not both in one call. Any byte order is accepted: arrays
+are sent little-endian, as the wire requires, converting big-endian ones.
+
 Large arrays go to pools with ``append``, which streams them in chunks; every
 call has a deadline; ``select`` is retried on UNAVAILABLE with the same request
 id (the server answers a retried id identically). Every failure surfaces as
@@ -151,6 +155,16 @@ def _varint(value: int) -> bytes:
 _ITEM_AXIS = {"samples": 1, "predictions": 1}
 
 
+def little_endian(array: np.ndarray) -> np.ndarray:
+    """``array`` with little-endian elements (no copy when they already are).
+
+    The wire format is little-endian (KServe v2 raw contents); the bytes of a
+    big-endian array sent as they are would be read as other numbers, finite and
+    plausible, so nothing downstream could tell.
+    """
+    return array.astype(array.dtype.newbyteorder("<"), copy=False)
+
+
 def _pool(p: assay_pb2.Pool) -> Pool:
     return Pool(p.pool_id, p.item_count, p.labeled_count, p.version,
                 {a.name: (tensor_pb2.DataType.Name(a.dtype), tuple(a.shape)) for a in p.arrays},
@@ -265,6 +279,13 @@ class Client:
         if seed is not None:
             request.seed = int(seed)
         if pool is not None:
+            inline = sorted(name for name, value in given.items() if value is not None)
+            if inline:
+                # The request holds a pool id or inline arrays, never both: the arrays
+                # would be dropped without a word and the pool's used instead.
+                raise ValueError(
+                    f"select got pool={pool!r} and inline arrays {inline}; choose one: "
+                    f"append the arrays to the pool, or leave out pool= to send them inline")
             request.pool_id = pool
         else:
             request.inputs.SetInParent()
@@ -416,8 +437,9 @@ class Client:
         """
         yield assay_pb2.AppendPoolItemsRequest(header=header).SerializeToString()
         for index, array in enumerate(arrays.values()):
-            if array.dtype.byteorder == ">":
-                array = array.astype(array.dtype.newbyteorder("<"))
+            # The wire is little-endian whatever the host: big-endian arrays ('>f4', or
+            # native ones on a big-endian host) are converted; little-endian ones pass as is.
+            array = little_endian(array)
             data = memoryview(array.reshape(-1).view(np.uint8))
             for offset in range(0, len(data), chunk_bytes):
                 piece = data[offset:offset + chunk_bytes]
