@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 
 from assay.kernels.kmeans import weighted_kmeans
 from assay.kernels.knn import knn
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.server.errors import InvalidInput
 from assay.server.response_size import min_response_bytes, varint_bytes_below
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Context, Selection, Strategy
@@ -210,7 +210,7 @@ def test_no_epochs_is_refused_not_minus_infinity(stub):
 
 def test_label_dispersion_itself_refuses_zero_epochs():
     ctx = Context(candidates=np.arange(4), rng=np.random.default_rng(SEED))
-    with pytest.raises(FailedPrecondition) as err:
+    with pytest.raises(InvalidInput) as err:
         label_dispersion({"predictions": np.zeros((0, 4), np.int64)}, {}, ctx)
     assert err.value.reason == "NO_EPOCHS" and "RecordEpoch" in err.value.message
 
@@ -231,7 +231,7 @@ def test_a_bad_strategy_name_in_a_parameter_is_invalid_argument(stub, strategy, 
     arrays = {"probs": probs, **({"embeddings": emb} if needs else {})}
     error = _refusal(_select, stub, strategy, 2, params={param: value}, **arrays)
     assert error.code() == INVALID, error.details()
-    assert _details(error) == (f"params.{param}", "UNKNOWN_STRATEGY"), error.details()
+    assert _details(error) == (f"params.{param}", "INVALID_INPUT"), error.details()
     assert "entropy" in error.details() and "margin" in error.details()  # the choices
 
 

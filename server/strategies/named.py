@@ -32,6 +32,5 @@ def score_strategy(name: str, field: str, *, exclude: tuple[str, ...] = (),
         if name in exclude:
             what = "not allowed here"
         raise InvalidInput(f"{field} {name!r} is {what}; use one of "
-                           f"{', '.join((*also, *valid))}", field=field,
-                           reason="UNKNOWN_STRATEGY")
+                           f"{', '.join((*also, *valid))}", field=field)
     return registry.get(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.server.errors import InvalidInput
 from assay.server.strategies import registry
 from assay.server.strategies.named import score_strategy
 from assay.server.strategies.registry import Context, Inputs, Param, Strategy, register
@@ -68,9 +68,9 @@ def label_dispersion(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     ordered = np.sort(np.asarray(inputs["predictions"]), axis=0)
     t = ordered.shape[0]
     if t == 0:  # 1 - f/T would be -inf (or NaN) for every item, answered as OK
-        raise FailedPrecondition("label_dispersion needs at least one epoch of predictions "
-                                 "(T >= 1); for a pool, call RecordEpoch first",
-                                 field="inputs.predictions", reason="NO_EPOCHS")
+        raise InvalidInput("label_dispersion needs at least one epoch of predictions "
+                           "(T >= 1); for a pool, call RecordEpoch first",
+                           field="inputs.predictions", reason="NO_EPOCHS")
     run = np.ones(ordered.shape[1], dtype=np.int64)
     best = run.copy()
     for epoch in range(1, t):
