@@ -454,3 +454,56 @@ def test_a_uuid_and_a_128_character_id_are_accepted(server):
             a = c.select("random", 3, probs=probs, request_id=request_id)
             b = c.select("random", 3, probs=probs, request_id=request_id)
             np.testing.assert_array_equal(a.indices, b.indices)
+
+
+# -- sharded pools (Ray) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install "
+                                            "'assay[ray]'")
+    import os
+
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=96 << 20,
+             _node_ip_address="127.0.0.1", namespace="assay", log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_sharded_pools_bind_identity_and_data_and_run_once(local_ray, server_factory,
+                                                            monkeypatch):
+    from assay.v1 import assay_pb2, assay_pb2_grpc
+
+    rng = np.random.default_rng(SEED + 17)
+    data, other = _probs(rng, 90), _probs(rng, 90)
+    server = server_factory(ray_address="auto", shard_cpus=0.0, shard_threads=1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = assay_pb2_grpc.AssayServiceStub(channel)
+
+    def create() -> None:
+        stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="sh", shards=2), timeout=120)
+
+    with channel, _connect(server, timeout=120) as c:
+        create()
+        assert c.append("sh", probs=data, request_id="sh-app")[1:] == (0, 90)
+        assert c.append("sh", probs=data, request_id="sh-app", chunk_bytes=100)[1:] == (0, 90)
+        _refused(lambda: c.append("sh", probs=other, request_id="sh-app"),
+                 grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+        assert c.get_pool("sh").item_count == 90
+        slow = _Slow(server.sharded.label, 0.5)
+        monkeypatch.setattr(server.sharded, "label", slow)
+        out = _together(4, lambda i: c.label("sh", [1, 2], [0, 1], request_id="sh-lab"))
+        assert all(not isinstance(r, Exception) for r in out), out
+        assert slow.calls == 1 and len({r.version for r in out}) == 1
+        first = c.select("entropy", 5, pool="sh", request_id="sh-sel")
+        stub.DeletePool(assay_pb2.DeletePoolRequest(pool_id="sh"), timeout=120)
+        create()
+        c.append("sh", probs=other)
+        error = _refused(lambda: c.select("entropy", 5, pool="sh", request_id="sh-sel"),
+                         grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+        assert "deleted and created again" in error.message
+        assert first.request_id == "sh-sel"
+        stub.DeletePool(assay_pb2.DeletePoolRequest(pool_id="sh"), timeout=120)
