@@ -22,6 +22,7 @@ from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import ModelServicer
 from assay.server.model_store import ModelStore
+from assay.server.onnx_cost import ModelLimits
 from assay.server.request_records import Retention
 from assay.server.servicer import AssayServicer, cancellation_check
 from assay.server.store import PoolStore
@@ -143,7 +144,8 @@ def start(config: ServerConfig) -> RunningServer:
                                           config.max_request_records, config.max_request_bytes))
     models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
                         max_model_bytes=config.max_model_bytes)
-    runtime = ModelRuntime(models)
+    runtime = ModelRuntime(models, limits=ModelLimits(
+        config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
     sharded = _sharded_pools(config) if config.ray_address else None
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
         AssayServicer(store, config, metrics, runtime, sharded), server)

@@ -90,6 +90,17 @@ class ServerConfig:
                 "first (0: no limit)"})
     max_model_bytes: int = field(default=256 * MIB, metadata={
         "help": "largest ONNX model accepted by RegisterModel"})
+    max_model_memory_bytes: int = field(default=2048 * MIB, metadata={
+        "help": "memory onnxruntime may allocate for model inference, all requests together "
+                "(past it RESOURCE_EXHAUSTED), and for building one model's session at "
+                "registration; a model with a larger tensor for one item is refused "
+                "(0: no limit)"})
+    max_model_macs: int = field(default=20_000_000_000, metadata={
+        "help": "most multiply-adds (matrix products, convolutions) a registered model may "
+                "need for one item, read from its graph (0: no limit)"})
+    model_load_seconds: float = field(default=20.0, metadata={
+        "help": "longest time building a model's onnxruntime session may take at "
+                "registration (it runs in a child process that is then stopped)"})
     min_free_disk_bytes: int = field(default=64 * MIB, metadata={
         "help": "free bytes the data directory must keep after an upload; uploads that would "
                 "eat into them get RESOURCE_EXHAUSTED before anything is written"})
@@ -185,6 +196,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.auto_shard_items and not self.ray_address:
             raise ValueError("auto_shard_items needs ray_address (sharded pools live on Ray)")
+        if not self.model_load_seconds > 0:
+            raise ValueError(f"model_load_seconds must be > 0, got {self.model_load_seconds}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from assay.server.errors import InvalidInput, NotFound
 from assay.server.mc_dropout import DISABLED_OPTIMIZERS, disable_dropout, enable_mc_dropout
-from assay.server.model_probe import probe_session
+from assay.server.model_probe import prepare, probe_session
 from assay.server.model_store import ModelInfo, ModelStore
 from assay.server.onnx_cost import ModelLimits
 from assay.server.onnx_runner import (
@@ -138,6 +138,7 @@ class ModelRuntime:
         self.store = store
         self.limits = limits or ModelLimits()
         use_memory_cap(self.limits.memory_bytes)
+        prepare()  # the first registration's session-build child starts importing now
         self.threads = threads or default_threads()
         self.max_sessions = max_sessions
         self.cache = _ResultCache(cache_bytes)

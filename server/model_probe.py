@@ -8,10 +8,11 @@ cannot be stopped inside onnxruntime; a process can be killed, and
 the inputs, so a model whose build finished here within the limits builds
 within them in the server too.
 
-The child reads the model from stdin, caps its address space at what it uses
-after start-up plus ``memory_bytes``, builds a session with the server's own
-options, and exits 0 (built), 3 (onnxruntime refused the model: the reason on
-stderr) or 4 (an allocation was refused). The parent waits at most
+The child imports onnxruntime ahead of time (a spare one is kept started, see
+``prepare``), then reads the cap and the model from stdin, caps its address
+space at what it uses plus ``memory_bytes``, builds a session with the server's
+own options, and exits 0 (built), 3 (onnxruntime refused the model: the reason
+on stderr) or 4 (an allocation was refused). The parent waits at most
 ``seconds``, polls the request's deadline and cancellation meanwhile, and
 kills the child when either ends first.
 """
@@ -32,6 +33,38 @@ MAX_PROBES = 2
 _EXIT_REFUSED, _EXIT_MEMORY = 3, 4
 _POLL_SECONDS = 0.1
 _slots = threading.BoundedSemaphore(MAX_PROBES)
+_spare_lock = threading.Lock()
+_spare: list[subprocess.Popen] = []  # at most one child, started and waiting for a model
+_building: set[int] = set()
+
+
+def _spawn() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "assay.server.model_probe"],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def prepare() -> None:
+    """Start a spare child now: it imports onnxruntime (a second or so on a busy machine)
+    while nothing waits, and the next registration hands it the model at once."""
+    with _spare_lock:
+        if not _spare or _spare[0].poll() is not None:
+            _spare[:] = [_spawn()]
+
+
+def _take() -> subprocess.Popen:
+    """The spare child (or a new one), with a new spare started for the next call."""
+    with _spare_lock:
+        child = _spare[0] if _spare and _spare[0].poll() is None else _spawn()
+        _spare[:] = [_spawn()]
+        _building.add(child.pid)
+        return child
+
+
+def running_builds() -> list[int]:
+    """Process ids of the children building a session right now."""
+    with _spare_lock:
+        return sorted(_building)
 
 
 def probe_session(data: bytes, *, seconds: float, memory_bytes: int,
@@ -56,15 +89,15 @@ def probe_session(data: bytes, *, seconds: float, memory_bytes: int,
 
 def _probe(data: bytes, seconds: float, memory_bytes: int, check: Callable[[], None]) -> float:
     started = time.monotonic()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "assay.server.model_probe", str(int(memory_bytes))],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = _take()
     try:
-        stderr = _wait(child, data, started + seconds, check)
+        stderr = _wait(child, b"%d\n" % int(memory_bytes) + data, started + seconds, check)
     finally:
         if child.poll() is None:
             child.kill()
-            child.wait()
+        child.wait()
+        with _spare_lock:
+            _building.discard(child.pid)
     elapsed = time.monotonic() - started
     if stderr is None:
         raise InvalidInput(
@@ -93,18 +126,34 @@ def _probe(data: bytes, seconds: float, memory_bytes: int, check: Callable[[], N
 
 def _wait(child: subprocess.Popen, data: bytes, stop_at: float,
           check: Callable[[], None]) -> bytes | None:
-    """The child's stderr once it exits; None when ``stop_at`` passed first."""
-    payload: bytes | None = data
-    while True:
-        timeout = min(_POLL_SECONDS, max(stop_at - time.monotonic(), 0.0))
+    """The child's stderr once it exits; None when ``stop_at`` passed first.
+
+    ``communicate`` runs on a thread of its own (it writes the model, closes stdin
+    and drains stderr), so this thread can poll ``check`` and the clock meanwhile;
+    killing the child ends it.
+    """
+    result: list[bytes] = []
+
+    def talk() -> None:
         try:
-            _, stderr = child.communicate(payload, timeout=timeout)
-            return stderr
-        except subprocess.TimeoutExpired:
-            payload = None  # communicate keeps writing what remains of the first input
-        check()
-        if time.monotonic() >= stop_at:
-            return None
+            result.append(child.communicate(data)[1] or b"")
+        except (BrokenPipeError, ValueError, OSError):
+            result.append(b"")
+
+    talker = threading.Thread(target=talk, name="model-probe-io", daemon=True)
+    talker.start()
+    try:
+        while True:
+            talker.join(min(_POLL_SECONDS, max(stop_at - time.monotonic(), 0.0)))
+            if not talker.is_alive():
+                return result[0] if result else b""
+            check()
+            if time.monotonic() >= stop_at:
+                return None
+    finally:
+        if talker.is_alive():
+            child.kill()
+            talker.join()
 
 
 def _address_space() -> int:
@@ -117,11 +166,16 @@ def _address_space() -> int:
 
 
 def main() -> int:
-    """The child: build one session from the model on stdin under an address-space cap."""
-    memory_bytes = int(sys.argv[1])
-    data = sys.stdin.buffer.read()
+    """The child: import onnxruntime, then wait for a memory cap (one line) and a model on
+    stdin, and build one session under an address-space cap. An empty stdin (the server
+    exited before handing over a model) ends it quietly."""
     from assay.server.onnx_runner import is_out_of_memory, make_session
 
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0
+    memory_bytes = int(line)
+    data = sys.stdin.buffer.read()
     if memory_bytes > 0:
         limit = _address_space() + len(data) + memory_bytes
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -30,7 +30,7 @@ from onnx_builders import (
 
 from assay.client import AssayError, Client
 from assay.server.errors import InvalidInput
-from assay.server.model_probe import MAX_PROBES
+from assay.server.model_probe import MAX_PROBES, running_builds
 from assay.server.onnx_cost import ModelLimits, check_cost, estimate
 from assay.v1 import model_pb2, model_pb2_grpc
 
@@ -491,47 +491,68 @@ def test_models_too_costly_for_one_item_are_refused_from_their_graph(client):
     client.register_model("small", folding_bomb(16).SerializeToString(), {"logits": "logits"})
 
 
-def _probes_running() -> list[psutil.Process]:
-    """Live session-build children of this process (exited ones and zombies do not count)."""
-    running = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "assay.server.model_probe" in " ".join(child.cmdline()):
-                running.append(child)
-        except psutil.Error:  # exited meanwhile, or a zombie: it runs nothing
-            continue
-    return running
+def _builds_running() -> list[int]:
+    """Session-build children running now; each is remembered so ``_no_build_left`` can
+    check that it really ended."""
+    pids = running_builds()
+    _seen_builds.update(pids)
+    return pids
 
 
-def _no_probe_left() -> None:
-    """Every probe child was killed (allowing a generous few seconds for the kill)."""
+_seen_builds: set[int] = set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _no_build_left() -> None:
+    """Every session-build child was stopped (a generous few seconds for the kill)."""
     stop = time.monotonic() + 30
-    while _probes_running():
+    while running_builds() or any(_alive(pid) for pid in _seen_builds):
         assert time.monotonic() < stop, "a session-build child outlived its registration"
         time.sleep(0.1)
+    _seen_builds.clear()
+
+
+def _watch_builds(seconds: float) -> None:
+    """Note the build children started within ``seconds`` (they start when the upload ends)."""
+    stop = time.monotonic() + seconds
+    while not _builds_running() and time.monotonic() < stop:
+        time.sleep(0.05)
 
 
 def test_folding_no_static_check_sees_stops_at_the_load_limit(server_factory):
     server = server_factory(model_load_seconds=2.0)
     with Client(f"127.0.0.1:{server.port}", timeout=120) as client:
         started = time.monotonic()
-        reason, field, message = rejected(client, hidden_folding_bomb())
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(rejected, client, hidden_folding_bomb())
+            _watch_builds(30)
+            reason, field, message = call.result()
         elapsed = time.monotonic() - started
+        assert _seen_builds, "no session-build child was seen"
         assert (reason, field) == ("MODEL_TOO_COSTLY", "chunk")
         assert "--model-load-seconds" in message
         assert elapsed < 60, elapsed  # the limit is 2 s; folding would take hours
-        _no_probe_left()
+        _no_build_left()
         assert _tmp_files(server) == []
 
 
 def test_a_client_deadline_ends_registration_and_nothing_is_stored(server, client, stub):
     data = hidden_folding_bomb().SerializeToString()
     started = time.monotonic()
+    call = stub.RegisterModel.future(iter([_header(data), *_chunks(data, 4096)]), timeout=3)
+    _watch_builds(3)
     with pytest.raises(grpc.RpcError) as info:
-        stub.RegisterModel(iter([_header(data), *_chunks(data, 4096)]), timeout=3)
+        call.result()
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 30
-    _no_probe_left()  # the server stopped the build, not only the client its wait
+    assert _seen_builds, "the build never started: the deadline test tested nothing"
+    _no_build_left()  # the server stopped the build, not only the client its wait
     stop = time.monotonic() + 30
     while _tmp_files(server):  # the handler has returned once its temp file is gone
         assert time.monotonic() < stop, "the registration kept running past its deadline"
@@ -549,7 +570,7 @@ def test_cheap_calls_are_answered_while_builds_run_and_excess_builds_are_refused
         builds = [pool.submit(rejected, client, data, model_id=f"bomb{i}")
                   for i in range(MAX_PROBES)]
         stop = time.monotonic() + 30
-        while len(_probes_running()) < MAX_PROBES:
+        while len(_builds_running()) < MAX_PROBES:
             assert time.monotonic() < stop, "the builds did not start"
             time.sleep(0.05)
         # All build slots taken: another registration is refused at once, retryably.
@@ -561,7 +582,7 @@ def test_cheap_calls_are_answered_while_builds_run_and_excess_builds_are_refused
                 health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         assert client.list_models() == []
-        assert len(_probes_running()) == MAX_PROBES  # answered while both builds still ran
+        assert len(_builds_running()) == MAX_PROBES  # answered while both builds still ran
         for build in builds:
             assert build.result()[0] == "MODEL_TOO_COSTLY"
-    _no_probe_left()
+    _no_build_left()
