@@ -19,6 +19,7 @@ import {
   paramTypeToJSON,
 } from "../gen/assay/v1/assay.js";
 import { DataType, dataTypeToJSON } from "../gen/assay/v1/tensor.js";
+import { RichDetails, richDetails } from "./errors.js";
 import { DTYPE_ENUM, DType, Tensor } from "./tensor.js";
 
 export interface ClientOptions {
@@ -37,21 +38,37 @@ const CODE_NAMES = Object.fromEntries(
   Object.entries(grpc.status).filter(([, v]) => typeof v === "number").map(([k, v]) => [v, k]),
 ) as Record<number, string>;
 
-/** A failed call: the gRPC status code (`code`, `codeName`) and the server's message. */
+/**
+ * A failed call, with what a program needs to act on it: the gRPC status code (`code`,
+ * `codeName`), the server's message (`details`, for people), and from the status details
+ * (google.rpc.ErrorInfo and RetryInfo, see docs/errors.md) the stable `reason` to branch on
+ * ("DISK_FULL", "TOO_MANY_REQUESTS", ...; "" for a status that did not come from Assay, such
+ * as a transport error), the offending request `field` ("": none) and `retryDelayMs`, the
+ * server's back-off hint for a refusal that the same request may retry (undefined: none).
+ */
 export class AssayError extends Error {
   readonly code: grpc.status;
   readonly codeName: string;
   readonly details: string;
-  constructor(code: grpc.status, details: string) {
-    super(`${CODE_NAMES[code] ?? code}: ${details}`);
+  readonly reason: string;
+  readonly field: string;
+  readonly retryDelayMs: number | undefined;
+  constructor(code: grpc.status, details: string, rich: RichDetails = {}) {
+    const name = CODE_NAMES[code] ?? String(code);
+    super(`${name}${rich.reason ? ` ${rich.reason}` : ""}: ${details}`);
     this.name = "AssayError";
     this.code = code;
-    this.codeName = CODE_NAMES[code] ?? String(code);
+    this.codeName = name;
     this.details = details;
+    this.reason = rich.reason ?? "";
+    this.field = rich.field ?? "";
+    this.retryDelayMs = rich.retryDelayMs;
   }
   static from(error: unknown): AssayError {
     const e = error as grpc.ServiceError;
-    if (e && typeof e.code === "number") return new AssayError(e.code, e.details ?? e.message);
+    if (e && typeof e.code === "number") {
+      return new AssayError(e.code, e.details ?? e.message, richDetails(e.metadata));
+    }
     return new AssayError(grpc.status.UNKNOWN, String(error));
   }
 }
