@@ -18,6 +18,7 @@ from assay.server.admission import AdmissionGate
 from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from assay.server.config import ServerConfig
 from assay.server.interceptors import ErrorInterceptor
+from assay.server.lanes import Lanes
 from assay.server.metrics import Metrics
 from assay.server.model_inference import ModelRuntime
 from assay.server.model_servicer import ModelServicer
@@ -53,6 +54,8 @@ class RunningServer:
     sharded: Any = None
     #: The admission gate (``assay.server.admission``): calls in flight, refusals.
     gate: AdmissionGate | None = None
+    #: Health and client-stream lanes (``assay.server.lanes``).
+    lanes: Lanes | None = None
 
     def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
@@ -62,6 +65,8 @@ class RunningServer:
             self.health_server.stop(0).wait()
         if self.gate is not None:
             self.gate.shutdown()
+        if self.lanes is not None:
+            self.lanes.shutdown()
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -120,7 +125,14 @@ def start(config: ServerConfig) -> RunningServer:
     # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
     # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
     gate = AdmissionGate(config.max_concurrent_rpcs, metrics=metrics)
-    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, ErrorInterceptor(metrics)]
+    # Health checks and client streams on lanes of their own: a stream waiting on a slow
+    # client holds no worker, and ends after stream_idle_timeout_seconds without a message.
+    lanes = Lanes(max_streams=config.max_concurrent_streams,
+                  stream_threads=config.max_concurrent_rpcs,
+                  idle_timeout=config.stream_idle_timeout_seconds,
+                  ceiling=config.max_deadline_seconds, metrics=metrics)
+    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, lanes.interceptor,
+                                                  ErrorInterceptor(metrics)]
     if config.auth_token_file:
         # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
         interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
@@ -163,7 +175,8 @@ def start(config: ServerConfig) -> RunningServer:
              "TLS" if credentials else "plaintext", config.data_dir)
     tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
     return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
-                         http, ports, health_server, health_port, models, sharded, gate)
+                         http, ports, health_server, health_port, models, sharded, gate,
+                         lanes)
 
 
 def _sharded_pools(config: ServerConfig):

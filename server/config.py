@@ -71,9 +71,18 @@ class ServerConfig:
     max_queued_selects: int = field(default=8, metadata={
         "help": "Select calls that may wait for a computing slot (within their deadline); "
                 "beyond them, RESOURCE_EXHAUSTED at once (0: no waiting)"})
-    max_deadline_seconds: float = field(default=0.0, metadata={
+    max_deadline_seconds: float = field(default=600.0, metadata={
         "help": "ceiling on the time one Select or upload may run, whatever deadline the "
-                "client set (DEADLINE_EXCEEDED past it; 0: the client's deadline only)"})
+                "client set or when it set none (DEADLINE_EXCEEDED past it; 0: the "
+                "client's deadline only)"})
+    max_concurrent_streams: int = field(default=8, metadata={
+        "help": "client-streaming calls (AppendPoolItems, RegisterModel, reflection) "
+                "running at once, each on a thread of its own rather than a worker; beyond "
+                "them RESOURCE_EXHAUSTED at once (keep it below max_concurrent_rpcs)"})
+    stream_idle_timeout_seconds: float = field(default=30.0, metadata={
+        "help": "longest wait for the next message of a client stream (the header "
+                "included); a stream quiet for longer ends with DEADLINE_EXCEEDED and "
+                "stores nothing"})
     max_pool_bytes: int = field(default=0, metadata={
         "help": "largest pool in bytes (0: no limit besides free disk)"})
     max_pool_items: int = field(default=0, metadata={
