@@ -27,10 +27,9 @@ def score_strategy(name: str, field: str, *, exclude: tuple[str, ...] = (),
     valid = [s.name for s in registry.all_strategies()
              if s.kind == "score" and s.name not in exclude]
     if name not in valid:
-        what = "a batch strategy" if name in {s.name for s in registry.all_strategies()} \
-            else "not a strategy"
-        if name in exclude:
-            what = "not allowed here"
-        raise InvalidInput(f"{field} {name!r} is {what}; use one of "
-                           f"{', '.join((*also, *valid))}", field=field)
+        known = {s.name for s in registry.all_strategies()}
+        what = ("not allowed here" if name in exclude
+                else "a batch strategy" if name in known else "not a strategy")
+        raise InvalidInput(f"{field} must name a score strategy; {name!r} is {what}. Use one "
+                           f"of: {', '.join((*also, *valid))}", field=field)
     return registry.get(name)
