@@ -106,13 +106,13 @@ def cosine_density(embeddings: np.ndarray, candidates: np.ndarray) -> np.ndarray
     mapped increasingly onto [0, 1]. It is positive for every candidate, whose own
     cosine of 1 is in the mean: at least 1/M.
     """
-    h = np.asarray(embeddings, dtype=np.float64)[candidates]
-    norms = np.linalg.norm(h, axis=1, keepdims=True)
-    unit = np.divide(h, norms, out=np.zeros_like(h), where=norms > 0)
+    # Fancy indexing copies: one float64 array of the candidates' rows, then in place.
+    unit = np.asarray(np.asarray(embeddings)[candidates], dtype=np.float64)
+    norms = np.linalg.norm(unit, axis=1, keepdims=True)
+    np.divide(unit, norms, out=unit, where=norms > 0)  # a zero row stays zero
     # A row-wise sum, not a matrix-vector product: BLAS may take another summation
     # path for some rows, and identical embeddings must get bit-identical densities.
-    mean = unit.mean(axis=0)
-    unit *= mean
+    unit *= unit.mean(axis=0)
     return np.clip((1.0 + unit.sum(axis=1)) / 2.0, 0.0, 1.0)
 
 
