@@ -5,16 +5,15 @@ formulas do not need to know which.
 
 Ties. Ties go to the lower index, so scores that are equal in exact arithmetic
 must be bit-identical. The vote-based scores (``vote_entropy``,
-``variation_ratio``) depend only on the multiset of vote counts, and are computed
+``variation_ratio``) depend only on the multiset of vote counts and are computed
 from it (counts sorted before summing), so two items whose histograms differ by a
-class permutation score exactly alike (a member whose top probabilities tie votes
-for the lowest of those classes, so a permutation that reorders the tied classes
-may move its vote, but never changes the score of a given histogram). The
-probability-based scores sum over
-classes in class order: identical rows score identically, but a row and a class
-permutation of it may differ by a few units in the last place (about C machine
-epsilons relative), because floating-point addition is not associative; making
-them exact would need a per-row sort of C terms on every call.
+class permutation score exactly alike. (A member whose top probabilities tie
+votes for the lowest of those classes, so permuting the tied classes may move its
+vote; the score of a given histogram never changes.) The probability-based scores
+sum over classes in class order: identical rows score identically, but a row and
+a class permutation of it may differ by a few units in the last place (about C
+machine epsilons relative), because floating-point addition is not associative;
+making them exact would need a per-row sort of C terms on every call.
 """
 
 from __future__ import annotations
