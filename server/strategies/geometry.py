@@ -9,6 +9,8 @@ reported in the response; figures such as the final covering radius go to
 
 from __future__ import annotations
 
+import numpy as np
+
 from assay.kernels import dispatch
 from assay.kernels.badge import badge_kmeanspp
 from assay.kernels.kcenter import kcenter_greedy
@@ -57,14 +59,20 @@ def badge(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Selection:
 
 
 def kmeans(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Selection:
-    """FAISS k-means with ``budget`` clusters; the candidate closest to each centroid."""
+    """FAISS k-means with ``budget`` clusters; the candidate closest to each centroid.
+
+    Picks are ordered best first like every other strategy's (nearest its centroid
+    first, ties to the lower index), not by FAISS's cluster numbering, which depends
+    on its random start and so means nothing to a client.
+    """
     result = kmeans_closest(
         inputs["embeddings"], budget, candidates=ctx.candidates, rng=ctx.rng,
         iterations=params["iterations"], check_cancelled=ctx.check_cancelled,
         backend=params["backend"])
     ctx.backend = result.backend
     ctx.metrics["kmeans_objective"] = result.objective
-    return Selection(indices=result.indices, scores=-result.distances)
+    order = np.lexsort((result.indices, result.distances))
+    return Selection(indices=result.indices[order], scores=-result.distances[order])
 
 
 register(Strategy(

@@ -16,7 +16,7 @@ CASES = DOC["cases"]
 
 @pytest.fixture(scope="module")
 def client(live_server):
-    with Client(live_server, timeout=30) as c:
+    with Client(live_server, timeout=vectors.DEADLINE_S) as c:
         yield c
 
 
@@ -58,14 +58,31 @@ def test_vector(client, case):
             assert info.value.code.name == expect["error"], info.value.message
             return
         sel = run()
-        assert sel.indices.tolist() == expect["indices"]
+        why = f"{case['name']}: expected from {expect.get('reference', 'the server')}"
+        assert sel.indices.tolist() == expect["indices"], why
         np.testing.assert_allclose(sel.scores, np.asarray(expect["scores"], dtype=np.float64),
-                                   rtol=expect["rtol"], atol=expect["atol"])
+                                   rtol=expect["rtol"], atol=expect["atol"], err_msg=why)
         assert sel.pseudo_label_indices.tolist() == expect.get("pseudo_label_indices", [])
         assert sel.pseudo_labels.tolist() == expect.get("pseudo_labels", [])
     finally:
         if pool_id is not None:
             client.delete_pool(pool_id)
+
+
+def test_every_case_carries_its_own_tolerance_and_reference():
+    """Tolerances come from the arithmetic of each case (tests/vectors/tolerance.py), and
+    answers from a named reference: a vector file without them is out of date."""
+    assert DOC["format"] >= 2, "run python tests/vectors/generate.py"
+    for case in CASES:
+        expect = case["expect"]
+        if "error" in expect:
+            continue
+        assert expect["reference"], case["name"]
+        assert 0.0 <= expect["rtol"] < 1e-2 and 0.0 <= expect["atol"] < 1e-2, case["name"]
+        assert expect["rtol"] > 0.0 or expect["atol"] > 0.0, case["name"]
+    geometric = [c for c in CASES if c["strategy"] in ("coreset", "badge", "kmeans")
+                 and "error" not in c["expect"]]
+    assert geometric and all(c["expect"]["reference"] != "acquisition" for c in geometric)
 
 
 def test_a_byte_swapped_tensor_fails_the_vectors(client):

@@ -3,9 +3,19 @@
 Run ``python tests/vectors/generate.py`` after adding or changing a strategy: it
 starts an in-process server on a loopback port, asks it for every registered
 strategy (``ListStrategies``), builds inputs for each from its declared required
-and optional inputs, sends every case through the Python client, cross-checks
-inline cases against the protocol-free acquisition layer, and writes
-``select_vectors.json`` beside this file.
+and optional inputs, and writes ``select_vectors.json`` beside this file.
+
+Expected answers come from the independent float64 twins (``references.py``, over
+``tests/reference.py`` and ``tests/kernels/naive.py``), not from the server: the
+server's answer through the Python client must match them (indices exactly,
+scores within the case's tolerance) or the generator fails. Each case stores the
+tolerance derived from the arithmetic of the kernel that computes it
+(``tolerance.py``), and inputs are redrawn until no decision (top-b order, greedy
+argmax, BADGE draw, k-means membership) is within twice that tolerance, so no host
+can pick differently. Cases no twin covers (``FALLBACK``) store the server's answer
+after a cross-check against the protocol-free acquisition layer, with
+``"reference": "acquisition"``. A case meant to succeed that errors, or an error
+case that succeeds, stops the generator with a non-zero exit.
 
 File format (the same for every client; see README.md here):
 
@@ -15,9 +25,10 @@ File format (the same for every client; see README.md here):
 * ``cases[i].pool``: instead of inline inputs, a pool to create and fill with
   ``appends`` (each a role -> tensor map, streamed in ``chunk_bytes`` chunks)
   and then ``label`` (indices, labels); the Select then names the pool.
-* ``cases[i].expect``: ``indices`` (exact), ``scores`` (within ``rtol``/``atol``; non-finite
-  scores are the strings "Infinity", "-Infinity", "NaN" and must match exactly),
-  ``pseudo_label_indices``/``pseudo_labels`` (exact), or ``error`` (a status code name).
+* ``cases[i].expect``: ``indices`` (exact), ``scores`` (within ``rtol``/``atol``, the
+  case's own tolerance; non-finite scores are the strings "Infinity", "-Infinity",
+  "NaN" and must match exactly), ``pseudo_label_indices``/``pseudo_labels`` (exact),
+  ``reference`` (what the expected answer comes from), or ``error`` (a status code name).
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+import references
+import tolerance as tol
 
 from assay.client import AssayError, Client
 from assay.server import acquisition
@@ -38,8 +51,30 @@ from assay.server.config import ServerConfig
 from assay.server.errors import AssayError as DomainError
 
 OUT = Path(__file__).with_name("select_vectors.json")
-RTOL, ATOL = 1e-9, 1e-12
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Inputs drawn per case before giving up on finding one whose decisions clear the bounds.
+ATTEMPTS = 200
+#: Client deadline: long enough for a first call that compiles kernels on a busy 2-core box.
+TIMEOUT_S = 600
+#: Marks "7 unless the strategy is a score strategy" (whose seed only orders exact ties).
+DEFAULT_SEED = object()
+
+
+def _fallback_rtol(strategy: str, inputs: dict, budget: int, params: dict) -> float:
+    """Tolerance of a case no float64 twin covers, from the arithmetic that computes it.
+
+    ``batchbald`` (float32 by default) sums S * (joint configurations) products;
+    ``suggestive_annotation`` sums N cosine similarities of width d in float32; the
+    other fallbacks score in float64 (``tolerance.FLOAT64_RTOL``).
+    """
+    if strategy == "batchbald" and params.get("precision", "float32") == "float32":
+        s, _, c = np.asarray(inputs["samples"]).shape
+        configs = min(c**budget, int(params.get("max_exact_configs", 10000)))
+        return tol.round_up(tol.gamma(s * configs + c, tol.U32))
+    if strategy == "suggestive_annotation":
+        n, d = np.asarray(inputs["embeddings"]).shape
+        return tol.round_up(tol.gamma(n + d + 2, tol.U32))
+    return tol.FLOAT64_RTOL
 
 _NAMES = {np.dtype("float32"): "FP32", np.dtype("float16"): "FP16", np.dtype("float64"): "FP64",
           np.dtype("int32"): "INT32", np.dtype("int64"): "INT64",
@@ -66,14 +101,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def clustered(rng: np.random.Generator, n: int, d: int, k: int) -> np.ndarray:
+    """``n`` points in ``k`` well-separated Gaussian clusters (every cluster at least
+    two points), whose k-means partition does not depend on the initialization."""
+    while True:
+        centres = rng.normal(size=(k, d))
+        centres *= 3.0 / np.linalg.norm(centres, axis=1, keepdims=True)
+        gaps = np.linalg.norm(centres[:, None] - centres[None], axis=2) + 9 * np.eye(k)
+        if gaps.min() > 2.0:
+            break
+    label = np.concatenate([np.repeat(np.arange(k), 2), rng.integers(0, k, size=n - 2 * k)])
+    rng.shuffle(label)
+    return centres[label] + 0.15 * rng.normal(size=(n, d))
+
+
 def make_inputs(rng: np.random.Generator, n: int, c: int, d: int, s: int, t: int, l_: int,
-                dtype) -> dict[str, np.ndarray]:
-    """One consistent set of every input role, for N items."""
+                dtype, clusters: int = 0) -> dict[str, np.ndarray]:
+    """One consistent set of every input role, for N items (embeddings in ``clusters``
+    separated clusters when given)."""
     samples = softmax(rng.normal(size=(s, n, c)) * 2.0)
     inputs = {
         "probs": samples.mean(axis=0),
         "samples": samples,
-        "embeddings": rng.normal(size=(n, d)),
+        "embeddings": clustered(rng, n, d, clusters) if clusters else rng.normal(size=(n, d)),
         "labeled_embeddings": rng.normal(size=(l_, d)),
         "scores": rng.normal(size=n),
         "loss": rng.gamma(2.0, size=n),
@@ -102,18 +152,58 @@ def roles_for(info, with_optional: bool) -> list[str]:
     return roles
 
 
+def inline_equivalent(pool: dict, exclude) -> tuple[dict[str, np.ndarray], list[int]]:
+    """The inline inputs and exclusions a pool Select amounts to: the appends joined
+    (items on axis 1 of ``samples``/``predictions``, else axis 0), labeled items
+    excluded and their embeddings passed as ``labeled_embeddings``."""
+    roles = pool["appends"][0].keys()
+    joined = {r: np.concatenate([part[r] for part in pool["appends"]],
+                                axis=1 if r in ("samples", "predictions") else 0)
+              for r in roles}
+    labeled = sorted(int(i) for i in pool.get("label", ([], []))[0])
+    if labeled and "embeddings" in joined:
+        joined["labeled_embeddings"] = joined["embeddings"][labeled]
+    return joined, sorted(set(labeled) | set(int(i) for i in exclude or []))
+
+
 class Builder:
     def __init__(self, client: Client):
         self.client = client
         self.cases: list[dict] = []
         self.names: set[str] = set()
+        self.kinds = {s.name: s.kind for s in client.list_strategies()}
+        self.redraws = 0
 
     def add(self, name: str, strategy: str, budget: int, *, inputs=None, pool=None,
-            params=None, seed: int | None = 7, exclude=None, expect_error: str | None = None,
-            check_reference: bool = True) -> None:
+            params=None, seed=DEFAULT_SEED, exclude=None, expect_error: str | None = None,
+            check_reference: bool = True, clustered: bool = False) -> None:
+        """Add one case. ``inputs``/``pool`` may be callables that draw fresh data: they
+        are called again while a decision of the reference is too close to call."""
         if name in self.names:
             raise ValueError(f"duplicate case {name}")
         self.names.add(name)
+        if seed is DEFAULT_SEED:
+            seed = None if self.kinds.get(strategy) == "score" else 7
+        last: Exception | None = None
+        for _ in range(ATTEMPTS):
+            data_in = inputs() if callable(inputs) else inputs
+            data_pool = pool() if callable(pool) else pool
+            try:
+                case = self._case(name, strategy, budget, data_in, data_pool, params, seed,
+                                  exclude, expect_error, check_reference, clustered)
+            except references.TooClose as why:
+                if not (callable(inputs) or callable(pool)):
+                    raise AssertionError(f"{name}: {why}, and its inputs are fixed") from None
+                self.redraws += 1
+                last = why
+                continue
+            self.cases.append(case)
+            return
+        raise AssertionError(f"{name}: no inputs in {ATTEMPTS} draws clear the rounding "
+                             f"bounds (last: {last})")
+
+    def _case(self, name, strategy, budget, inputs, pool, params, seed, exclude,
+              expect_error, check_reference, clustered) -> dict:
         case: dict = {"name": name, "strategy": strategy, "budget": budget}
         if seed is not None:
             case["seed"] = seed
@@ -130,16 +220,44 @@ class Builder:
             if "label" in pool:
                 case["pool"]["label"] = {"indices": list(map(int, pool["label"][0])),
                                          "labels": list(map(int, pool["label"][1]))}
+            ref_inputs, ref_exclude = inline_equivalent(pool, exclude)
         else:
             case["inputs"] = {k: tensor_json(v) for k, v in (inputs or {}).items()}
-        case["expect"] = self._run(case, strategy, budget, inputs, pool, params, seed, exclude,
-                                   check_reference)
-        if expect_error is not None and case["expect"].get("error") != expect_error:
-            raise AssertionError(f"{name}: expected {expect_error}, got {case['expect']}")
-        if expect_error is None and "error" in case["expect"]:
-            print(f"warning: {name} ({strategy}) failed with {case['expect']['error']}: "
-                  f"{case['expect']['message']}", file=sys.stderr)
-        self.cases.append(case)
+            ref_inputs, ref_exclude = inputs or {}, exclude
+        answer = None
+        if expect_error is None:
+            answer = references.expected(strategy, budget, ref_inputs, params, seed,
+                                         ref_exclude, clustered=clustered)
+        got = self._run(case, strategy, budget, inputs, pool, params, seed, exclude,
+                        check_reference)
+        if expect_error is not None:
+            if got.get("error") != expect_error:
+                raise AssertionError(f"{name}: expected {expect_error}, got {got}")
+            case["expect"] = got
+            return case
+        if "error" in got:
+            raise AssertionError(f"{name} ({strategy}) failed with {got['error']}: "
+                                 f"{got['message']}")
+        if answer is None:
+            got["rtol"] = _fallback_rtol(strategy, ref_inputs, budget, params or {})
+            got["atol"] = tol.FLOAT64_ATOL
+            got["reference"] = "acquisition"
+            case["expect"] = got
+            return case
+        expect = {"indices": answer.indices, "scores": [_float_json(v) for v in answer.scores],
+                  "rtol": answer.rtol, "atol": answer.atol, "reference": answer.basis}
+        if got["indices"] != expect["indices"]:
+            message = (f"{name}: server picked {got['indices']}, the float64 reference "
+                       f"{expect['indices']} ({answer.basis})")
+            if clustered:  # FAISS's random start stopped in a local minimum: other data
+                raise references.TooClose(message)
+            raise AssertionError(message)
+        _check_scores(name, got["scores"], expect)
+        for key in ("pseudo_label_indices", "pseudo_labels"):
+            if key in got:
+                expect[key] = got[key]
+        case["expect"] = expect
+        return case
 
     def _run(self, case, strategy, budget, inputs, pool, params, seed, exclude, check_ref):
         pool_id = None
@@ -165,17 +283,29 @@ class Builder:
         finally:
             if pool_id is not None:
                 self.client.delete_pool(pool_id)
-        expect = {"indices": sel.indices.tolist(), "scores": [_float_json(v) for v in sel.scores],
-                  "rtol": RTOL, "atol": ATOL}
+        got = {"indices": sel.indices.tolist(), "scores": [_float_json(v) for v in sel.scores]}
         if sel.pseudo_label_indices.size:
-            expect["pseudo_label_indices"] = sel.pseudo_label_indices.tolist()
-            expect["pseudo_labels"] = sel.pseudo_labels.tolist()
+            got["pseudo_label_indices"] = sel.pseudo_label_indices.tolist()
+            got["pseudo_labels"] = sel.pseudo_labels.tolist()
         if pool is None and check_ref:
             ref = acquisition.select(strategy, budget, inputs or {}, params, seed=seed,
                                      exclude=None if exclude is None else np.asarray(exclude))
-            if ref.indices.tolist() != expect["indices"]:
-                raise AssertionError(f"{case['name']}: client and reference disagree")
-        return expect
+            if ref.indices.tolist() != got["indices"]:
+                raise AssertionError(f"{case['name']}: client and acquisition layer disagree")
+        return got
+
+
+def _check_scores(name: str, got: list, expect: dict) -> None:
+    """The server's scores against the reference's, as every client compares them."""
+    if len(got) != len(expect["scores"]):
+        raise AssertionError(f"{name}: {len(got)} scores, the reference {len(expect['scores'])}")
+    for i, (g, w) in enumerate(zip(got, expect["scores"], strict=True)):
+        if isinstance(w, str) or isinstance(g, str):
+            if g != w:
+                raise AssertionError(f"{name}: score {i} is {g}, the reference {w}")
+        elif abs(g - w) > expect["atol"] + expect["rtol"] * abs(w):
+            raise AssertionError(f"{name}: score {i} is {g!r}, the reference {w!r}, beyond "
+                                 f"rtol {expect['rtol']:g} atol {expect['atol']:g}")
 
 
 def _check_reference_error(name, strategy, budget, inputs, params, seed, exclude, code):
@@ -217,17 +347,25 @@ def build(client: Client) -> list[dict]:
     dtypes = [("fp32", np.float32), ("fp16", np.float16), ("fp64", np.float64),
               ("bf16", ml_dtypes.bfloat16)]
     for info in strategies:
+        # k-means gets separated clusters, one per pick: the only inputs on which its
+        # answer is defined independently of FAISS's random start.
+        km = info.name == "kmeans"
+
+        def draw(n, c, d, s, t, l_, dtype, roles, clusters=0):
+            return lambda: {r: v for r, v in make_inputs(
+                rng, n() if callable(n) else n, c=c, d=d, s=s, t=t, l_=l_, dtype=dtype,
+                clusters=clusters).items() if r in roles}
+
         for tag, dtype in dtypes:
-            n = int(rng.integers(40, 90))
-            inputs = make_inputs(rng, n, c=7, d=5, s=4, t=6, l_=6, dtype=dtype)
-            roles = roles_for(info, with_optional=False)
             b.add(f"{info.name}-{tag}", info.name, 6,
-                  inputs={r: inputs[r] for r in roles})
+                  inputs=draw(lambda: int(rng.integers(40, 90)), 7, 5, 4, 6, 6, dtype,
+                              roles_for(info, with_optional=False), 6 if km else 0),
+                  clustered=km)
         # Optional inputs too, with an exclusion list.
-        inputs = make_inputs(rng, 50, c=4, d=3, s=3, t=5, l_=4, dtype=np.float32)
         b.add(f"{info.name}-optional-exclude", info.name, 5,
-              inputs={r: inputs[r] for r in roles_for(info, with_optional=True)},
-              exclude=[0, 3, 4, 17, 49])
+              inputs=draw(50, 4, 3, 3, 5, 4, np.float32, roles_for(info, with_optional=True),
+                          5 if km else 0),
+              exclude=[0, 3, 4, 17, 49], clustered=km)
         # Declared parameters at a non-default value, when they are numbers or bools.
         params = {}
         for pname, spec in info.params.items():
@@ -235,53 +373,63 @@ def build(client: Client) -> list[dict]:
                 continue
             params.update(_non_default(pname, spec))
         if params:
-            inputs = make_inputs(rng, 64, c=5, d=4, s=3, t=4, l_=5, dtype=np.float32)
             b.add(f"{info.name}-params", info.name, 4,
-                  inputs={r: inputs[r] for r in roles_for(info, with_optional=False)},
-                  params=params)
+                  inputs=draw(64, 5, 4, 3, 4, 5, np.float32,
+                              roles_for(info, with_optional=False), 4 if km else 0),
+                  params=params, clustered=km)
 
     names = {s.name for s in strategies}
+
+    def role(name, n, c=3, d=2, s=2, t=2, dtype=np.float32):
+        return lambda: {name: make_inputs(rng, n, c=c, d=d, s=s, t=t, l_=0, dtype=dtype)[name]}
+
     # Odd shapes: one item, budget = N, one class, wide and narrow.
-    one = make_inputs(rng, 1, c=3, d=2, s=2, t=2, l_=0, dtype=np.float32)
-    b.add("entropy-n1", "entropy", 1, inputs={"probs": one["probs"]})
-    wide = make_inputs(rng, 3, c=257, d=2, s=2, t=2, l_=0, dtype=np.float32)
-    b.add("margin-c257-budget-n", "margin", 3, inputs={"probs": wide["probs"]})
+    b.add("entropy-n1", "entropy", 1, inputs=role("probs", 1))
+    b.add("margin-c257-budget-n", "margin", 3, inputs=role("probs", 3, c=257))
     b.add("entropy-c1-ties-by-index", "entropy", 4,
           inputs={"probs": np.ones((9, 1), np.float32)}, seed=None)
     b.add("entropy-c1-ties-seeded", "entropy", 4,
           inputs={"probs": np.ones((9, 1), np.float32)}, seed=123)
-    tall = make_inputs(rng, 2000, c=3, d=2, s=2, t=2, l_=0, dtype=np.float16)
-    b.add("least-confident-fp16-n2000", "least_confident", 100, inputs={"probs": tall["probs"]})
-    s1 = make_inputs(rng, 30, c=6, d=2, s=1, t=2, l_=0, dtype=np.float64)
-    b.add("bald-s1", "bald", 5, inputs={"samples": s1["samples"]})
+    b.add("least-confident-fp16-n2000", "least_confident", 100,
+          inputs=role("probs", 2000, dtype=np.float16))
+    b.add("bald-s1", "bald", 5, inputs=role("samples", 30, c=6, s=1, dtype=np.float64))
     # Non-symmetric shape: a transposed [C, N] upload must not pass as [N, C].
-    asym = make_inputs(rng, 11, c=5, d=2, s=2, t=2, l_=0, dtype=np.float32)
-    b.add("entropy-asymmetric-11x5", "entropy", 11, inputs={"probs": asym["probs"]})
-    b.add("predictions-int32", "label_dispersion", 5, inputs={
+    b.add("entropy-asymmetric-11x5", "entropy", 11, inputs=role("probs", 11, c=5))
+    b.add("predictions-int32", "label_dispersion", 5, inputs=lambda: {
         "predictions": rng.integers(0, 4, size=(7, 25)).astype(np.int32)})
     if "information_density" in names:
-        dens = make_inputs(rng, 40, c=4, d=6, s=3, t=2, l_=0, dtype=np.float32)
-        b.add("information-density-base-bald", "information_density", 5,
-              inputs={"samples": dens["samples"], "embeddings": dens["embeddings"]},
+        def dens():
+            x = make_inputs(rng, 40, c=4, d=6, s=3, t=2, l_=0, dtype=np.float32)
+            return {"samples": x["samples"], "embeddings": x["embeddings"]}
+        b.add("information-density-base-bald", "information_density", 5, inputs=dens,
               params={"base": "bald", "beta": 2.0})
-    two = make_inputs(rng, 80, c=5, d=4, s=3, t=2, l_=0, dtype=np.float32)
-    b.add("prefilter-entropy-then-margin", "margin", 5, inputs={"probs": two["probs"]},
+    b.add("prefilter-entropy-then-margin", "margin", 5, inputs=role("probs", 80, c=5, d=4),
           params={"prefilter": "entropy", "prefilter_k": 20})
 
     # Pools: chunked streaming (several chunks per array), two appends, labels.
-    pool_a = make_inputs(rng, 120, c=6, d=8, s=3, t=2, l_=0, dtype=np.float32)
-    pool_b = make_inputs(rng, 37, c=6, d=8, s=3, t=2, l_=0, dtype=np.float32)
-    keys = ("probs", "samples", "embeddings")
-    pool = {"chunk_bytes": 1000,
-            "appends": [{k: pool_a[k] for k in keys}, {k: pool_b[k] for k in keys}],
-            "label": ([0, 5, 130, 156], [1, 0, 3, 2])}
+    def pool(clusters=0):
+        def make():
+            keys = ("probs", "samples", "embeddings")
+            x = make_inputs(rng, 157, c=6, d=8, s=3, t=2, l_=0, dtype=np.float32,
+                            clusters=clusters)
+            return {"chunk_bytes": 1000,
+                    "appends": [{k: x[k][:, :120] if k == "samples" else x[k][:120]
+                                 for k in keys},
+                                {k: x[k][:, 120:] if k == "samples" else x[k][120:]
+                                 for k in keys}],
+                    "label": ([0, 5, 130, 156], [1, 0, 3, 2])}
+        return make
+
     for strategy in ("entropy", "bald", "margin", "random",
                      *[s for s in ("coreset", "badge", "kmeans") if s in names]):
-        b.add(f"pool-{strategy}", strategy, 7, pool=pool)
-    pool16 = make_inputs(rng, 300, c=10, d=4, s=2, t=2, l_=0, dtype=np.float16)
-    b.add("pool-fp16-least-confident", "least_confident", 10,
-          pool={"chunk_bytes": 777, "appends": [{"probs": pool16["probs"]}],
-                "label": ([1, 2, 3], [0, 0, 0])})
+        km = strategy == "kmeans"
+        b.add(f"pool-{strategy}", strategy, 7, pool=pool(7 if km else 0), clustered=km)
+
+    def pool16():
+        probs = make_inputs(rng, 300, c=10, d=4, s=2, t=2, l_=0, dtype=np.float16)["probs"]
+        return {"chunk_bytes": 777, "appends": [{"probs": probs}],
+                "label": ([1, 2, 3], [0, 0, 0])}
+    b.add("pool-fp16-least-confident", "least_confident", 10, pool=pool16)
 
     # Errors with their status codes.
     probs = make_inputs(rng, 10, c=3, d=2, s=2, t=2, l_=0, dtype=np.float32)["probs"]
@@ -316,7 +464,7 @@ def build(client: Client) -> list[dict]:
     b.add("error-pool-budget-over-unlabeled", "entropy", 8,
           pool={"appends": [{"probs": probs[:9]}], "label": ([0, 1], [0, 1])},
           expect_error="INVALID_ARGUMENT")
-    return b.cases
+    return b.cases, b.redraws
 
 
 def _non_default(name: str, spec: dict) -> dict:
@@ -347,16 +495,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as data:
         server = start(ServerConfig(address="127.0.0.1:0", data_dir=data, workers=4))
         try:
-            with Client(f"127.0.0.1:{server.port}", timeout=60) as client:
-                cases = build(client)
+            with Client(f"127.0.0.1:{server.port}", timeout=TIMEOUT_S) as client:
+                cases, redraws = build(client)
                 strategies = sorted(s.name for s in client.list_strategies())
         finally:
             server.stop(0)
     doc = {"format": FORMAT_VERSION, "strategies": strategies, "cases": cases}
     OUT.write_text(json.dumps(doc, separators=(",", ":"), allow_nan=False) + "\n")
     errors = sum("error" in c["expect"] for c in cases)
-    print(f"wrote {len(cases)} cases ({errors} error cases, {len(strategies)} strategies) "
-          f"to {OUT}")
+    fallback = sorted(c["name"] for c in cases if c["expect"].get("reference") == "acquisition")
+    print(f"wrote {len(cases)} cases ({errors} error cases, {len(strategies)} strategies, "
+          f"{redraws} inputs redrawn) to {OUT}")
+    print(f"{len(fallback)} cases without an independent twin: {', '.join(fallback)}")
     return 0
 
 
