@@ -240,6 +240,8 @@ def slow_strategy(monkeypatch):
     stopped = threading.Event()
 
     def crawl(inputs, budget, params, ctx):
+        # 1000 steps of at least 10 ms: 10 s or more unless a check stops it; only a
+        # raised check sets ``stopped``, so it says the run ended early, on any clock.
         try:
             for _ in range(1000):
                 ctx.check_cancelled()
@@ -255,11 +257,10 @@ def slow_strategy(monkeypatch):
 
 
 def test_past_deadline_selection_stops_within_a_step(client, slow_strategy):
-    started = time.monotonic()
     code, _ = _code(client.select, "crawl", 1, probs=GOOD, timeout=0.3)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert slow_strategy.wait(2.0), "the strategy kept running after the deadline"
-    assert time.monotonic() - started < 3.0
+    # Generous wait on a loaded machine; ``stopped`` is only set by a check that raised.
+    assert slow_strategy.wait(30), "the strategy kept running after the deadline"
 
 
 def test_cancelled_selection_stops_within_a_step(stub, slow_strategy):
@@ -268,7 +269,7 @@ def test_cancelled_selection_stops_within_a_step(stub, slow_strategy):
     future = stub.Select.future(request, timeout=30)
     time.sleep(0.2)
     future.cancel()
-    assert slow_strategy.wait(2.0), "the strategy kept running after cancellation"
+    assert slow_strategy.wait(30), "the strategy kept running after cancellation"
 
 
 def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatch):
@@ -278,7 +279,7 @@ def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatc
 
     def hold(inputs, budget, params, ctx):
         entered.set()
-        gate.wait(10)
+        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
         return Selection(indices=ctx.candidates[:budget])
 
     monkeypatch.setitem(registry._REGISTRY, "hold",
@@ -288,10 +289,11 @@ def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatc
         first = threading.Thread(target=c.select, args=("hold", 1), kwargs={"probs": GOOD})
         first.start()
         assert entered.wait(10)
-        started = time.monotonic()
         code, message = _code(c.select, "entropy", 1, probs=GOOD)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry with backoff" in message
-        assert time.monotonic() - started < 1.0
+        # Refused while the slot is still held (the holder only leaves when the gate is
+        # set), so the refusal did not wait for the slot, whatever the machine's speed.
+        assert first.is_alive() and not gate.is_set()
         gate.set()
         first.join()
         assert c.select("entropy", 1, probs=GOOD).indices.tolist() == [1]
@@ -306,7 +308,7 @@ def test_selects_wait_in_a_bounded_queue_for_a_slot(server_factory, monkeypatch)
 
     def hold(inputs, budget, params, ctx):
         entered.set()
-        gate.wait(10)
+        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
         return Selection(indices=ctx.candidates[:budget])
 
     monkeypatch.setitem(registry._REGISTRY, "hold",
@@ -330,10 +332,10 @@ def test_selects_wait_in_a_bounded_queue_for_a_slot(server_factory, monkeypatch)
         queued = threading.Thread(target=wait_in_queue)
         queued.start()
         time.sleep(0.3)
-        started = time.monotonic()
         code, message = _code(c.select, "entropy", 1, probs=GOOD)
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 waiting" in message
-        assert time.monotonic() - started < 1.0
+        # Refused while the slot and the queue place are both still taken: it did not wait.
+        assert first.is_alive() and queued.is_alive()
         gate.set()
         first.join(10)
         queued.join(10)
