@@ -240,6 +240,12 @@ def run_checker(model: onnx.ModelProto) -> None:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "invalid model"
         raise InvalidInput(f"the model fails onnx.checker: {first}", field="chunk",
                            reason="ONNX_CHECKER") from None
+    except UnicodeDecodeError:
+        # ONNX's proto2 strings are not UTF-8-checked when parsed; the checker's C++ side
+        # then fails to decode a mangled name: the file is corrupt, not the server.
+        raise InvalidInput("the model fails onnx.checker: a name or string is not valid "
+                           "UTF-8 (is the file corrupt?)", field="chunk",
+                           reason="ONNX_CHECKER") from None
 
 
 def _dims(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
