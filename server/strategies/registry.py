@@ -8,6 +8,7 @@ the same declarations, so what a client discovers is what the server checks.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -144,7 +145,7 @@ def register(strategy: Strategy) -> Strategy:
 
 def get(name: str) -> Strategy:
     """Look a strategy up by name, or raise ``NotFound`` listing the known ones."""
-    _load_builtin()
+    load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -155,7 +156,7 @@ def get(name: str) -> Strategy:
 
 def all_strategies() -> list[Strategy]:
     """Every registered strategy, sorted by name."""
-    _load_builtin()
+    load_builtin()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
@@ -206,12 +207,25 @@ def _check_value(spec: Param, value: Any, where: str) -> Any:
     return value
 
 
+_load_lock = threading.RLock()
 _loaded = False
 
 
-def _load_builtin() -> None:
-    """Import the strategy modules once; each registers itself on import."""
+def load_builtin() -> None:
+    """Import the built-in strategy modules once; each registers itself on import.
+
+    The flag is set only after every module has registered, and callers that
+    arrive while another thread is importing wait on the lock, so no caller ever
+    sees a partially populated registry (concurrent first calls used to get
+    ``unknown strategy`` with an empty list). The server calls this at start-up;
+    lookups call it too, for library use. The lock is re-entrant so a strategy
+    module may look another one up while it is being imported.
+    """
     global _loaded
-    if not _loaded:
-        _loaded = True
-        from assay.server.strategies import builtin  # noqa: F401
+    if _loaded:
+        return
+    with _load_lock:
+        if not _loaded:
+            from assay.server.strategies import builtin  # noqa: F401
+
+            _loaded = True
