@@ -28,7 +28,8 @@ from assay.kernels import _validate
 from assay.server.tensors import to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
-pytestmark = pytest.mark.slow
+#: A fresh server process warms every kernel up before it listens: minutes on a busy box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 SEED = 20261201
 N, D = 60, 8
