@@ -7,6 +7,8 @@
 
 #include "assay/client.h"
 #include "assay/v1/assay.grpc.pb.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 
 namespace assay {
 
@@ -18,9 +20,10 @@ const char* const kStatusNames[] = {
     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
     "UNAUTHENTICATED"};
 
-Error to_error(const grpc::Status& status) {
-  return Error(status.error_code(), status.error_message());
-}
+// ErrorInfo.domain of Assay's own errors; ErrorInfo of other domains is ignored.
+constexpr const char* kErrorDomain = "assay.v1";
+
+Error to_error(const grpc::Status& status) { return Error::from_status(status); }
 
 v1::ParamValue to_proto(const Param& p) {
   v1::ParamValue out;
@@ -80,10 +83,41 @@ const char* status_code_name(grpc::StatusCode code) {
   return (i >= 0 && i <= 16) ? kStatusNames[i] : "UNKNOWN";
 }
 
-Error::Error(grpc::StatusCode code, std::string message)
-    : std::runtime_error(std::string(status_code_name(code)) + ": " + message),
+Error::Error(grpc::StatusCode code, std::string message, std::string reason, std::string field,
+             std::optional<std::chrono::milliseconds> retry_delay)
+    : std::runtime_error(std::string(status_code_name(code)) + (reason.empty() ? "" : " ") +
+                         reason + ": " + message),
       code_(code),
-      message_(std::move(message)) {}
+      message_(std::move(message)),
+      reason_(std::move(reason)),
+      field_(std::move(field)),
+      retry_delay_(retry_delay) {}
+
+Error Error::from_status(const grpc::Status& status) {
+  std::string reason, field;
+  std::optional<std::chrono::milliseconds> retry_delay;
+  google::rpc::Status rich;
+  // The grpc-status-details-bin trailer; a status without it (or unreadable) keeps its code.
+  if (!status.error_details().empty() && rich.ParseFromString(status.error_details())) {
+    for (const auto& detail : rich.details()) {
+      google::rpc::ErrorInfo info;
+      google::rpc::RetryInfo retry;
+      if (detail.UnpackTo(&info)) {
+        if (info.domain() == kErrorDomain) {
+          reason = info.reason();
+          auto it = info.metadata().find("field");
+          if (it != info.metadata().end()) field = it->second;
+        }
+      } else if (detail.UnpackTo(&retry) && retry.has_retry_delay()) {
+        const auto& d = retry.retry_delay();
+        retry_delay = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::seconds(d.seconds()) + std::chrono::nanoseconds(d.nanos()));
+      }
+    }
+  }
+  return Error(status.error_code(), status.error_message(), std::move(reason), std::move(field),
+               retry_delay);
+}
 
 const char* Error::code_name() const { return status_code_name(code_); }
 

@@ -7,7 +7,8 @@
 //   assay::Selection sel = client.select(s);              // sel.indices, best first
 //
 // Every call has a deadline; select is retried on UNAVAILABLE with the same
-// request id; every failure throws assay::Error carrying the gRPC status code.
+// request id; every failure throws assay::Error carrying the gRPC status code and
+// the server's reason, field and retry delay.
 #pragma once
 
 #include <chrono>
@@ -74,18 +75,36 @@ class TensorView {
   std::vector<std::int64_t> shape_;
 };
 
-// A failed call: the gRPC status code and the server's message.
+// A failed call, with what a program needs to act on it: the gRPC status code, the
+// server's message (for people), and from the status details (google.rpc.ErrorInfo and
+// RetryInfo, see docs/errors.md) the stable reason to branch on ("DISK_FULL",
+// "TOO_MANY_REQUESTS", ...; empty for a status that did not come from Assay, such as a
+// transport error), the offending request field (empty: none) and the server's back-off
+// hint for a refusal that the same request may retry (nullopt: none).
 class Error : public std::runtime_error {
  public:
-  Error(grpc::StatusCode code, std::string message);
+  Error(grpc::StatusCode code, std::string message, std::string reason = {},
+        std::string field = {},
+        std::optional<std::chrono::milliseconds> retry_delay = std::nullopt);
+  // The error of a failed call's status, with its details decoded.
+  static Error from_status(const grpc::Status& status);
   grpc::StatusCode code() const { return code_; }
   const std::string& message() const { return message_; }
   // "INVALID_ARGUMENT", "NOT_FOUND", ...
   const char* code_name() const;
+  // ErrorInfo.reason ("POOL_NOT_FOUND", ...), empty when the status carries none.
+  const std::string& reason() const { return reason_; }
+  // The offending request field ("inputs.probs", ...), empty when none is named.
+  const std::string& field() const { return field_; }
+  // RetryInfo.retry_delay: how long to wait before retrying the same request.
+  std::optional<std::chrono::milliseconds> retry_delay() const { return retry_delay_; }
 
  private:
   grpc::StatusCode code_;
   std::string message_;
+  std::string reason_;
+  std::string field_;
+  std::optional<std::chrono::milliseconds> retry_delay_;
 };
 
 // Name of a gRPC status code ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
