@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from assay.server.errors import InvalidInput, ResourceExhausted
+from assay.server.errors import AssayError, InvalidInput, ResourceExhausted
 
 #: Session builds running at once: each may take ``memory_bytes``, so they are few.
 MAX_PROBES = 2
@@ -113,15 +113,21 @@ def _probe(data: bytes, seconds: float, memory_bytes: int, check: Callable[[], N
         prefix = "" if detail.startswith("onnxruntime cannot") else \
             "onnxruntime cannot load the model: "
         raise InvalidInput(prefix + detail, field="chunk", reason="MODEL_LOAD_FAILED")
-    if child.returncode == _EXIT_MEMORY or child.returncode < 0:
-        # A refused allocation, or a process killed by a signal under its address-space cap.
+    if child.returncode == _EXIT_MEMORY:
         raise InvalidInput(
             f"the model is too costly to load: building its onnxruntime session needs more "
             f"than the server's model memory limit of {memory_bytes} bytes "
             f"(--max-model-memory-bytes) ({detail}); nothing was stored", field="chunk",
             reason="MODEL_TOO_COSTLY")
-    raise InvalidInput(f"onnxruntime cannot load the model: {detail}", field="chunk",
-                       reason="MODEL_LOAD_FAILED")
+    if child.returncode < 0:
+        raise InvalidInput(
+            f"onnxruntime stopped with signal {-child.returncode} while building the model's "
+            "session: it crashed on the model, or an allocation past the model memory limit "
+            f"of {memory_bytes} bytes (--max-model-memory-bytes) was refused; nothing was "
+            "stored", field="chunk", reason="MODEL_LOAD_FAILED")
+    # Any other status is the checking process failing, not the model.
+    raise AssayError(f"the model check could not run (exit status {child.returncode}: "
+                     f"{detail}); nothing was stored")
 
 
 def _wait(child: subprocess.Popen, data: bytes, stop_at: float,

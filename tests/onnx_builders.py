@@ -231,3 +231,21 @@ def shadowing_function(domain: str = "com.microsoft", name: str = "Gelu") -> onn
                                     [helper.make_opsetid("", 13)])
     call = helper.make_node(name, ["x"], ["bias"], domain=domain)
     return _model([call], [], functions=(function,), extra_opsets=(domain,))
+
+
+def inlining_bomb(depth: int = 30) -> onnx.ModelProto:
+    """Local functions f0..f{depth-1}, each calling the next twice (the last one Identity):
+    inlined, as onnxruntime does when it loads the model, f0 is 2^depth nodes."""
+    functions = []
+    for level in range(depth):
+        if level == depth - 1:
+            body = [helper.make_node("Identity", ["a"], ["b"])]
+        else:
+            callee = f"f{level + 1}"
+            body = [helper.make_node(callee, ["a"], ["h"], domain="local.fn"),
+                    helper.make_node(callee, ["h"], ["b"], domain="local.fn")]
+        functions.append(helper.make_function(
+            "local.fn", f"f{level}", ["a"], ["b"], body,
+            [helper.make_opsetid("", 13), helper.make_opsetid("local.fn", 1)]))
+    call = helper.make_node("f0", ["x"], ["bias"], domain="local.fn")
+    return _model([call], [], functions=tuple(functions), extra_opsets=("local.fn",))

@@ -548,8 +548,10 @@ from assay.server.config import ServerConfig
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-server = start(ServerConfig(address="127.0.0.1:0", data_dir={data!r},
-                            max_model_memory_bytes={cap}))
+config = ServerConfig(address="127.0.0.1:0", data_dir={data!r}, max_model_memory_bytes={cap})
+if hasattr(config, "warmup"):
+    config.warmup = False  # no kernel runs here: no compiles before SERVING
+server = start(config)
 out = {{}}
 with Client(f"127.0.0.1:{{server.port}}", timeout=120) as client:
     client.register_model("m", input_sized_allocation().SerializeToString(),

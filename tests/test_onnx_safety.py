@@ -24,6 +24,7 @@ from onnx_builders import (
     allocation_bomb,
     folding_bomb,
     hidden_folding_bomb,
+    inlining_bomb,
     mlp,
     shadowing_function,
 )
@@ -489,6 +490,21 @@ def test_models_too_costly_for_one_item_are_refused_from_their_graph(client):
     assert time.monotonic() - started < 60
     # The same shapes scaled down are ordinary models.
     client.register_model("small", folding_bomb(16).SerializeToString(), {"logits": "logits"})
+
+
+def test_functions_that_expand_past_the_node_limit_are_refused(client):
+    # 30 levels of functions calling the next one twice: f0 is 2^29 Identity nodes once
+    # inlined, from a file of a few kilobytes; counted, not expanded.
+    started = time.monotonic()
+    reason, field, message = rejected(client, inlining_bomb(30))
+    assert (reason, field) == ("MODEL_TOO_COSTLY", "chunk")
+    assert str(2**29 + 1) in message  # f0's 2^29 nodes and the graph's Add
+    assert time.monotonic() - started < 60
+    # Shallow nesting is an ordinary model: x + x.
+    client.register_model("nested", inlining_bomb(3).SerializeToString(), {"logits": "logits"})
+    got = client.select("entropy", 1, model_inputs=np.zeros((2, 2), np.float32),
+                        models=["nested"])
+    np.testing.assert_allclose(got.scores, np.log(2.0), rtol=1e-6)
 
 
 def _builds_running() -> list[int]:
