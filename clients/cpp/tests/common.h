@@ -13,7 +13,9 @@ inline std::string env_or(const char* name, const std::string& fallback = {}) {
 // ASSAY_TOKEN, ASSAY_TLS_CA, ASSAY_TLS_CERT, ASSAY_TLS_KEY, ASSAY_TLS_SERVER_NAME.
 inline assay::ClientOptions options_from_env() {
   assay::ClientOptions o;
-  o.timeout = std::chrono::seconds(30);
+  // Long enough for a first Select that compiles its kernel on a busy 2-core machine
+  // (over 60 s was seen); a healthy warm server answers the vectors in milliseconds.
+  o.timeout = std::chrono::seconds(300);
   o.token = env_or("ASSAY_TOKEN");
   if (!env_or("ASSAY_TLS_CA").empty()) {
     o.tls = true;

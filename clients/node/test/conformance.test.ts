@@ -18,7 +18,9 @@ const vectorsPath = process.env.ASSAY_VECTORS ??
   join(here, "..", "..", "..", "..", "tests", "vectors", "select_vectors.json");
 
 function options(): ClientOptions {
-  const o: ClientOptions = { timeoutMs: 30_000, token: process.env.ASSAY_TOKEN };
+  // Long enough for a first Select that compiles its kernel on a busy 2-core machine
+  // (over 60 s was seen); a healthy warm server answers the vectors in milliseconds.
+  const o: ClientOptions = { timeoutMs: 300_000, token: process.env.ASSAY_TOKEN };
   if (process.env.ASSAY_TLS_CA) {
     o.tls = {
       ca: readFileSync(process.env.ASSAY_TLS_CA),
