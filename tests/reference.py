@@ -13,7 +13,9 @@ import numpy as np
 
 
 def _h(p) -> float:
-    return -sum(float(x) * math.log(float(x)) for x in p if x > 0)
+    """Shannon entropy with a correctly rounded sum (math.fsum): the same terms in any
+    order give the same float, so items equal in exact arithmetic tie exactly here."""
+    return -math.fsum(float(x) * math.log(float(x)) for x in p if x > 0)
 
 
 def least_confident(probs):
