@@ -38,14 +38,35 @@ def largest_value(x: np.ndarray) -> float:
     if a.size == 0:
         return 0.0
     flat = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(-1, 1)
+    if a.dtype.itemsize == 2 and (a.dtype.kind == "f" or a.dtype.name == "bfloat16"):
+        return _largest_16bit(flat)
     top = 0.0
-    for lo in range(0, flat.shape[0], _BLOCK_ROWS):
-        block = flat[lo:lo + _BLOCK_ROWS]
+    for start in range(0, flat.shape[0], _BLOCK_ROWS):
+        block = flat[start:start + _BLOCK_ROWS]
         hi, lo = float(block.max()), float(block.min())
         if hi != hi or lo != lo:  # NaN propagates through max/min; Python's max drops it
             return float("nan")
         top = max(top, hi, -lo)
     return top
+
+
+def _largest_16bit(flat: np.ndarray) -> float:
+    """``largest_value`` of float16/bfloat16 rows from their bit patterns.
+
+    NumPy reduces these dtypes element by element in Python-level loops (seconds for
+    a 1M x 128 pool); with the sign bit cleared, the bit patterns of non-NaN values
+    order like their magnitudes, so an integer max over uint16 finds the largest
+    magnitude at memory speed. Patterns above the all-ones exponent are NaN.
+    """
+    bits = flat.view(np.uint16)
+    top = 0
+    for start in range(0, bits.shape[0], _BLOCK_ROWS):
+        block = bits[start:start + _BLOCK_ROWS]
+        top = max(top, int(np.bitwise_and(block, 0x7FFF).max()))
+    inf_bits = int(np.array([np.inf], dtype=flat.dtype).view(np.uint16)[0])
+    if top > inf_bits:
+        return float("nan")
+    return float(np.array([top], dtype=np.uint16).view(flat.dtype)[0])
 
 
 def max_abs_value(d: int) -> float:
