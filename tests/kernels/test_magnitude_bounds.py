@@ -86,3 +86,24 @@ def test_badge_and_facility_at_the_bound_stay_finite_and_exact():
     want, gains = naive_facility(x, 4)
     assert f.indices.tolist() == want.tolist(), SEED
     np.testing.assert_allclose(f.gains, gains, rtol=1e-9, err_msg=f"seed {SEED}")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64])
+def test_largest_value_agrees_with_a_float64_abs_max(dtype):
+    """The scan (bit patterns for 16-bit storage) against |x| max in float64, including
+    negative zero, infinities and NaN, on seeded random rows."""
+    rng = np.random.default_rng(SEED)
+    for trial in range(20):
+        x = (rng.normal(size=(rng.integers(1, 50), rng.integers(1, 9)))
+             * 10.0 ** rng.integers(-3, 4)).astype(dtype)
+        special = rng.integers(0, 5)
+        if special == 1:
+            x.flat[rng.integers(x.size)] = -np.inf
+        elif special == 2:
+            x.flat[rng.integers(x.size)] = np.nan
+        elif special == 3:
+            x[...] = -0.0
+        want = np.abs(x.astype(np.float64)).max()
+        got = _validate.largest_value(x)
+        assert (got == want) or (np.isnan(got) and np.isnan(want)), (SEED, trial, got, want)
+    assert _validate.largest_value(np.zeros((0, 4), dtype)) == 0.0
