@@ -13,9 +13,33 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import seeding
+
 from assay.client import Client
 from assay.server.app import start
 from assay.server.config import ServerConfig
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Start the test's random seed before its fixtures draw anything (tests/seeding.py)."""
+    item.user_properties.append(("seed", seeding.begin(item.nodeid)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report says which seed its random data came from."""
+    outcome = yield
+    report = outcome.get_result()
+    seeds = [value for key, value in item.user_properties if key == "seed"]
+    if report.failed and seeds:
+        report.sections.append(("random data", seeding.describe(seeds[0])))
+
+
+@pytest.fixture
+def rng():
+    """The test's seeded generator (tests/seeding.py)."""
+    return seeding.rng()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import seeding
 
 from assay.client import AssayError
 from assay.kernels import dispatch
@@ -38,7 +39,7 @@ def entropy64(p):
 
 @pytest.mark.parametrize("name", GEOMETRIC)
 def test_contract(name):
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     arrays = pool(rng, int(rng.integers(30, 200)))
     n = arrays["embeddings"].shape[0]
     exclude = rng.choice(n, size=5, replace=False)
@@ -66,7 +67,7 @@ def test_listed_with_backend_parameter():
 
 
 def test_coreset_with_labeled_set_matches_twin():
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     arrays = pool(rng, 300, d=5)
     labeled = rng.choice(300, size=20, replace=False)
     arrays["labeled_embeddings"] = arrays["embeddings"][labeled]
@@ -80,7 +81,7 @@ def test_coreset_with_labeled_set_matches_twin():
 
 
 def test_entropy_prefilter_then_coreset_end_to_end():
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     arrays = pool(rng, 500)
     got = acquisition.select("coreset", 8, arrays, {"prefilter": "entropy", "prefilter_k": 60},
                              seed=9)
@@ -95,7 +96,7 @@ def test_entropy_prefilter_then_coreset_end_to_end():
 
 
 def test_badge_and_kmeans_through_prefilter():
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     arrays = pool(rng, 400)
     top = set(np.argsort(-entropy64(arrays["probs"]))[:50].tolist())
     for name in ("badge", "kmeans"):
@@ -105,7 +106,7 @@ def test_badge_and_kmeans_through_prefilter():
 
 
 def test_badge_matches_twin_through_acquisition():
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     arrays = pool(rng, 250)
     exclude = np.arange(0, 250, 7)
     cand = np.setdiff1d(np.arange(250), exclude)
@@ -116,7 +117,7 @@ def test_badge_matches_twin_through_acquisition():
 
 
 def test_backend_errors(monkeypatch):
-    arrays = pool(np.random.default_rng(), 20)
+    arrays = pool(seeding.rng(), 20)
     with pytest.raises(InvalidInput, match=r"params\.backend"):
         acquisition.select("coreset", 2, arrays, {"backend": "faiss-gpu"})
     monkeypatch.setattr(dispatch, "numba_cuda_available", lambda: False)
@@ -125,7 +126,7 @@ def test_backend_errors(monkeypatch):
 
 
 def test_service_coreset_and_badge_on_a_pool_with_labeled_items(client):
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     arrays = pool(rng, 400, d=16)
     arrays["embeddings"] = arrays["embeddings"].astype(np.float16)
     client.create_pool("geo")

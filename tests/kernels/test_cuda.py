@@ -14,6 +14,7 @@ import assay_naive_kernels as naive
 import ml_dtypes
 import numpy as np
 import pytest
+import seeding
 from numba import cuda
 
 from assay.kernels import config, dispatch
@@ -47,7 +48,7 @@ def small_pool(rng, n, d, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 @pytest.mark.parametrize("labeled_size", [0, 2])
 def test_kcenter_cuda_equals_cpu_and_twin(dtype, labeled_size, cuda_backend):
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     n, d = int(rng.integers(30, 90)), int(rng.integers(1, 4))
     x = small_pool(rng, n, d, dtype)
     labeled = small_pool(rng, labeled_size, d, dtype)
@@ -69,7 +70,7 @@ def test_kcenter_cuda_equals_cpu_and_twin(dtype, labeled_size, cuda_backend):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
 def test_badge_cuda_equals_cpu_and_twin(dtype, cuda_backend):
-    rng = np.random.default_rng()
+    rng = seeding.rng()
     n, c, d = int(rng.integers(30, 80)), int(rng.integers(2, 5)), int(rng.integers(1, 4))
     p = rng.dirichlet(np.ones(c), n).astype(np.float32)
     h = small_pool(rng, n, d, dtype)

@@ -13,6 +13,7 @@ import assay_naive_kernels as naive
 import ml_dtypes
 import numpy as np
 import pytest
+import seeding
 
 from assay.kernels import _kcenter_pruned, config
 from assay.kernels.kcenter import kcenter_greedy
@@ -39,7 +40,7 @@ def setting(request, monkeypatch):
 
 
 def fresh_rng() -> np.random.Generator:
-    return np.random.default_rng()
+    return seeding.rng()
 
 
 def clustered(rng, n, d, k, spread=0.05, offset=0.0):
@@ -54,7 +55,7 @@ def grid_pool(rng, n, d, levels=4):
 
 
 def both(x, budget, **kw):
-    seed = int(np.random.default_rng().integers(2**32))
+    seed = int(seeding.rng().integers(2**32))
     pruned = kcenter_greedy(x, budget, rng=np.random.default_rng(seed), prune=True, **kw)
     plain = kcenter_greedy(x, budget, rng=np.random.default_rng(seed), prune=False, **kw)
     return pruned, plain, seed
