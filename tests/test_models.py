@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 import reference as ref
+import seeding
 from onnx_builders import ALL_OUTPUTS, mlp, slow_model
 from test_onnx_safety import reason_of
 
@@ -31,7 +32,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 @pytest.fixture
 def rng():
-    return np.random.default_rng()
+    return seeding.rng()
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
