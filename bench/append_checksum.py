@@ -7,6 +7,11 @@ alternates the two on the same server and array, one new pool per upload, and
 prints best and median MB/s of each, their ratio, and CRC32C's own speed on the
 same payload, with the machine line and load average of bench/service.py.
 
+The end-to-end figures swing with the load of a shared machine, so the store's
+receive path is also timed alone, in this process and without gRPC: the same
+chunks written through ``AppendWriter`` to commit, with and without feeding a
+``StreamDigest``, alternating; wall and process CPU time.
+
     python bench/append_checksum.py            # 40 MB, 8 rounds
     python bench/append_checksum.py --n 2000000 --repeats 12
 """
@@ -25,6 +30,8 @@ import numpy as np
 from service import CHUNK_BYTES, MB, MIB, Servers, load, machine_line, make_probs, timed
 
 from assay.client import Client
+from assay.server.idempotency import StreamDigest
+from assay.server.store import ArraySpec, PoolStore
 from assay.server.tensors import enum_of
 from assay.v1 import assay_pb2 as _pb2
 
@@ -37,6 +44,33 @@ def _upload_without_id(client: Client, pool_id: str, probs: np.ndarray) -> None:
         "/assay.v1.AssayService/AppendPoolItems", request_serializer=None,
         response_deserializer=_pb2.AppendPoolItemsResponse.FromString)
     client._call(upload, client._chunks(header, {"probs": probs}, CHUNK_BYTES))
+
+
+def _direct(probs: np.ndarray, data_dir: Path, repeats: int) -> dict[str, list[tuple]]:
+    """(wall, cpu) seconds of receiving ``probs`` through the store, with and without digest."""
+    payload = memoryview(probs.tobytes())
+    chunks = [(o, bytes(payload[o:o + CHUNK_BYTES])) for o in range(0, len(payload), CHUNK_BYTES)]
+    store = PoolStore(data_dir / "direct")
+    spec = [ArraySpec("probs", probs.dtype.str, probs.shape)]
+    out: dict[str, list[tuple]] = {"store + CRC32C": [], "store alone": []}
+    try:
+        for i in range(repeats):
+            for name in out:
+                pool_id = f"d{i}-{len(out[name])}-{'c' if 'CRC' in name else 'n'}"
+                store.create_pool(pool_id)
+                wall, cpu = time.perf_counter(), time.process_time()
+                writer = store.begin_append(pool_id, spec)
+                digest = StreamDigest(["probs"], [len(payload)]) if "CRC" in name else None
+                for offset, data in chunks:
+                    if digest is not None:
+                        digest.update(0, offset, data)
+                    writer.write(0, offset, data)
+                writer.commit()
+                out[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+                store.delete_pool(pool_id)
+    finally:
+        store.close()
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -76,7 +110,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     client.delete_pool(pool_id)
     finally:
         servers.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
     print(f"{'upload':40s} {'best MB/s':>10s} {'median MB/s':>12s}")
     rates = {}
@@ -86,8 +119,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"{name:40s} {best:10.0f} {median:12.0f}")
     (wb, wm), (ob, om) = rates.values()
     print(f"with / without: best {wb / ob:.3f}, median {wm / om:.3f}")
+    direct = _direct(probs, data_dir, args.repeats)
+    print(f"{'store receive path, no gRPC':40s} {'best MB/s':>10s} {'median MB/s':>12s} "
+          f"{'CPU s (median)':>15s}")
+    for name, runs in direct.items():
+        walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+        print(f"{name:40s} {nbytes / min(walls) / MB:10.0f} "
+              f"{nbytes / statistics.median(walls) / MB:12.0f} {statistics.median(cpus):15.3f}")
     print(f"CRC32C alone on the payload ({google_crc32c.implementation} implementation): "
           f"{nbytes / min(crc) / 1e9:.1f} GB/s, {min(crc) * 1e3:.1f} ms")
+    shutil.rmtree(data_dir, ignore_errors=True)
     print(f"load average after: {load()}  (at {time.strftime('%H:%M:%S')})")
     return {"best_ratio": wb / ob, "median_ratio": wm / om}
 
