@@ -306,15 +306,15 @@ class ShardedPools:
         if info.arrays:
             have = {a.name: a for a in info.arrays}
             if set(have) != {s.name for s in specs}:
-                raise InvalidInput(f"appends to pool {info.pool_id!r} must carry the arrays "
-                                   f"{sorted(have)}", field="header.arrays",
-                                   reason="SCHEMA_MISMATCH")
+                raise FailedPrecondition(f"appends to pool {info.pool_id!r} must carry the "
+                                         f"arrays {sorted(have)}", field="header.arrays",
+                                         reason="SCHEMA_MISMATCH")
             for s in specs:
                 if have[s.name].dtype != s.dtype or have[s.name].trailing() != s.trailing():
-                    raise InvalidInput(f"array {s.name!r} must keep dtype {have[s.name].dtype} "
-                                       f"and shape {list(have[s.name].shape)} apart from its "
-                                       "item axis", field="header.arrays",
-                                       reason="SCHEMA_MISMATCH")
+                    raise FailedPrecondition(
+                        f"array {s.name!r} must keep dtype {have[s.name].dtype} and shape "
+                        f"{list(have[s.name].shape)} apart from its item axis",
+                        field="header.arrays", reason="SCHEMA_MISMATCH")
 
     def label(self, pool_id: str, indices: np.ndarray, labels: np.ndarray,
               on_commit: Callable[[PoolInfo], None] | None = None) -> PoolInfo:
