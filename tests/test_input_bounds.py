@@ -222,6 +222,7 @@ def test_label_dispersion_itself_refuses_zero_epochs():
     ("information_density", "base", ("embeddings",)),
     ("suggestive_annotation", "uncertainty", ("embeddings",)),
     ("diverse_minibatch", "informativeness", ("embeddings",)),
+    ("ceal", "uncertainty", ()),
 ])
 @pytest.mark.parametrize("value", ["no_such_strategy", "coreset"])
 def test_a_bad_strategy_name_in_a_parameter_is_invalid_argument(stub, strategy, param,
@@ -233,6 +234,9 @@ def test_a_bad_strategy_name_in_a_parameter_is_invalid_argument(stub, strategy, 
     assert error.code() == INVALID, error.details()
     assert _details(error) == (f"params.{param}", "INVALID_INPUT"), error.details()
     assert "entropy" in error.details() and "margin" in error.details()  # the choices
+    # Only Suggestive Annotation's uncertainty also takes the committee's 'variance'.
+    assert ("of: variance," in error.details()) == (strategy == "suggestive_annotation"), (
+        error.details())
 
 
 # -- FAISS sizes ----------------------------------------------------------------------------

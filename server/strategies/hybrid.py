@@ -29,13 +29,14 @@ from assay.server.strategies.uncertainty import probs64
 COMMITTEE_VARIANCE = "variance"
 
 
-def named_score(name: str, inputs: Inputs, ctx: Context, field: str) -> np.ndarray:
+def named_score(name: str, inputs: Inputs, ctx: Context, field: str,
+                also: tuple[str, ...] = ()) -> np.ndarray:
     """float64[N] scores of the score strategy ``name`` with its default parameters.
 
     Raises ``InvalidInput`` naming ``field`` when ``name`` is a batch strategy or
-    its inputs are missing, so a composite strategy reports which part failed.
+    its inputs are missing, so a composite strategy reports which part failed; ``also``
+    lists the other values the parameter accepts, for the message.
     """
-    also = (COMMITTEE_VARIANCE,) if field == "params.uncertainty" else ()
     base = score_strategy(name, field, also=also)
     missing = [r for r in base.required if r not in inputs]
     if missing:
@@ -71,7 +72,7 @@ def suggestive_annotation(inputs: Inputs, budget: int, params: dict, ctx: Contex
     if name == COMMITTEE_VARIANCE:
         phi = committee_variance(inputs)
     else:
-        phi = named_score(name, inputs, ctx, "params.uncertainty")
+        phi = named_score(name, inputs, ctx, "params.uncertainty", also=(COMMITTEE_VARIANCE,))
     shortlist = _top(phi, params["top_k"], budget, ctx, "params.top_k")
     result = facility_location_greedy(
         inputs["embeddings"], budget, candidates=shortlist, universe=ctx.candidates,
