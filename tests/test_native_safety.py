@@ -155,6 +155,20 @@ def test_huge_labeled_embeddings_are_refused(served):
     assert _violation(error) == ("inputs.labeled_embeddings", "VALUE_TOO_LARGE")
 
 
+@pytest.mark.parametrize("huge_role", ["embeddings", "labeled_embeddings"])
+def test_cal_refuses_overflowing_rows_before_its_faiss_search(served, huge_role):
+    proc, stub = served
+    probs, emb = _data()
+    arrays = {"probs": probs, "embeddings": emb, "labeled_embeddings": emb[:10] + 0.5,
+              "labeled_probs": probs[:10]}
+    arrays[huge_role] = _huge(arrays[huge_role], np.float32)
+    error = _refusal(_select, stub, "cal", **arrays)
+    assert proc.poll() is None
+    assert _violation(error) == (f"inputs.{huge_role}", "VALUE_TOO_LARGE"), error.details()
+    arrays[huge_role] = (emb[:10] + 0.5) if huge_role == "labeled_embeddings" else emb
+    assert len(_select(stub, "cal", **arrays).indices) == 3
+
+
 def _append(stub, pool_id, **arrays):
     header = assay_pb2.AppendHeader(pool_id=pool_id)
     chunks = []
