@@ -97,3 +97,17 @@ def test_decoding_ignores_other_domains_and_reads_sub_second_delays():
     assert decode_status(status) == {"reason": "SHARD_UNAVAILABLE", "field": "pool_id",
                                      "retry_delay": 1.25}
     assert decode_status(None) == {"reason": "", "field": "", "retry_delay": None}
+
+
+def test_an_unexpected_failure_is_internal_with_its_reason(server_factory, monkeypatch):
+    def broken(self, request, context):
+        raise RuntimeError("secret detail /etc/passwd")
+
+    monkeypatch.setattr(AssayServicer, "ListStrategies", broken)
+    srv = server_factory()
+    with Client(f"127.0.0.1:{srv.port}", timeout=30, retries=0) as c, \
+            pytest.raises(AssayError) as err:
+        c.list_strategies()
+    e = err.value
+    assert (e.code, e.reason, e.retry_delay) == (grpc.StatusCode.INTERNAL, "INTERNAL", None)
+    assert "RuntimeError" in e.message and "secret" not in e.message
