@@ -5,9 +5,9 @@ The servicer's half of idempotency; the stored responses live in
 
 * ``check_request_id`` bounds the id (a UUID is 36 characters; 128 leaves room
   for prefixed ids) so an id is never a way to store megabytes per request.
-* ``fingerprint`` and ``StreamDigest`` say what a retry must match: the message
-  without its id, the identity of the pool it names, and for an append the
-  CRC32C of every array's bytes as they stream in.
+* ``fingerprint`` and ``StreamDigest`` say what a retry must match, with the
+  identity of the pool it names: the message without its id, and for an append
+  the CRC32C of every array's bytes as they stream in.
 * ``SingleFlight`` makes the check for a stored response and the work that stores
   one a single step per id: a retry that arrives while the first attempt still
   runs (the usual case after a client-side timeout) waits for it instead of
@@ -44,22 +44,20 @@ def check_request_id(request_id: str, field: str = "request_id") -> str:
     return request_id
 
 
-def fingerprint(message, pool_uid: str = "") -> str:
-    """Hash of a request without its ``request_id``, bound to the pool it names.
+def fingerprint(message) -> str:
+    """Hash of a request without its ``request_id``.
 
     The id is blanked on the message itself for the serialization and put back,
-    so a large inline request is not copied once more just to be hashed.
-    ``pool_uid`` is the named pool's identity: the same message about a pool
-    deleted and created again under the same id is a different request.
+    so a large inline request is not copied once more just to be hashed. The
+    identity of the pool the request names is kept beside it (``RequestKey``),
+    not in it, so that a refusal can say which of the two differs.
     """
     request_id = message.request_id
     message.request_id = ""
     try:
-        digest = hashlib.sha256(message.SerializeToString(deterministic=True))
+        return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()
     finally:
         message.request_id = request_id
-    digest.update(b"\x00pool-uid:" + pool_uid.encode())
-    return digest.hexdigest()
 
 
 class StreamDigest:

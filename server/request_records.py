@@ -6,10 +6,10 @@ response or finds nothing and nothing was changed: never half of one.
 
 What makes a retry "the same request":
 
-* ``fingerprint``: a hash of the request message without its id, and of the
-  identity (uid) of the pool it names. Pool ids are reused after a delete and a
-  version restarts at 0, so without the uid a retry against a pool deleted and
-  created again would be answered about the deleted one.
+* ``fingerprint``: a hash of the request message without its id.
+* ``pool_uid``: the identity of the pool the request names. Pool ids are reused
+  after a delete and a version restarts at 0, so without it a retry against a
+  pool deleted and created again would be answered about the deleted one.
 * ``data_digest``: for a streamed append, the CRC32C of each array's bytes. The
   header alone does not say what was appended.
 
@@ -129,15 +129,18 @@ class RequestRecords:
                 f"{key.field} {key.request_id!r} was already used for a {method} request; "
                 "use a new request_id for a new request", field=key.field,
                 reason="REQUEST_ID_REUSED")
-        if pool_uid and key.pool_uid and pool_uid != key.pool_uid:
-            raise FailedPrecondition(
-                f"{key.field} {key.request_id!r} was used for a pool of the same id that has "
-                "since been deleted and created again; use a new request_id for a request "
-                "about the new pool", field=key.field, reason="REQUEST_ID_REUSED")
         if fingerprint != key.fingerprint:
             raise FailedPrecondition(
                 f"{key.field} {key.request_id!r} was already used for a different {method} "
                 "request; use a new request_id for a new request", field=key.field,
+                reason="REQUEST_ID_REUSED")
+        if pool_uid != key.pool_uid:
+            # Also a record of an earlier release (no uid kept) for a request about a pool:
+            # which pool it answered is unknown, so it is never replayed.
+            raise FailedPrecondition(
+                f"{key.field} {key.request_id!r} was used for a pool of the same id that has "
+                "since been deleted and created again (or by an earlier server release); use "
+                "a new request_id for a request about the pool as it is now", field=key.field,
                 reason="REQUEST_ID_REUSED")
         return StoredResponse(response, digest)
 

@@ -202,7 +202,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         request id is held: a duplicate arriving meanwhile waits (within its own
         deadline) and then finds the stored answer, or runs itself if the first
         attempt stored none (it failed or was cancelled). ``pool_id`` names the pool
-        the request is about: its uid is part of the fingerprint.
+        the request is about: a retry must name the same pool, not one deleted and
+        created again under that id since (its uid is part of the key).
         """
         request_id = message.request_id
         if not request_id:
@@ -212,7 +213,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         with self._flights.hold(request_id,
                                 cancellation_check(context, self.config.max_deadline_seconds)):
             uid = self._pool_uid(pool_id, pool_field) if pool_id else ""
-            key = RequestKey(request_id, method, fingerprint(message, uid), uid, field=field)
+            key = RequestKey(request_id, method, fingerprint(message), uid, field=field)
             stored = self.store.get_request(key)
             yield (stored, None) if stored is not None else (None, key)
 

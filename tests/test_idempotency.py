@@ -123,6 +123,12 @@ def test_a_request_id_reused_on_a_pool_deleted_and_created_again_is_refused(serv
             assert "deleted and created again" in error.message, error.message
         after = c.get_pool("p")
         assert (after.version, after.labeled_count) == (before.version, before.labeled_count)
+        # The same id about another pool is simply another request.
+        c.create_pool("q")
+        c.append("q", probs=new)
+        error = _refused(lambda: c.select("random", 5, pool="q", request_id="sel-1"),
+                         grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
+        assert "different Select request" in error.message, error.message
         # A new id is a new request about the new pool.
         fresh = c.select("random", 5, pool="p", request_id="sel-2")
         assert fresh.pool_version == before.version
@@ -386,9 +392,11 @@ def test_records_of_an_earlier_schema_are_migrated_and_never_replayed(tmp_path):
         columns = {r[1] for r in store._db.execute("PRAGMA table_info(requests)")}
         assert {"pool_uid", "data_digest", "size_bytes"} <= columns
         assert store._db.execute("SELECT size_bytes FROM requests").fetchone()[0] == 2
-        # Its fingerprint lacks the pool identity: refused, never answered as if it matched.
-        with pytest.raises(FailedPrecondition):
-            store.get_request(RequestKey("old", "Select", "abc-with-uid"))
+        # The same message, but the record does not say which pool it answered: refused.
+        with pytest.raises(FailedPrecondition, match="earlier server release"):
+            store.get_request(RequestKey("old", "Select", "abc", pool_uid="0123abcd"))
+        # About inline inputs there is no pool to tell apart: the record answers.
+        assert store.get_request(RequestKey("old", "Select", "abc")).response == b"\x01\x02"
     finally:
         store.close()
 
