@@ -142,12 +142,14 @@ class LaneInterceptor(grpc.ServerInterceptor):
         def run(request_iterator: Iterator, context: grpc.ServicerContext) -> Any:
             if not lanes._enter():
                 self._refuse(context, method, lanes.refusal())
-            stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
-                                   ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
+            stream = None
             try:
+                stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
+                                       ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
                 return behavior(stream, context)
             finally:
-                stream.close()
+                if stream is not None:
+                    stream.close()
                 lanes._leave()
         return run
 
@@ -157,14 +159,16 @@ class LaneInterceptor(grpc.ServerInterceptor):
         def run(request_iterator: Iterator, context: grpc.ServicerContext) -> Iterator:
             if not lanes._enter():
                 self._refuse(context, method, lanes.refusal())
-            stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
-                                   ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
+            stream = None
             try:
+                stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
+                                       ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
                 yield from behavior(stream, context)
             except AssayError as error:  # no error interceptor maps bidi streams
                 self._refuse(context, method, error)
             finally:
-                stream.close()
+                if stream is not None:
+                    stream.close()
                 lanes._leave()
         return run
 

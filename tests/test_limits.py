@@ -25,6 +25,16 @@ from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tenso
 RNG = np.random.default_rng(7)
 
 
+@pytest.fixture
+def server_factory(server_factory):
+    """Servers without the start-up kernel warm-up: several tests here replace or hold the
+    acquisition layer, which the warm-up would run through first."""
+    def make(**overrides):
+        overrides.setdefault("warmup", False)
+        return server_factory(**overrides)
+    return make
+
+
 def _probs(n: int, c: int = 4) -> np.ndarray:
     return RNG.dirichlet(np.ones(c), size=n).astype(np.float32)
 
@@ -369,6 +379,25 @@ def test_idle_streams_hold_no_worker_and_end_at_the_idle_limit(server_factory):
     assert srv.models.list() == []
     assert _wait_for(lambda: _reader_threads() <= readers_before), \
         "stream reader threads must end with their calls"
+
+
+def test_health_is_answered_while_every_worker_computes(server_factory, held_select):
+    """Health checks have a lane of their own: held Selects on every worker, with more
+    queued behind them, do not delay the probe."""
+    entered, release = held_select
+    srv = server_factory(workers=2, max_concurrent_selects=2, max_queued_selects=4)
+    probs = _probs(50)
+    with _connect(srv) as c, ThreadPoolExecutor(4) as pool:
+        selects = [pool.submit(c.select, "entropy", 3, probs=probs) for _ in range(4)]
+        assert entered.wait(30)
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(5):
+                answer = health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert not any(s.done() for s in selects), "the probes must come while all wait"
+        release.set()
+        assert all(s.result(60).indices.size == 3 for s in selects)
 
 
 def test_streams_beyond_the_stream_cap_are_refused_at_once(server_factory):
