@@ -415,7 +415,9 @@ def test_without_ray_address_ray_is_never_imported(tmp_path):
         from assay.server.app import start
         from assay.server.config import ServerConfig
         from assay.v1 import assay_pb2, assay_pb2_grpc
-        srv = start(ServerConfig(address="127.0.0.1:0", data_dir={str(tmp_path)!r}))
+        config = ServerConfig(address="127.0.0.1:0", data_dir={str(tmp_path)!r})
+        config.warmup = False  # no compiles before SERVING: this test is about imports
+        srv = start(config)
         stub = assay_pb2_grpc.AssayServiceStub(grpc.insecure_channel(f"127.0.0.1:{{srv.port}}"))
         try:
             stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="p", shards=2))
