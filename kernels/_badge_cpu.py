@@ -11,10 +11,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from assay.kernels.bits import LOADERS
 from assay.kernels.config import BADGE_ZERO_REL, FASTMATH
+from assay.kernels.jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 
@@ -22,7 +23,7 @@ _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 def _build(load):
     """Compile the BADGE kernels for one storage kind of the embeddings."""
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def sqnorms(h, rows, identity, out):
         """out[i] = |h_rows[i]|^2, accumulated in float32 per row."""
         d = h.shape[1]
@@ -34,7 +35,7 @@ def _build(load):
                 acc += v * v
             out[i] = acc
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def step(h, rows, identity, q, gnorm, hz, qz, gz, d2):
         """d2 <- min(d2, |g_x - g_z|^2) for every candidate x (chosen ones stay 0)."""
         m = d2.shape[0]

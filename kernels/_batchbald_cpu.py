@@ -31,6 +31,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from assay.kernels.config import FASTMATH
+from assay.kernels.jit import kernel
 
 #: Configurations per tile: TILE * C accumulators and TILE * S joint values stay in L1.
 TILE = 64
@@ -91,7 +92,7 @@ def _build(log, zero_guard):
     kernel skips zero probabilities; the float32 log is finite at 0.
     """
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def conditional_entropy(probs, jt, weight, out):
         """out[x] = sum_m weight[m] H(y_x | y_A = m) over the candidates' probs[x, s, c]."""
         n, s_count, c_count = probs.shape

@@ -11,15 +11,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from assay.kernels.bits import LOADERS
+from assay.kernels.jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True}
 
 
 def _build(load):
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def inv_norms(h, rows, out):
         """out[i] = 1 / |h_rows[i]| (0 for a zero row, whose similarities are 0)."""
         d = h.shape[1]
@@ -30,7 +31,7 @@ def _build(load):
                 acc += v * v
             out[i] = 1.0 / np.sqrt(acc) if acc > 0.0 else 0.0
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def gain(h, universe, inv_u, centre, cover, sims, partial):
         """sims[u] = cos(centre, h_u); returns sum_u max(sims[u] - cover[u], 0)."""
         m = universe.shape[0]

@@ -14,15 +14,16 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from assay.kernels.bits import LOADERS
 from assay.kernels.config import FASTMATH
+from assay.kernels.jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 
 
-@njit(nogil=True)
+@kernel(nogil=True)
 def reduce_argmax(best_val, best_pos):
     """Winner of the per-chunk maxima: largest value, lower position on ties."""
     val = -np.inf
@@ -41,7 +42,7 @@ def reduce_argmax(best_val, best_pos):
 def _build(load):
     """Compile the k-center kernels for one storage kind (``load`` widens a value)."""
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def step(x, rows, identity, centre, delta, best_val, best_pos):
         """delta <- min(delta, |x - centre|^2) over candidates; per-chunk argmax."""
         m = delta.shape[0]
@@ -68,7 +69,7 @@ def _build(load):
             best_pos[t] = arg
         return reduce_argmax(best_val, best_pos)
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def init(x, rows, identity, centres, delta, best_val, best_pos):
         """delta <- min over a small centre set of |x - c|^2; per-chunk argmax."""
         m = delta.shape[0]

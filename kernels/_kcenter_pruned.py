@@ -32,6 +32,7 @@ from numba.extending import intrinsic
 from assay.kernels._kcenter_cpu import reduce_argmax
 from assay.kernels.bits import LOADERS
 from assay.kernels.config import FASTMATH
+from assay.kernels.jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 
@@ -105,13 +106,13 @@ def _prefetch_row(x, r):
         _prefetch(x, r, c)
 
 
-@njit(nogil=True)
+@kernel(nogil=True)
 def _better(v, p, val, pos):
     """True when (v, p) beats (val, pos): larger value, lower position on ties."""
     return p >= 0 and (pos < 0 or v > val or (v == val and p < pos))
 
 
-@njit(nogil=True)
+@kernel(nogil=True)
 def rebuild(byrow, byslot, centres, stats):
     """Counting sort of the live candidates by centre into the member list, the
     per-slot copies of Delta and of its bound, the counts, and with ``stats`` each
@@ -166,7 +167,7 @@ def rebuild(byrow, byslot, centres, stats):
 def _build(load):
     """Compile the pruned kernels for one storage kind (``load`` widens a value)."""
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def init(x, rows, identity, centres, delta, assign, nchunks):
         """delta <- min over a small centre set of |x - c|^2, assign <- its first argmin.
 
@@ -196,7 +197,7 @@ def _build(load):
                 delta[i] = v
                 assign[i] = a
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def bound(x, rows, identity, centres, delta, assign, ub):
         """ub <- max(delta, |x - c_assign|^2): a bound for Deltas that came from elsewhere
         (FAISS' |x|^2 + |c|^2 - 2 x.c can sit far below the direct sum)."""
@@ -211,7 +212,7 @@ def _build(load):
                 acc += diff * diff
             ub[i] = max(delta[i], np.float32(acc))
 
-    @njit(**_FLAGS)
+    @kernel(**_FLAGS)
     def dense(x, rows, identity, centre, k, byrow, best_val, best_pos):
         """The unpruned fused pass over every row, in row order, that also keeps the
         assignment: for the steps where the bound would clear too little to pay for
@@ -315,10 +316,10 @@ def _build(load):
             out_f[t, 1] = bv
             out_f[t, 2] = mv
 
-    scan_parallel = njit(**_FLAGS)(scan)
-    scan_serial = njit(nogil=True, fastmath=set(FASTMATH))(scan)
+    scan_parallel = kernel(**_FLAGS)(scan)
+    scan_serial = kernel(nogil=True, fastmath=set(FASTMATH))(scan)
 
-    @njit(nogil=True)
+    @kernel(nogil=True)
     def step(x, rows, identity, centre, k, forced, byrow, byslot, movers, centres, cvec,
              rel, absolute, chunk, serial):
         """Add ``centre`` as centre ``k`` and fold it into Delta, skipping every segment
@@ -415,7 +416,7 @@ def _build(load):
     return SimpleNamespace(init=init, bound=bound, dense=dense, step=step)
 
 
-@njit(nogil=True)
+@kernel(nogil=True)
 def _prune(centre, cvec, active, rad, forced, rel, absolute):
     """The active centres whose members must be visited, in ``active`` order, and for
     each the bound below which a member is cleared on its own.
@@ -443,7 +444,7 @@ def _prune(centre, cvec, active, rad, forced, rel, absolute):
     return active[keep].copy(), thr[keep].copy()
 
 
-@njit(nogil=True)
+@kernel(nogil=True)
 def _gather(movers, ch_base, ch_moved, dest, byslot, slot):
     """Copy each chunk's movers to the new segment at the end of the member list."""
     mi, mv = movers

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from assay.kernels.jit import kernel
 
 #: Values (rows x classes) from which the parallel variant pays for waking threads;
 #: below it the serial variant is several times faster, most of all on a busy host.
@@ -96,7 +98,7 @@ def margin_rows(p):
 
 
 _KERNELS = {
-    f.__name__: (njit(nogil=True, cache=True)(f), njit(parallel=True, nogil=True, cache=True)(f))
+    f.__name__: (kernel(nogil=True)(f), kernel(parallel=True, nogil=True)(f))
     for f in (probability_rows_check, entropy_rows, least_confident_rows, margin_rows)
 }
 
@@ -107,11 +109,23 @@ def run(name: str, rows: np.ndarray, *args):
     return (parallel if rows.size >= PARALLEL_MIN_VALUES else serial)(rows, *args)
 
 
+def variants(name: str) -> tuple:
+    """The (serial, parallel) compiled twins of kernel ``name`` (for the warm-up, which
+    must compile the parallel one although its tiny inputs would pick the serial)."""
+    return _KERNELS[name]
+
+
 def compiled(array: np.ndarray) -> bool:
     """Whether ``array`` can take the compiled path (2-D float32/float64)."""
     return array.ndim == 2 and array.dtype in (np.float32, np.float64)
 
 
 def as_rows(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous view (or copy, for strided input) the kernels can read."""
-    return np.ascontiguousarray(array)
+    """A read-only C-contiguous view (or copy, for strided input) the kernels can read.
+
+    Read-only always, so wire buffers, memory-mapped pools and computed arrays share
+    one compiled specialization per dtype (Numba types writability).
+    """
+    view = np.ascontiguousarray(array).view()
+    view.flags.writeable = False
+    return view
