@@ -24,12 +24,46 @@ BF16 = "bf16"  # bfloat16, as uint16 bits
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
+def _has_f16c(context) -> bool:
+    """Whether the code being generated may use the F16C conversion instructions."""
+    return "+f16c" in str(getattr(context.codegen(), "_tm_features", ""))
+
+
+def _fp16_widen_ir(builder, bits):
+    """IEEE half bits -> float32, exact, in integer operations that vectorize.
+
+    For a target without F16C (``NUMBA_CPU_NAME=generic``: baseline x86-64), where
+    LLVM lowers ``fpext half`` to a call of ``__extendhfsf2``, a runtime function
+    Numba's JIT does not link (the process aborts). Exponent rebias with fix-ups for
+    Inf/NaN and for subnormals (renormalized by one exact float subtraction), after
+    F. Giesen's ``half_to_float``.
+    """
+    i32, f32 = ir.IntType(32), ir.FloatType()
+
+    def c(v):
+        return ir.Constant(i32, v)
+
+    h = builder.zext(bits, i32)
+    o = builder.shl(builder.and_(h, c(0x7FFF)), c(13))  # exponent and mantissa, in place
+    exp = builder.and_(o, c(0x7C00 << 13))
+    o = builder.add(o, c((127 - 15) << 23))  # rebias the exponent
+    special = builder.add(o, c((128 - 16) << 23))  # Inf/NaN: exponent to 255
+    small = builder.fsub(builder.bitcast(builder.add(o, c(1 << 23)), f32),
+                         builder.bitcast(c(113 << 23), f32))  # zero/subnormal
+    o = builder.select(builder.icmp_unsigned("==", exp, c(0)), builder.bitcast(small, i32), o)
+    o = builder.select(builder.icmp_unsigned("==", exp, c(0x7C00 << 13)), special, o)
+    sign = builder.shl(builder.and_(h, c(0x8000)), c(16))
+    return builder.bitcast(builder.or_(o, sign), f32)
+
+
 @intrinsic
 def _fp16_bits_to_f32(typingctx, bits):
     sig = types.float32(types.uint16)
 
     def codegen(context, builder, signature, args):
-        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        if _has_f16c(context):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+        return _fp16_widen_ir(builder, args[0])
 
     return sig, codegen
 
