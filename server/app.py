@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from assay.server import warmup
 from assay.server.admission import AdmissionGate
 from assay.server.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from assay.server.config import ServerConfig
@@ -107,8 +109,8 @@ def _health_only_server(address: str, servicer: health.HealthServicer) -> tuple[
 
 
 def start(config: ServerConfig) -> RunningServer:
-    """Check the security settings, open the store, then serve; health turns SERVING only
-    after both.
+    """Check the security settings, open the store, warm the kernels up (``warmup``), then
+    serve; health turns SERVING only after all three.
 
     Raises
     ------
@@ -118,9 +120,11 @@ def start(config: ServerConfig) -> RunningServer:
     OSError
         When an address cannot be bound.
     """
+    began = time.perf_counter()
     config.validate()
     check_exposure(config)
     credentials = server_credentials(config)
+    warm_names = warmup.prepare(config.kernel_cache_dir, config.warmup_strategies)
     metrics = Metrics()
     # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
     # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
@@ -169,8 +173,13 @@ def start(config: ServerConfig) -> RunningServer:
     if health_server is not None:
         health_server.start()
     http = _serve_metrics(config, metrics) if config.metrics_port else None
+    # Kernels compile (or load from the disk cache) while health still says NOT_SERVING.
+    report = warmup.once(warm_names) if config.warmup else None
+    if report is not None:
+        log.info("%s", report.summary())
     for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("start-up took %.1f s", time.perf_counter() - began)
     log.info("assay serving on %s (%s), data in %s", ", ".join(config.addresses()),
              "TLS" if credentials else "plaintext", config.data_dir)
     tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]

@@ -1,14 +1,15 @@
-"""Command line: ``assay serve``, ``assay demo``, ``assay health``."""
+"""Command line: ``assay serve``, ``assay demo``, ``assay health``, ``assay warmup``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
-from assay.server.config import ServerConfig
+from assay.server.config import ServerConfig, default_kernel_cache_dir
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -45,6 +46,18 @@ def _health_parser(sub) -> None:
     h.add_argument("--token-file", help="file whose first line is a bearer token to send")
 
 
+def _warmup_parser(sub) -> None:
+    w = sub.add_parser("warmup", help="compile every kernel into the on-disk kernel cache "
+                                      "(run when a container image is built), then exit",
+                       description="Fills the cache 'assay serve' loads its kernels from. "
+                                   "Kernels are compiled for this CPU, or for the one named "
+                                   "by NUMBA_CPU_NAME (e.g. generic, for a portable cache).")
+    w.add_argument("--kernel-cache-dir", default=None,
+                   help="cache directory [env ASSAY_KERNEL_CACHE_DIR; default: the per-user "
+                        "cache dir]")
+    w.add_argument("--log-level", default="INFO")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="assay", description="Active-learning acquisition "
                                      "service (gRPC).")
@@ -58,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--strategies", default="random,entropy,margin,least_confident,bald")
     d.add_argument("--plot", default="assay-demo.png", help="PNG learning-curve path")
     _health_parser(sub)
+    _warmup_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -68,7 +82,25 @@ def main(argv: list[str] | None = None) -> int:
                         seeds=args.seeds, strategies=args.strategies.split(","), plot=args.plot)
     if args.command == "health":
         return _health(args)
+    if args.command == "warmup":
+        return _warmup(args)
     return 2
+
+
+def _warmup(args: argparse.Namespace) -> int:
+    """Fill the kernel cache; exit 1 if any kernel failed to compile."""
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from assay.server.warmup import warm_up
+    cache_dir = args.kernel_cache_dir
+    if cache_dir is None:
+        cache_dir = os.environ.get(ServerConfig.env_name("kernel_cache_dir"),
+                                   default_kernel_cache_dir())
+    report = warm_up(cache_dir)
+    print(report.summary(), flush=True)
+    for failure in report.failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -25,6 +25,11 @@ def default_data_dir() -> str:
     return platformdirs.user_data_dir("assay", appauthor=False)
 
 
+def default_kernel_cache_dir() -> str:
+    """The per-user cache directory of compiled kernels (e.g. ~/.cache/assay/kernels)."""
+    return str(Path(platformdirs.user_cache_dir("assay", appauthor=False)) / "kernels")
+
+
 def parse_bool(raw: str) -> bool:
     """Read a boolean environment value strictly: a typo must not switch security off."""
     value = raw.strip().lower()
@@ -113,6 +118,17 @@ class ServerConfig:
     min_free_disk_bytes: int = field(default=64 * MIB, metadata={
         "help": "free bytes the data directory must keep after an upload; uploads that would "
                 "eat into them get RESOURCE_EXHAUSTED before anything is written"})
+    kernel_cache_dir: str = field(default_factory=default_kernel_cache_dir, metadata={
+        "help": "on-disk cache of compiled kernels, shared by servers of one user; may be "
+                "read-only (a cache baked into the image: kernels it lacks for this CPU "
+                "compile at start-up and stay in memory) (empty: no disk cache)"})
+    warmup: bool = field(default=True, metadata={
+        "help": "compile (or load from the kernel cache) every kernel before health reports "
+                "SERVING, so no first Select waits for a compile (--no-warmup: compile on "
+                "first use)"})
+    warmup_strategies: str = field(default="", metadata={
+        "help": "comma-separated strategies the warm-up runs (empty: every strategy); the "
+                "kernels of the others compile on their first Select"})
     grace_seconds: float = field(default=10.0, metadata={
         "help": "seconds in-flight RPCs get to finish on SIGTERM"})
     metrics_port: int = field(default=0, metadata={
@@ -222,8 +238,10 @@ def markdown_table() -> str:
     for f in fields(ServerConfig):
         if f.name == "data_dir":
             default = "per-user data dir"
+        elif f.name == "kernel_cache_dir":
+            default = "per-user cache dir"
         elif isinstance(getattr(defaults, f.name), bool):
-            default = "off"
+            default = "on" if getattr(defaults, f.name) else "off"
         else:
             value = getattr(defaults, f.name)
             default = f"`{value}`" if value != "" else "(empty)"

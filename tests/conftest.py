@@ -48,8 +48,11 @@ def server_factory(tmp_path):
     running = []
 
     def make(**overrides):
+        # No kernel warm-up (tests/test_coldstart.py covers it): on a cold kernel cache it
+        # compiles every kernel (minutes on 2 cores) inside one test's time limit; here a
+        # kernel compiles on first use and loads from the per-user cache after that.
         config = ServerConfig(address="127.0.0.1:0", data_dir=str(tmp_path / "data"),
-                              grace_seconds=0.5, workers=8)
+                              grace_seconds=0.5, workers=8, warmup=False)
         for key, value in overrides.items():
             setattr(config, key, value)
         srv = start(config)
