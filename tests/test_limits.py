@@ -457,6 +457,40 @@ def test_a_slow_but_steady_stream_is_not_cut(server_factory):
     np.testing.assert_array_equal(np.asarray(srv.store.load("p").arrays["probs"]), probs)
 
 
+def test_an_endless_trickle_without_a_client_deadline_ends_at_the_ceiling(server_factory):
+    """A client that sends one small chunk now and then, never pausing past the idle
+    limit and never finishing, with no deadline of its own: the ceiling ends it."""
+    ceiling = 1.5
+    srv = server_factory(max_deadline_seconds=ceiling, stream_idle_timeout_seconds=5.0)
+    stop = threading.Event()
+
+    def trickle():
+        yield assay_pb2.AppendPoolItemsRequest(header=assay_pb2.AppendHeader(
+            pool_id="p", arrays=[assay_pb2.ArrayHeader(  # 512 KiB: never sent in full
+                name="probs", dtype=tensor_pb2.DATA_TYPE_FP32, shape=[65536, 2])]))
+        offset = 0
+        while not stop.is_set() and offset < 1 << 19:
+            time.sleep(0.1)
+            yield assay_pb2.AppendPoolItemsRequest(chunk=assay_pb2.AppendChunk(
+                array_index=0, offset=offset, data=b"\0"))
+            offset += 1
+
+    with _connect(srv) as c:
+        c.create_pool("p")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                assay_pb2_grpc.AssayServiceStub(channel).AppendPoolItems(trickle())
+            assert time.monotonic() - started >= ceiling
+    finally:
+        stop.set()
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "max_deadline_seconds" in err.value.details()
+    assert _wait_for(lambda: srv.lanes.running_streams == 0)
+    _assert_unchanged(srv, "p", 0, 0)
+
+
 def test_an_idle_reflection_stream_ends_at_the_idle_limit(server_factory):
     srv = server_factory(stream_idle_timeout_seconds=1.0)
     stalled = _Stalled()
