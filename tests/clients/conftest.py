@@ -16,8 +16,11 @@ TOKEN = "client-suite-token-0123456789"
 def live_server(tmp_path_factory):
     """One in-process server for all client suites; yields its "127.0.0.1:port" target."""
     data = tmp_path_factory.mktemp("clients-data")
+    # No warm-up: compiling every kernel x dtype before the first test would count against
+    # that test's timeout (over 300 s on a loaded 2-core box without a kernel cache);
+    # the vectors' first calls compile what they use, within the clients' deadline.
     server = start(ServerConfig(address="127.0.0.1:0", data_dir=str(data), workers=8,
-                                max_concurrent_selects=8))
+                                max_concurrent_selects=8, warmup=False))
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
