@@ -249,3 +249,26 @@ def inlining_bomb(depth: int = 30) -> onnx.ModelProto:
             [helper.make_opsetid("", 13), helper.make_opsetid("local.fn", 1)]))
     call = helper.make_node("f0", ["x"], ["bias"], domain="local.fn")
     return _model([call], [], functions=tuple(functions), extra_opsets=("local.fn",))
+
+
+def endless_loop(trips: int = 10**12) -> onnx.ModelProto:
+    """A Loop adding 1 to x ``trips`` times: cheap per node, endless in total, so only the
+    request's deadline (``RunOptions.terminate``, checked between nodes) can end it."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", 2])])
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["logits"], body=body)], "loop",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "cond"),
+         numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import reference as ref
 import seeding
-from onnx_builders import ALL_OUTPUTS, mlp, slow_model
+from onnx_builders import ALL_OUTPUTS, endless_loop, mlp, slow_model
 from test_onnx_safety import reason_of
 
 from assay.client import AssayError, Client
@@ -532,6 +532,20 @@ def test_a_client_deadline_frees_the_server(server_factory):
     assert freed_s < 0.5 * batch_s, (
         f"the slot came back {freed_s:.1f} s after the call; the batch takes about "
         f"{batch_s:.1f} s here ({refused} refusals seen)")
+
+
+def test_a_model_that_loops_forever_is_stopped_by_the_deadline(client):
+    # 10^12 trips of a cheap body: no static bound sees it (each node is tiny), the load
+    # check passes (nothing to fold), and only the deadline, checked between nodes, ends it.
+    client.register_model("loop", endless_loop().SerializeToString(), {"logits": "logits"})
+    x = np.zeros((4, 2), np.float32)
+    started = time.monotonic()
+    error = _failure(client.select, "entropy", 1, model_inputs=x, models=["loop"], timeout=3)
+    assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 30  # 3 s deadline; the loop alone would take days
+    # The worker is free again: a loop of 3 trips answers (x + 3 in both classes: a tie).
+    client.register_model("loop3", endless_loop(3).SerializeToString(), {"logits": "logits"})
+    assert client.select("entropy", 1, model_inputs=x, models=["loop3"]).indices.tolist() == [0]
 
 
 # -- memory ----------------------------------------------------------------------------------
