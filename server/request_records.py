@@ -167,6 +167,8 @@ class RequestRecords:
             "create_time, pool_uid, data_digest, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (key.request_id, key.method, key.fingerprint, response, time.time(),
              key.pool_uid, key.data_digest, len(response)))
+        # Running totals for the caps; a rolled-back caller transaction leaves them a little
+        # high (evicting early at worst) until the next sweep counts the table again.
         if old is not None:
             self._count -= 1
             self._bytes -= old[0]
