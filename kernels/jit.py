@@ -48,7 +48,7 @@ _lock = threading.Lock()
 _directory: str | None = None
 _sources: str | None = None
 _dispatchers: weakref.WeakSet[Dispatcher] = weakref.WeakSet()
-_readonly_warned: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 
 
 def default_directory() -> str:
@@ -198,15 +198,25 @@ class _StableCache(caching.FunctionCache):
             (self._variant, _describe_cells(self._py_func), _source_hash())).encode()).hexdigest()
         return (sig, codegen.magic_tuple(), (code, variant))
 
+    def load_overload(self, sig: Any, target_context: Any) -> Any:
+        try:
+            return super().load_overload(sig, target_context)
+        except OSError as error:  # unreadable: a miss, the kernel compiles
+            self._warn("readable", error)
+            return None
+
     def save_overload(self, sig: Any, data: Any) -> None:
         try:
             super().save_overload(sig, data)
         except OSError as error:
-            path = self.cache_path
-            if path not in _readonly_warned:
-                _readonly_warned.add(path)
-                log.warning("kernel cache %s is not writable (%s): kernels compiled now "
-                            "are kept in memory only", path, error.strerror or error)
+            self._warn("writable", error)
+
+    def _warn(self, what: str, error: OSError) -> None:
+        path = self.cache_path
+        if (path, what) not in _warned:
+            _warned.add((path, what))
+            log.warning("kernel cache %s is not %s (%s): kernels compiled now are kept in "
+                        "memory only", path, what, error.strerror or error)
 
 
 class _DeferredCache:

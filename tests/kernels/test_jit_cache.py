@@ -99,3 +99,21 @@ def test_a_second_process_loads_every_variant_and_compiles_nothing(tmp_path):
     # same signature and bytecode) and the serial and parallel twins of one function.
     assert sum(".total-" in n for n in data) == 3, data
     assert sum(".plain-" in n for n in data) == 2, data
+
+
+def test_an_unwritable_cache_directory_still_runs_every_kernel(tmp_path):
+    """A cache that cannot be written (a read-only image layer; here a path below a
+    regular file, since the tests may run as root) costs a compile, never an error."""
+    (tmp_path / "cachedmod.py").write_text(_MODULE)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    bits = np.array([0x3C00, 0x3C01, 0x4000], dtype=np.uint16)
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN, str(blocker / "cache"), ",".join(map(str, bits))],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    assert run["values"]["fp16"] == float(bits.view(np.float16).astype(np.float64).sum())
+    assert run["compiles"] == 5, run
+    assert "is not writable" in done.stderr, done.stderr[-3000:]
