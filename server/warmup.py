@@ -50,6 +50,8 @@ class WarmupReport:
     cache_hits: int
     compiles: int
     selects: int
+    #: Runs the strategy refused (an input or parameter it does not take on this host).
+    refused: int = 0
     #: ``strategy[dtype] params: error`` for runs that failed unexpectedly.
     failures: list[str] = field(default_factory=list)
 
@@ -57,7 +59,7 @@ class WarmupReport:
         cache = self.cache_dir or "off"
         return (f"kernel warm-up {self.seconds:.1f} s: {self.selects} selects, "
                 f"{self.cache_hits} kernels from cache, {self.compiles} compiled "
-                f"(cache {cache})")
+                f"(cache {cache}); {self.refused} refused")
 
 
 def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> WarmupReport:
@@ -81,7 +83,7 @@ def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> War
     hits0, compiles0 = jit.stats()
     started = time.perf_counter()
     rng = np.random.default_rng(0)
-    selects = 0
+    selects = refused = 0
     failures: list[str] = []
     chosen = ([registry.get(name) for name in strategies] if strategies
               else registry.all_strategies())
@@ -96,7 +98,7 @@ def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> War
                     try:
                         acquisition.select(strategy.name, _BUDGET, arrays, params, seed=0)
                     except AssayError:
-                        pass
+                        refused += 1
                     except Exception as error:  # reported, never fatal
                         failures.append(f"{strategy.name}[{dtype}] {params}: {error!r}")
                         log.warning("warm-up of %s (%s, %s) failed: %r", strategy.name, dtype,
@@ -104,7 +106,7 @@ def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> War
     _warm_parallel_rowwise()
     hits, compiles = jit.stats()
     return WarmupReport(time.perf_counter() - started, jit.directory(), hits - hits0,
-                        compiles - compiles0, selects, failures)
+                        compiles - compiles0, selects, refused, failures)
 
 
 def _role_sets(strategy: registry.Strategy) -> Iterator[tuple[str, ...]]:

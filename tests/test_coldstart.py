@@ -212,6 +212,7 @@ def test_warm_up_fills_an_empty_cache_before_serving_and_a_restart_reuses_it(tmp
         assert set(statuses[:-1]) <= {health_pb2.HealthCheckResponse.NOT_SERVING}, statuses
         warm = _WARM.search(log)
         assert warm, log[-3000:]
+        assert "warm-up of" not in log, log[-3000:]  # no kernel failed
         # Logged before health turned SERVING (same clock; log stamps have ms resolution).
         logged = datetime.strptime(warm.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
         assert logged <= serving_at + 0.002, (warm.group(0), serving_at)
