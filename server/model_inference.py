@@ -23,6 +23,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +51,9 @@ from assay.server.validation import validate_array
 #: Most models in one committee, and most MC passes per model.
 MAX_MODELS = 32
 MAX_MC_SAMPLES = 1000
+#: Sessions built at once (each may take up to --model-load-seconds of one core).
+BUILD_THREADS = 2
+_BUILD_POLL_SECONDS = 0.05
 #: Roles a deterministic pass provides besides class probabilities.
 _FEATURE_ROLES = ("embeddings", "loss", "discriminator")
 
@@ -123,6 +128,19 @@ class _ResultCache:
                 del self._entries[key]
 
 
+def _wait_for(build: Future, check: Callable[[], None]) -> ort.InferenceSession:
+    """The session ``build`` makes, checking the request's deadline while it runs."""
+    while True:
+        try:
+            return build.result(timeout=_BUILD_POLL_SECONDS)
+        except FutureTimeout:
+            try:
+                check()
+            except BaseException:
+                build.cancel()  # only takes effect while it is still queued
+                raise
+
+
 class ModelRuntime:
     """Sessions and cached results of registered models, shared by all requests.
 
@@ -131,6 +149,12 @@ class ModelRuntime:
     MC-dropout sessions are built per request: their masks come from per-node
     generators that advance with every run, so sharing one would make the
     samples depend on what other requests ran.
+
+    Sessions are built on a small pool of threads of their own, and the request
+    waits for its build while checking its deadline: a build cannot be stopped
+    inside onnxruntime, but a request whose time is up answers at once and frees
+    its worker. The build itself then ends within what the registration check
+    measured (``--model-load-seconds``); a deterministic one still fills the cache.
     """
 
     def __init__(self, store: ModelStore, *, threads: int = 0, max_sessions: int = 8,
@@ -144,6 +168,8 @@ class ModelRuntime:
         self.cache = _ResultCache(cache_bytes)
         self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
+        self._builder = ThreadPoolExecutor(BUILD_THREADS, thread_name_prefix="model-session")
+        self._building: dict[str, Future] = {}
 
     def forget(self, uid: str) -> None:
         """Drop a deleted model's session and cached results."""
@@ -169,26 +195,41 @@ class ModelRuntime:
             raise NotFound(f"model {info.model_id!r} was deleted during the request",
                            field="model_ids", reason="MODEL_NOT_FOUND") from None
 
-    def _session(self, info: ModelInfo) -> ort.InferenceSession:
+    def _session(self, info: ModelInfo,
+                 check: Callable[[], None] = lambda: None) -> ort.InferenceSession:
         with self._lock:
             session = self._sessions.get(info.uid)
             if session is not None:
                 self._sessions.move_to_end(info.uid)
                 return session
-        data = self._read(info)
-        if info.signature.dropout_count:
-            data = disable_dropout(parse_model(data)).SerializeToString()
-        session = make_session(data, threads=self.threads)
-        with self._lock:
-            self._sessions[info.uid] = session
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-        return session
+            build = self._building.get(info.uid)
+            if build is None:  # one build per registration, whoever asks meanwhile
+                build = self._builder.submit(self._build, info)
+                self._building[info.uid] = build
+        return _wait_for(build, check)
 
-    def _mc_session(self, info: ModelInfo, seed: int) -> ort.InferenceSession:
+    def _build(self, info: ModelInfo) -> ort.InferenceSession:
+        try:
+            data = self._read(info)
+            if info.signature.dropout_count:
+                data = disable_dropout(parse_model(data)).SerializeToString()
+            session = make_session(data, threads=self.threads)
+            with self._lock:
+                self._sessions[info.uid] = session
+                while len(self._sessions) > self.max_sessions:
+                    self._sessions.popitem(last=False)
+            return session
+        finally:
+            with self._lock:
+                self._building.pop(info.uid, None)
+
+    def _mc_session(self, info: ModelInfo, seed: int,
+                    check: Callable[[], None] = lambda: None) -> ort.InferenceSession:
         model = enable_mc_dropout(parse_model(self._read(info)), seed)
-        return make_session(model.SerializeToString(), threads=self.threads,
-                            disabled_optimizers=DISABLED_OPTIMIZERS)
+        build = self._builder.submit(make_session, model.SerializeToString(),
+                                     threads=self.threads,
+                                     disabled_optimizers=DISABLED_OPTIMIZERS)
+        return _wait_for(build, check)
 
     # -- one model, one kind of pass ----------------------------------------------------
 
@@ -238,9 +279,9 @@ class ModelRuntime:
         roles = dict(sig.outputs)
         if mc:
             roles = {r: n for r, n in roles.items() if r in ("logits", "probs")}
-            session = self._mc_session(info, seed)
+            session = self._mc_session(info, seed, check)
         else:
-            session = self._session(info)
+            session = self._session(info, check)
         names = list(roles.values())
         fixed = sig.input_shape[0] if sig.input_shape[0] > 0 else None
         outs = run_batches(session, inputs, names, batch_size=batch_size, passes=max(mc, 1),

@@ -9,6 +9,7 @@ import itertools
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from onnx_builders import ALL_OUTPUTS, endless_loop, mlp, slow_model
 from test_onnx_safety import reason_of
 
 from assay.client import AssayError, Client
-from assay.server import acquisition
+from assay.server import acquisition, model_inference
 from assay.server.model_inference import ModelRun, ModelRuntime
 from assay.server.onnx_runner import default_threads, make_session
 from assay.server.tensors import BFLOAT16
@@ -532,6 +533,47 @@ def test_a_client_deadline_frees_the_server(server_factory):
     assert freed_s < 0.5 * batch_s, (
         f"the slot came back {freed_s:.1f} s after the call; the batch takes about "
         f"{batch_s:.1f} s here ({refused} refusals seen)")
+
+
+def test_a_session_build_does_not_hold_a_select_past_its_deadline(server_factory, rng,
+                                                                  monkeypatch):
+    # A build is held until released (120 s at most). With one selection slot and no queue,
+    # a Select is refused while another holds the slot: so a cheap Select succeeding while
+    # the build is still held shows the timed-out Select gave its slot (and worker) back.
+    server = server_factory(max_concurrent_selects=1, max_queued_selects=0)
+    with Client(f"127.0.0.1:{server.port}", timeout=60, retries=0) as client:
+        m = mlp(rng)
+        client.register_model("m", m.data, {"logits": "logits"})
+        release, builds = threading.Event(), []
+        real = model_inference.make_session
+
+        def held_build(*args, **kwargs):
+            builds.append(time.monotonic())
+            release.wait(120)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(model_inference, "make_session", held_build)
+        x = rng.normal(size=(5, 6)).astype(np.float32)
+        try:
+            error = _failure(client.select, "entropy", 1, model_inputs=x, models=["m"],
+                             timeout=1)
+            assert error.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            probs = np.full((4, 2), 0.5, np.float32)
+            stop = time.monotonic() + 60
+            while True:
+                try:
+                    client.select("entropy", 1, probs=probs)
+                    break
+                except AssayError as busy:
+                    assert busy.code == grpc.StatusCode.RESOURCE_EXHAUSTED, busy
+                    assert time.monotonic() < stop, "the Select waited for the session build"
+                    time.sleep(0.05)
+            assert not release.is_set() and len(builds) == 1
+        finally:
+            release.set()
+        got = client.select("entropy", 1, model_inputs=x, models=["m"])
+        assert len(builds) == 1  # the held build finished and was cached, not repeated
+        _expect(got, _entropy(m.probs(x)), 1)
 
 
 def test_a_model_that_loops_forever_is_stopped_by_the_deadline(client):
