@@ -225,9 +225,9 @@ def test_capacity_check_names_what_is_missing(shards, cpus, cluster, fits):
 def private_workers(local_ray, monkeypatch):
     """Worker actors in a namespace of this test alone, so the placement it sees does not
     depend on workers other tests started; every one is stopped afterwards."""
-    from assay.server.scaleout import cluster
-
     from ray.util.placement_group import remove_placement_group
+
+    from assay.server.scaleout import cluster
 
     handles: dict = {}
     reserved: dict = {}
@@ -250,7 +250,7 @@ def test_more_shards_than_the_cluster_can_place_fail_the_create_at_once(private_
 
     pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
     started = time.monotonic()
-    with pytest.raises(FailedPrecondition, match="3 shards need 3 CPUs .* has 2"):
+    with pytest.raises(FailedPrecondition, match=r"3 shards need 3 CPUs .* has 2"):
         pools.create_pool("p", 3)
     assert time.monotonic() - started < 10, "the refusal must not wait for placement"
     assert pools.list_pools() == [] and not pools.owns("p")
