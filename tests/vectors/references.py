@@ -281,6 +281,67 @@ def _kmeans_answer(budget: int, inputs: dict, candidates: np.ndarray) -> Answer:
                   0.0, atol, "float64 Lloyd twin (tests/vectors/references.py)")
 
 
+def _kl(p_from: np.ndarray, p_to: np.ndarray) -> float:
+    """KL(p_from || p_to) in nats: 0 log 0 = 0, +inf where p_to rules out a class."""
+    total = 0.0
+    for a, b in zip(p_from, p_to, strict=True):
+        if a > 0:
+            total += math.inf if b == 0 else a * math.log(a / b)
+    return total
+
+
+def _cal_answer(budget: int, inputs: dict, params: dict, seed: int | None,
+                candidates: np.ndarray) -> Answer | None:
+    """CAL (Margatina et al. 2021): mean KL(P_L[l] || P[x]) over the k nearest labeled
+    neighbours by exact float64 search; the k-th neighbour must beat the next one by
+    more than the float32 (FAISS) distance bound."""
+    h, hl = _f64(inputs["embeddings"]), _f64(inputs["labeled_embeddings"])
+    p = np.clip(_probs(inputs), 0.0, 1.0)
+    pl = np.clip(_f64(inputs["labeled_probs"]), 0.0, 1.0)
+    n_lab, d = hl.shape
+    k = min(int(params.get("k", 10)), n_lab)
+    sq_lab = float((hl * hl).sum(axis=1).max())
+    scores = np.full(h.shape[0], -np.inf)
+    for x in candidates:
+        dist = naive.sqdist(hl, h[x])
+        order = np.lexsort((np.arange(n_lab), dist))
+        if k < n_lab:
+            bound = tol.l2_expansion_sq_abs(d, tol.U32, float(h[x] @ h[x]), sq_lab)
+            if dist[order[k]] - dist[order[k - 1]] <= 2 * bound:
+                raise TooClose(f"CAL: item {x}'s k-th and next neighbours nearly equidistant")
+        scores[x] = sum(_kl(pl[j], p[x]) for j in order[:k]) / k
+    rtol, atol = tol.FLOAT64_RTOL, tol.FLOAT64_ATOL
+    picks = _top(scores, budget, candidates, rtol, atol, seed is not None)
+    return Answer(picks.tolist(), [float(scores[i]) for i in picks], rtol, atol,
+                  "CAL twin: exact float64 neighbours, KL in math (tests/vectors/references.py)")
+
+
+def _forgetting_answer(budget: int, inputs: dict, params: dict,
+                       seed: int | None) -> Answer | None:
+    """Forgetting events (Toneva et al. 2019) over the labeled items, counted in Python:
+    correct -> incorrect transitions, +inf when never correct; or, in 'unforgettable'
+    mode, the never-forgotten learned items by epochs correct."""
+    preds = np.asarray(inputs["predictions"])
+    labels = np.asarray(inputs["labels"])
+    labeled = np.flatnonzero(labels >= 0)
+    scores = np.full(labels.size, -np.inf)
+    for i in labeled:
+        correct = [int(preds[t, i]) == int(labels[i]) for t in range(preds.shape[0])]
+        events = (math.inf if not any(correct)
+                  else float(sum(a and not b for a, b in itertools.pairwise(correct))))
+        if params.get("mode", "forgettable") == "forgettable":
+            scores[i] = events
+        elif events == 0:
+            scores[i] = float(sum(correct))
+    ranked = np.asarray([i for i in labeled if scores[i] > -np.inf], dtype=np.int64)
+    if ranked.size == 0:
+        return Answer([], [], tol.FLOAT64_RTOL, tol.FLOAT64_ATOL, "no item qualifies")
+    picks = _top(scores, min(budget, ranked.size), ranked, tol.FLOAT64_RTOL, tol.FLOAT64_ATOL,
+                 seed is not None)
+    return Answer(picks.tolist(), [float(scores[i]) for i in picks], tol.FLOAT64_RTOL,
+                  tol.FLOAT64_ATOL, "forgetting-events twin (tests/vectors/references.py)")
+
+
 def candidate_rows(n: int, exclude) -> np.ndarray:
     keep = np.ones(n, dtype=bool)
     if exclude is not None and len(exclude):
@@ -312,6 +373,13 @@ def expected(strategy: str, budget: int, inputs: dict, params: dict | None,
         return _badge_answer(budget, inputs, seed, candidates)
     if strategy == "kmeans":
         return _kmeans_answer(budget, inputs, candidates) if clustered else None
+    if strategy in ("cal", "forgetting_events"):
+        try:
+            if strategy == "cal":
+                return _cal_answer(budget, inputs, params, seed, candidates)
+            return _forgetting_answer(budget, inputs, params, seed)
+        except _SeededTie:
+            return None
     if strategy == "random":
         if seed is None:
             return None
