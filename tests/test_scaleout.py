@@ -252,7 +252,9 @@ def test_more_shards_than_the_cluster_can_place_fail_the_create_at_once(private_
     started = time.monotonic()
     with pytest.raises(FailedPrecondition, match=r"3 shards need 3 CPUs .* has 2"):
         pools.create_pool("p", 3)
-    assert time.monotonic() - started < 10, "the refusal must not wait for placement"
+    # The message names the up-front CPU check; the clock only has to stay well below the
+    # 60 s placement timeout it must not wait for, on a loaded 2-core machine too.
+    assert time.monotonic() - started < 30, "the refusal must not wait for placement"
     assert pools.list_pools() == [] and not pools.owns("p")
     assert all(h == [] for h in private_workers.values()), "no actor may be started"
     pools.close()
@@ -309,7 +311,7 @@ def test_grpc_create_of_an_unplaceable_pool_is_failed_precondition(private_worke
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as err:
             stub.CreatePool(assay_pb2.CreatePoolRequest(pool_id="big", shards=3), timeout=60)
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < 30  # not the 60 s deadline: refused up front
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "3 shards need 3 CPUs" in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
