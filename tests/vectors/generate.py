@@ -66,17 +66,13 @@ TIES_ONLY_SEED = ("cal", "forgetting_events")
 def _fallback_rtol(strategy: str, inputs: dict, budget: int, params: dict) -> float:
     """Tolerance of a case no float64 twin covers, from the arithmetic that computes it.
 
-    ``batchbald`` (float32 by default) sums S * (joint configurations) products;
-    ``suggestive_annotation`` sums N cosine similarities of width d in float32; the
+    ``batchbald`` (float32 by default) sums S * (joint configurations) products; the
     other fallbacks score in float64 (``tolerance.FLOAT64_RTOL``).
     """
     if strategy == "batchbald" and params.get("precision", "float32") == "float32":
         s, _, c = np.asarray(inputs["samples"]).shape
         configs = min(c**budget, int(params.get("max_exact_configs", 10000)))
         return tol.round_up(tol.gamma(s * configs + c, tol.U32))
-    if strategy == "suggestive_annotation":
-        n, d = np.asarray(inputs["embeddings"]).shape
-        return tol.round_up(tol.gamma(n + d + 2, tol.U32))
     return tol.FLOAT64_RTOL
 
 _NAMES = {np.dtype("float32"): "FP32", np.dtype("float16"): "FP16", np.dtype("float64"): "FP64",
@@ -257,9 +253,13 @@ class Builder:
                 raise references.TooClose(message)
             raise AssertionError(message)
         _check_scores(name, got["scores"], expect)
-        for key in ("pseudo_label_indices", "pseudo_labels"):
-            if key in got:
-                expect[key] = got[key]
+        want_pseudo = answer.pseudo or ([], [])
+        got_pseudo = (got.get("pseudo_label_indices", []), got.get("pseudo_labels", []))
+        if list(got_pseudo[0]) != want_pseudo[0] or list(got_pseudo[1]) != want_pseudo[1]:
+            raise AssertionError(f"{name}: server pseudo-labels {got_pseudo}, the reference "
+                                 f"{want_pseudo}")
+        if want_pseudo[0]:
+            expect["pseudo_label_indices"], expect["pseudo_labels"] = want_pseudo
         case["expect"] = expect
         return case
 
@@ -409,6 +409,11 @@ def build(client: Client) -> list[dict]:
               params={"base": "bald", "beta": 2.0})
     b.add("prefilter-entropy-then-margin", "margin", 5, inputs=role("probs", 80, c=5, d=4),
           params={"prefilter": "entropy", "prefilter_k": 20})
+    if "ceal" in names:
+        # Sharp predictions, so that some items fall below the threshold 0.5 - 0.01 * 3.
+        b.add("ceal-pseudo-labels", "ceal", 4, inputs=lambda: {
+            "probs": softmax(rng.normal(size=(40, 4)) * 5.0).astype(np.float32)},
+              params={"delta0": 0.5, "decay": 0.01, "round": 3, "max_pseudo_labels": 6})
 
     # Pools: chunked streaming (several chunks per array), two appends, labels.
     def pool(clusters=0):

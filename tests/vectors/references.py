@@ -58,6 +58,8 @@ class Answer:
     rtol: float
     atol: float
     basis: str
+    #: (indices, labels) of pseudo-labeled items, for strategies that return them.
+    pseudo: tuple[list[int], list[int]] | None = None
 
 
 def _f64(a) -> np.ndarray:
@@ -342,6 +344,72 @@ def _forgetting_answer(budget: int, inputs: dict, params: dict,
                   tol.FLOAT64_ATOL, "forgetting-events twin (tests/vectors/references.py)")
 
 
+def _suggestive_answer(budget: int, inputs: dict, params: dict, seed: int | None,
+                       candidates: np.ndarray) -> Answer | None:
+    """Suggestive Annotation (Yang et al. 2017) with its own uncertainty: the top K
+    candidates by class-averaged committee variance, then plain greedy max-cover of the
+    candidates on cosine similarity (``naive.facility_location``). The kernel computes
+    in float64, so the float64 tolerance applies; every greedy step must still win by
+    more than twice it."""
+    if params.get("uncertainty", "variance") != "variance" or "samples" not in inputs:
+        return None
+    samples = np.clip(_f64(inputs["samples"]), 0.0, 1.0)
+    mean = samples.mean(axis=0)
+    phi = ((samples - mean) ** 2).mean(axis=0).mean(axis=1)
+    rtol, atol = tol.FLOAT64_RTOL, tol.FLOAT64_ATOL
+    k = min(int(params.get("top_k", 0)) or 10 * budget, candidates.size)
+    shortlist = np.sort(_top(phi, k, candidates, rtol, atol, seed is not None))
+    picks, gains = naive.facility_location(inputs["embeddings"], budget, candidates=shortlist,
+                                           universe=candidates)
+    h = _f64(inputs["embeddings"])
+    h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-300)
+    sims = h[shortlist] @ h[candidates].T
+    cover = np.full(candidates.size, -1.0)
+    taken = np.zeros(shortlist.size, dtype=bool)
+    for step, row in enumerate(picks):
+        g = np.maximum(sims - cover, 0.0).sum(axis=1)
+        g[taken] = -np.inf
+        top2 = np.sort(g)[::-1][:2]
+        if top2.size > 1 and top2[0] - top2[1] <= 2 * (2 * atol + rtol * (top2[0] + top2[1])):
+            raise TooClose(f"facility location step {step}: gains {top2[0]!r}, {top2[1]!r}")
+        j = int(np.flatnonzero(shortlist == row)[0])
+        taken[j] = True
+        cover = np.maximum(cover, sims[j])
+    return Answer(picks.tolist(), gains.tolist(), rtol, atol,
+                  "tests/kernels/naive.py facility_location after a committee-variance top K")
+
+
+def _ceal_answer(budget: int, inputs: dict, params: dict, seed: int | None,
+                 candidates: np.ndarray) -> Answer | None:
+    """CEAL (Wang et al. 2016): the top b by a score twin, and the other candidates with
+    entropy below delta0 - decay * round, most confident first (ties: lower index), with
+    their argmax (lowest class on ties) as pseudo-labels. No entropy may sit within the
+    tolerance of the threshold, and the confident order must be clear too."""
+    name = params.get("uncertainty", "entropy")
+    if name not in SCORES:
+        return None
+    rtol, atol = tol.FLOAT64_RTOL, tol.FLOAT64_ATOL
+    phi = SCORES[name](inputs, {}, candidates)
+    picks = _top(phi, budget, candidates, rtol, atol, seed is not None)
+    p = np.clip(_probs(inputs), 0.0, 1.0)
+    h = ref.entropy(p)
+    threshold = (float(params.get("delta0", 0.05))
+                 - float(params.get("decay", 0.0033)) * float(params.get("round", 0)))
+    rest = np.setdiff1d(candidates, picks)
+    if (np.abs(h[rest] - threshold) <= 2 * (atol + rtol * abs(threshold))).any():
+        raise TooClose("CEAL: an entropy sits on the pseudo-label threshold")
+    confident = np.asarray([i for i in rest if h[i] < threshold], dtype=np.int64)
+    if confident.size:
+        confident = _top(-h, confident.size, confident, rtol, atol, False)
+    cap = int(params.get("max_pseudo_labels", 0))
+    if cap:
+        confident = confident[:cap]
+    labels = [int(np.flatnonzero(p[i] == p[i].max())[0]) for i in confident]
+    return Answer(picks.tolist(), [float(phi[i]) for i in picks], rtol, atol,
+                  f"tests/reference.py {name}, entropy threshold (tests/vectors/references.py)",
+                  pseudo=(confident.tolist(), labels))
+
+
 def candidate_rows(n: int, exclude) -> np.ndarray:
     keep = np.ones(n, dtype=bool)
     if exclude is not None and len(exclude):
@@ -373,6 +441,16 @@ def expected(strategy: str, budget: int, inputs: dict, params: dict | None,
         return _badge_answer(budget, inputs, seed, candidates)
     if strategy == "kmeans":
         return _kmeans_answer(budget, inputs, candidates) if clustered else None
+    if strategy == "ceal":
+        try:
+            return _ceal_answer(budget, inputs, params, seed, candidates)
+        except _SeededTie:
+            return None
+    if strategy == "suggestive_annotation":
+        try:
+            return _suggestive_answer(budget, inputs, params, seed, candidates)
+        except _SeededTie:
+            return None
     if strategy in ("cal", "forgetting_events"):
         try:
             if strategy == "cal":
