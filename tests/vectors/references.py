@@ -86,6 +86,28 @@ def _vote_entropy(samples) -> np.ndarray:
     return out
 
 
+class _NoTwin(Exception):
+    """The case needs a part that has no twin here."""
+
+
+def _information_density(inputs: dict, params: dict, candidates) -> np.ndarray:
+    """``ref.information_density`` over a base score twin. The base enters through its
+    rank among the candidates, which jumps by 1/M when two base scores swap: they must
+    be equal in exact arithmetic or apart by more than twice the float64 tolerance."""
+    base = params.get("base", "entropy")
+    if base not in SCORES:
+        raise _NoTwin
+    phi = SCORES[base](inputs, {}, candidates)
+    values = np.sort(phi[candidates])
+    gaps = np.diff(values)
+    close = (gaps > 0) & (gaps <= 2 * (2 * tol.FLOAT64_ATOL
+                                       + tol.FLOAT64_RTOL * np.abs(values[1:])))
+    if close.any():
+        raise TooClose("information density: two base scores a rounding apart")
+    return ref.information_density(phi, inputs["embeddings"], list(candidates),
+                                   float(params.get("beta", 1.0)))
+
+
 #: Score strategies with a float64 twin: (inputs, params, candidates) -> float64[N].
 SCORES = {
     "least_confident": lambda x, p, c: ref.least_confident(_probs(x)),
@@ -104,6 +126,7 @@ SCORES = {
     "precomputed": lambda x, p, c: _f64(x["scores"]),
     "mal": lambda x, p, c: ref.mal(_f64(x["discriminator"]), _probs(x), list(c),
                                    p.get("alpha", 0.5)),
+    "information_density": _information_density,
 }
 
 
@@ -466,5 +489,5 @@ def expected(strategy: str, budget: int, inputs: dict, params: dict | None,
                       "numpy Generator.choice without replacement")
     try:
         return _score_answer(strategy, budget, inputs, params, candidates, seed is not None)
-    except _SeededTie:
+    except (_SeededTie, _NoTwin):
         return None
