@@ -238,10 +238,12 @@ def test_list_and_page_token_errors(stub):
 def slow_strategy(monkeypatch):
     """A batch strategy that takes many small steps, checking for cancellation between them."""
     stopped = threading.Event()
+    stopped.started = threading.Event()  # set by the first step
 
     def crawl(inputs, budget, params, ctx):
         # 1000 steps of at least 10 ms: 10 s or more unless a check stops it; only a
         # raised check sets ``stopped``, so it says the run ended early, on any clock.
+        stopped.started.set()
         try:
             for _ in range(1000):
                 ctx.check_cancelled()
@@ -257,17 +259,24 @@ def slow_strategy(monkeypatch):
 
 
 def test_past_deadline_selection_stops_within_a_step(client, slow_strategy):
-    code, _ = _code(client.select, "crawl", 1, probs=GOOD, timeout=0.3)
+    # A first call pays the one-time costs (strategy registry, imports) outside the 0.3 s,
+    # so the deadline falls while the strategy runs, which is what this test is about.
+    client.select("entropy", 1, probs=GOOD)
+    # 2 s: time to start on a loaded machine, and far less than the 10 s crawl.
+    code, _ = _code(client.select, "crawl", 1, probs=GOOD, timeout=2.0)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
     # Generous wait on a loaded machine; ``stopped`` is only set by a check that raised.
     assert slow_strategy.wait(30), "the strategy kept running after the deadline"
 
 
 def test_cancelled_selection_stops_within_a_step(stub, slow_strategy):
+    warm = assay_pb2.SelectRequest(strategy="entropy", budget=1)
+    warm.inputs.probs.CopyFrom(to_proto(GOOD))
+    stub.Select(warm, timeout=300)  # one-time costs first: the cancel must meet a running step
     request = assay_pb2.SelectRequest(strategy="crawl", budget=1)
     request.inputs.probs.CopyFrom(to_proto(GOOD))
     future = stub.Select.future(request, timeout=30)
-    time.sleep(0.2)
+    assert slow_strategy.started.wait(30), "the strategy never started"
     future.cancel()
     assert slow_strategy.wait(30), "the strategy kept running after cancellation"
 
