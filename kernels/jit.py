@@ -153,13 +153,13 @@ def _source_hash() -> str:
     one file (the 16-bit loaders of ``bits.py``) invalidates the kernels of the others
     that inline it. The Python wrappers around the kernels (input checks, dispatch,
     steppers) cannot change compiled code and are left out, so editing them keeps the
-    cache."""
+    cache; so is this module, which only decides where entries go."""
     global _sources
     if _sources is None:
         h = hashlib.sha256()
         for path in sorted(Path(__file__).parent.glob("*.py")):
             text = path.read_bytes()
-            if _COMPILED.search(text):
+            if path.name != Path(__file__).name and _COMPILED.search(text):
                 h.update(path.name.encode())
                 h.update(text)
         _sources = h.hexdigest()
