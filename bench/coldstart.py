@@ -9,7 +9,8 @@ Each start is a fresh ``python -m assay.server serve`` process on a free port wi
 its own data directory; "start -> SERVING" runs from spawning the process to the
 ``assay listening`` line, which the server prints once health reports SERVING. The
 first-call figures come from a start with a filled cache: one Select per strategy
-(inline inputs), then the same Select ``--warm`` more times. ``--no-warmup`` adds a
+(inline inputs, on a channel already connected), then the same Select ``--warm``
+more times. ``--no-warmup`` adds a
 start without the warm-up and with an empty cache: the behaviour before the
 warm-up existed, where the first Select compiles.
 
@@ -110,6 +111,7 @@ def _first_calls(data: Path, cache: Path, warmup: bool, warm: int,
     try:
         out: dict[str, dict[str, float]] = {}
         with Client(server.target, timeout=SELECT_TIMEOUT, retries=0) as client:
+            client.list_strategies()  # connect first: a channel's set-up is not a cold kernel
             for strategy, arrays in inputs.items():
                 first = _select(client, strategy, arrays)
                 again = [_select(client, strategy, arrays) for _ in range(warm)]
@@ -133,6 +135,8 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=5, help="repeats of each warm Select")
     parser.add_argument("--no-warmup", action="store_true",
                         help="also measure first Selects without the warm-up, empty cache")
+    parser.add_argument("--cache", help="kernel cache of the warm starts (default: the last "
+                        "cold start's); filled first if it lacks kernels")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
 
@@ -152,9 +156,11 @@ def main() -> None:
             lines.append(server.warmup_line())
             server.stop()
             print(f"cold start {i}: {server.serving:.1f} s to SERVING; {lines[-1]}", flush=True)
-        cache = root / f"cache-cold{args.cold - 1}"  # filled by the last cold start
-        if not args.cold:
-            Server(root / "fill", cache, warmup=True).stop()
+        cache = Path(args.cache) if args.cache else root / f"cache-cold{args.cold - 1}"
+        if args.cache or not args.cold:  # fill it (compiles only what it lacks)
+            server = Server(root / "fill", cache, warmup=True)
+            server.stop()
+            print(f"fill: {server.serving:.1f} s to SERVING; {server.warmup_line()}", flush=True)
         for i in range(args.warm_starts):
             server = Server(root / f"warm{i}", cache, warmup=True)
             warm_starts.append(server.serving)
