@@ -57,11 +57,21 @@ ENV PATH=/opt/assay/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     NUMBA_CACHE_DIR=/tmp/numba \
+    NUMBA_CPU_NAME=generic \
+    ASSAY_KERNEL_CACHE_DIR=/opt/assay/kernel-cache \
     ASSAY_DATA_DIR=/data \
     ASSAY_ADDRESS=0.0.0.0:50051 \
     ASSAY_HEALTH_ADDRESS=0.0.0.0:50052
 VOLUME ["/data"]
+# Compiled kernels baked into the image, so a new container serves its first Select
+# without compiling: `assay warmup` runs every strategy's kernels in every dtype into
+# the cache, as the runtime user, and the cache is then made read-only. Numba keys an
+# entry by CPU name and features; NUMBA_CPU_NAME=generic (x86-64 baseline code) makes
+# the entries valid on any x86-64 host. Drop it (at build and run) for code tuned to
+# the build host: on another CPU model the warm-up then compiles at each start.
+RUN mkdir /opt/assay/kernel-cache && chown 10001:10001 /opt/assay/kernel-cache
 USER 10001:10001
+RUN assay warmup && chmod -R a-w /opt/assay/kernel-cache
 # 50051: the API (a token or mutual TLS required off loopback); 50052: health only; 9090: metrics
 EXPOSE 50051 50052 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
@@ -80,11 +90,21 @@ ENV PATH=/opt/assay/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     NUMBA_CACHE_DIR=/tmp/numba \
+    NUMBA_CPU_NAME=generic \
+    ASSAY_KERNEL_CACHE_DIR=/opt/assay/kernel-cache \
     ASSAY_DATA_DIR=/data \
     ASSAY_ADDRESS=0.0.0.0:50051 \
     ASSAY_HEALTH_ADDRESS=0.0.0.0:50052
 VOLUME ["/data"]
+# Compiled kernels baked into the image, so a new container serves its first Select
+# without compiling: `assay warmup` runs every strategy's kernels in every dtype into
+# the cache, as the runtime user, and the cache is then made read-only. Numba keys an
+# entry by CPU name and features; NUMBA_CPU_NAME=generic (x86-64 baseline code) makes
+# the entries valid on any x86-64 host. Drop it (at build and run) for code tuned to
+# the build host: on another CPU model the warm-up then compiles at each start.
+RUN mkdir /opt/assay/kernel-cache && chown 10001:10001 /opt/assay/kernel-cache
 USER 10001:10001
+RUN assay warmup && chmod -R a-w /opt/assay/kernel-cache
 EXPOSE 50051 50052 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["assay", "health", "--target", "127.0.0.1:50052"]
