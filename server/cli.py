@@ -55,6 +55,8 @@ def _warmup_parser(sub) -> None:
     w.add_argument("--kernel-cache-dir", default=None,
                    help="cache directory [env ASSAY_KERNEL_CACHE_DIR; default: the per-user "
                         "cache dir]")
+    w.add_argument("--strategies", default="",
+                   help="comma-separated strategies to warm up (default: every strategy)")
     w.add_argument("--log-level", default="INFO")
 
 
@@ -91,12 +93,18 @@ def _warmup(args: argparse.Namespace) -> int:
     """Fill the kernel cache; exit 1 if any kernel failed to compile."""
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from assay.server.errors import AssayError
     from assay.server.warmup import warm_up
     cache_dir = args.kernel_cache_dir
     if cache_dir is None:
         cache_dir = os.environ.get(ServerConfig.env_name("kernel_cache_dir"),
                                    default_kernel_cache_dir())
-    report = warm_up(cache_dir)
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    try:
+        report = warm_up(cache_dir, names)
+    except AssayError as error:
+        print(f"assay warmup: error: {error}", file=sys.stderr)
+        return 2
     print(report.summary(), flush=True)
     for failure in report.failures:
         print(f"failed: {failure}", file=sys.stderr)

@@ -233,3 +233,23 @@ def test_an_unknown_warmup_strategy_stops_serve_with_exit_2(tmp_path):
         capture_output=True, text=True, timeout=START_SECONDS, cwd=ROOT)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "nonesuch" in done.stderr and "warmup_strategies" in done.stderr, done.stderr
+
+
+def test_assay_warmup_fills_the_cache_and_exits(tmp_path):
+    """The command the images run at build time: it compiles into the given directory,
+    says what it did, and exits 0 (2 for an unknown strategy)."""
+    cache = tmp_path / "kernels"
+    done = subprocess.run(
+        [sys.executable, "-m", "assay.server", "warmup", "--kernel-cache-dir", str(cache),
+         "--strategies", "margin"], capture_output=True, text=True, timeout=START_SECONDS,
+        cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    match = re.search(r"kernel warm-up [\d.]+ s: \d+ selects, \d+ kernels from cache, "
+                      r"(\d+) compiled", done.stdout)
+    assert match and int(match.group(1)) > 0, done.stdout
+    assert sum(1 for _ in cache.rglob("*.nbc")) == int(match.group(1)), done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "assay.server", "warmup", "--kernel-cache-dir", str(cache),
+         "--strategies", "nonesuch"], capture_output=True, text=True,
+        timeout=START_SECONDS, cwd=ROOT)
+    assert bad.returncode == 2 and "nonesuch" in bad.stderr, bad.stderr[-2000:]
