@@ -139,7 +139,7 @@ def test_label_errors_leave_the_pool_unchanged(client, pool):
         (([-1], [0]), "outside the pool's items"),
         (([3, 3], [0, 1]), "more than once"),
         (([1, 2], [0]), "give one label per index"),
-        (([1], [-2]), "labels must be >= 0"),
+        (([1], [-2]), "labels are class ids >= 0"),
         (([], []), "indices is empty"),
     ]
     for (indices, labels), needle in cases:
