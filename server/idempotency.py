@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 
 import google_crc32c
 
+from assay.server.chunks import ChunkCursor
 from assay.server.errors import InvalidInput
 
 #: Longest request id accepted: a UUID (36) with room for a prefix.
@@ -60,7 +61,7 @@ def fingerprint(message) -> str:
         message.request_id = request_id
 
 
-class StreamDigest:
+class StreamDigest(ChunkCursor):
     """CRC32C of each array of an append stream, computed as the chunks arrive.
 
     CRC32C runs at several GB/s with the SSE4.2 instruction google-crc32c uses,
@@ -70,36 +71,13 @@ class StreamDigest:
     """
 
     def __init__(self, names: list[str], sizes: list[int]):
-        self.names = names
-        self.sizes = sizes
-        self.received = [0] * len(sizes)
+        super().__init__(names, sizes)
         self._crc = [0] * len(sizes)
 
     def update(self, index: int, offset: int, data: bytes) -> None:
         """Add one chunk; it must continue exactly where the array's last chunk ended."""
-        if not 0 <= index < len(self.sizes):
-            raise InvalidInput(f"chunk.array_index {index} does not name a declared array "
-                               f"(0..{len(self.sizes) - 1})", field="chunk.array_index")
-        if offset != self.received[index]:
-            raise InvalidInput(
-                f"chunk for array {self.names[index]!r} starts at byte {offset} but "
-                f"{self.received[index]} bytes were received: chunks must arrive in order",
-                field="chunk.offset", reason="OUT_OF_ORDER")
-        if offset + len(data) > self.sizes[index]:
-            raise InvalidInput(
-                f"array {self.names[index]!r} gets more than the {self.sizes[index]} "
-                "bytes its shape declares", field="chunk.data", reason="OVERRUN")
+        self.advance(index, offset, data)
         self._crc[index] = google_crc32c.extend(self._crc[index], data)
-        self.received[index] += len(data)
-
-    def check_complete(self) -> None:
-        """Raise ``InvalidInput`` if an array got fewer bytes than its shape declares."""
-        for name, got, want in zip(self.names, self.received, self.sizes, strict=True):
-            if got != want:
-                raise InvalidInput(
-                    f"the stream ended after {got} of {want} bytes of array {name!r}: "
-                    "the upload was truncated and nothing was stored",
-                    field="chunk.data", reason="TRUNCATED")
 
     def value(self) -> str:
         """The digest as stored with the request record: ``crc32c:`` and one CRC per array."""

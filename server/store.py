@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from assay.server.chunks import ChunkCursor
 from assay.server.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -666,7 +667,7 @@ class AppendWriter:
         self.tmp = store.tmp_dir / uuid.uuid4().hex
         self.tmp.mkdir()
         self.expected = [int(np.prod(s.shape)) * _dtype_of(s.dtype).itemsize for s in specs]
-        self.received = [0] * len(specs)
+        self.cursor = ChunkCursor([s.name for s in specs], self.expected)
         self.total_bytes = sum(self.expected)
         self._dtypes = [_dtype_of(s.dtype) for s in specs]
         # Content checks run per row (a last-axis row, or one element of a 1-D array).
@@ -696,21 +697,9 @@ class AppendWriter:
 
     def write(self, index: int, offset: int, data: bytes) -> None:
         """Append one chunk; it must continue exactly where the array's last one ended."""
-        if not 0 <= index < len(self.specs):
-            raise InvalidInput(f"chunk.array_index {index} does not name a declared array "
-                               f"(0..{len(self.specs) - 1})", field="chunk.array_index")
-        if offset != self.received[index]:
-            raise InvalidInput(
-                f"chunk for array {self.specs[index].name!r} starts at byte {offset} but "
-                f"{self.received[index]} bytes were received: chunks must arrive in order",
-                field="chunk.offset", reason="OUT_OF_ORDER")
-        if offset + len(data) > self.expected[index]:
-            raise InvalidInput(
-                f"array {self.specs[index].name!r} gets more than the {self.expected[index]} "
-                "bytes its shape declares", field="chunk.data", reason="OVERRUN")
+        self.cursor.advance(index, offset, data)
         with _disk_full_is_exhausted():
             self._files[index].write(data)
-        self.received[index] += len(data)
         self._unflushed[index] += len(data)
         if self._unflushed[index] >= _WRITEBACK_BYTES:
             _start_writeback(self._files[index].fileno())
@@ -797,12 +786,7 @@ class AppendWriter:
     def commit(self, request: RequestKey | None = None,
                make_response=None) -> tuple[PoolInfo, int, int]:
         """Check completeness and content, fsync, then publish the segment."""
-        for spec, got, want in zip(self.specs, self.received, self.expected, strict=True):
-            if got != want:
-                raise InvalidInput(
-                    f"the stream ended after {got} of {want} bytes of array {spec.name!r}: "
-                    "the upload was truncated and nothing was stored",
-                    field="chunk.data", reason="TRUNCATED")
+        self.cursor.check_complete()
         with _disk_full_is_exhausted():
             for f in self._files:
                 f.flush()
