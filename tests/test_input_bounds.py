@@ -10,8 +10,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from refusals import field_and_reason, refusal
 
 from assay.kernels.kmeans import weighted_kmeans
 from assay.kernels.knn import knn
@@ -32,28 +31,6 @@ FP32 = tensor_pb2.DATA_TYPE_FP32
 def stub(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield assay_pb2_grpc.AssayServiceStub(channel)
-
-
-def _details(error: grpc.RpcError) -> tuple[str, str]:
-    """(field, reason) from a refusal's BadRequest and ErrorInfo."""
-    field = reason = ""
-    for detail in rpc_status.from_call(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            msg = error_details_pb2.BadRequest()
-            detail.Unpack(msg)
-            field = msg.field_violations[0].field
-        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            msg = error_details_pb2.ErrorInfo()
-            detail.Unpack(msg)
-            reason = msg.reason
-            field = field or msg.metadata.get("field", "")
-    return field, reason
-
-
-def _refusal(fn, *args, **kwargs) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
 
 
 def _select(stub, strategy="entropy", budget=1, params=None, request_id="", **tensors):
@@ -87,9 +64,9 @@ def test_zero_size_inline_shapes_are_invalid_argument(stub, role, shape, reason)
     tensor = tensor_pb2.Tensor(dtype=FP32, shape=shape, data=b"")
     others = {"probs": to_proto(_probs(10))} if role == "embeddings" else {}
     strategy = {"embeddings": "coreset", "samples": "bald"}.get(role, "entropy")
-    error = _refusal(_select, stub, strategy, **{role: tensor}, **others)
+    error = refusal(_select, stub, strategy, **{role: tensor}, **others)
     assert error.code() == INVALID, error.details()
-    assert _details(error) == (f"inputs.{role}", reason), error.details()
+    assert field_and_reason(error) == (f"inputs.{role}", reason), error.details()
 
 
 def test_an_empty_labeled_set_is_still_accepted(stub):
@@ -124,9 +101,9 @@ def test_appends_without_data_store_nothing(client, stub, arrays, field):
     empty segment and bump no version."""
     client.create_pool("z")
     before = client.get_pool("z")
-    error = _refusal(_append, stub, "z", arrays)
+    error = refusal(_append, stub, "z", arrays)
     assert error.code() == INVALID, error.details()
-    assert _details(error) == (field, "EMPTY_DIMENSION"), error.details()
+    assert field_and_reason(error) == (field, "EMPTY_DIMENSION"), error.details()
     assert client.get_pool("z") == before
     # Real data still goes in, and only it counts.
     probs = _probs(4)
@@ -156,9 +133,9 @@ def test_a_budget_whose_response_cannot_be_sent_is_refused_up_front(server_facto
     with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
         stub = assay_pb2_grpc.AssayServiceStub(channel)
         for attempt in range(2):
-            error = _refusal(_select, stub, "precomputed", n, request_id="big-1", scores=scores)
+            error = refusal(_select, stub, "precomputed", n, request_id="big-1", scores=scores)
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (attempt, error.details())
-            assert _details(error) == ("budget", "RESPONSE_TOO_LARGE"), error.details()
+            assert field_and_reason(error) == ("budget", "RESPONSE_TOO_LARGE"), error.details()
             assert "smaller batches" in error.details()
         small = _select(stub, "precomputed", 1000, scores=scores)
         assert sorted(small.indices) == sorted(np.argsort(-scores)[:1000].tolist())
@@ -189,10 +166,10 @@ def test_an_unsendable_response_is_refused_and_never_stored(server_factory,
     with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
         stub = assay_pb2_grpc.AssayServiceStub(channel)
         for attempt in range(2):  # a retry computes afresh: no stored answer to replay
-            error = _refusal(_select, stub, "test_scored_batch", n, request_id="big-2",
+            error = refusal(_select, stub, "test_scored_batch", n, request_id="big-2",
                              scores=scores)
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (attempt, error.details())
-            assert _details(error) == ("budget", "RESPONSE_TOO_LARGE"), error.details()
+            assert field_and_reason(error) == ("budget", "RESPONSE_TOO_LARGE"), error.details()
             assert "nothing was stored" in error.details()
         ok = _select(stub, "test_scored_batch", 1000, request_id="big-3", scores=scores)
         assert list(ok.indices) == list(range(1000))
@@ -202,9 +179,9 @@ def test_an_unsendable_response_is_refused_and_never_stored(server_factory,
 
 def test_no_epochs_is_refused_not_minus_infinity(stub):
     empty = tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_INT64, shape=[0, 5], data=b"")
-    error = _refusal(_select, stub, "label_dispersion", predictions=empty)
+    error = refusal(_select, stub, "label_dispersion", predictions=empty)
     assert error.code() == INVALID
-    assert _details(error) == ("inputs.predictions", "NO_EPOCHS")
+    assert field_and_reason(error) == ("inputs.predictions", "NO_EPOCHS")
     assert "RecordEpoch" in error.details()
 
 
@@ -230,9 +207,9 @@ def test_a_bad_strategy_name_in_a_parameter_is_invalid_argument(stub, strategy, 
     probs = _probs(30)
     emb = np.random.default_rng(SEED).normal(size=(30, 4)).astype(np.float32)
     arrays = {"probs": probs, **({"embeddings": emb} if needs else {})}
-    error = _refusal(_select, stub, strategy, 2, params={param: value}, **arrays)
+    error = refusal(_select, stub, strategy, 2, params={param: value}, **arrays)
     assert error.code() == INVALID, error.details()
-    assert _details(error) == (f"params.{param}", "INVALID_INPUT"), error.details()
+    assert field_and_reason(error) == (f"params.{param}", "INVALID_INPUT"), error.details()
     assert "entropy" in error.details() and "margin" in error.details()  # the choices
     # Only Suggestive Annotation's uncertainty also takes the committee's 'variance'.
     assert ("of: variance," in error.details()) == (strategy == "suggestive_annotation"), (

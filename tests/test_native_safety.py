@@ -21,8 +21,7 @@ import grpc
 import ml_dtypes
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from refusals import field_and_reason, refusal
 
 from assay.kernels import _validate
 from assay.server.tensors import to_proto
@@ -84,28 +83,6 @@ def _select(stub, strategy, budget=3, params=None, **arrays):
     return stub.Select(request, timeout=300)
 
 
-def _violation(error: grpc.RpcError) -> tuple[str, str]:
-    """(field, reason) of a refusal's BadRequest and ErrorInfo details."""
-    field = reason = ""
-    for detail in rpc_status.from_call(error).details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            msg = error_details_pb2.BadRequest()
-            detail.Unpack(msg)
-            field = msg.field_violations[0].field
-        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            msg = error_details_pb2.ErrorInfo()
-            detail.Unpack(msg)
-            reason = msg.reason
-            field = field or msg.metadata.get("field", "")
-    return field, reason
-
-
-def _refusal(fn, *args, **kwargs) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as err:
-        fn(*args, **kwargs)
-    return err.value
-
-
 def _huge(emb: np.ndarray, dtype) -> np.ndarray:
     """The same rows with one value pushed to a finite magnitude that overflows float32
     squares: 3e19 in float32/bfloat16, 1e39 (beyond float32 itself) in float64."""
@@ -135,11 +112,11 @@ def test_huge_finite_embeddings_are_refused_and_the_server_lives(served, strateg
     proc, stub = served
     probs, emb = _data()
     extra = {"probs": probs} if "probs" in needs else {}
-    error = _refusal(_select, stub, strategy, params=params, embeddings=_huge(emb, dtype),
+    error = refusal(_select, stub, strategy, params=params, embeddings=_huge(emb, dtype),
                      **extra)
     assert proc.poll() is None, f"the server died (exit {proc.returncode}) on {strategy}"
     assert error.code() == INVALID, (strategy, error.details())
-    assert _violation(error) == ("inputs.embeddings", "VALUE_TOO_LARGE"), error.details()
+    assert field_and_reason(error) == ("inputs.embeddings", "VALUE_TOO_LARGE"), error.details()
     assert "rescale" in error.details()
     # The same request with ordinary values is answered: the server goes on serving.
     ok = _select(stub, strategy, params=params, embeddings=emb.astype(dtype), **extra)
@@ -149,10 +126,10 @@ def test_huge_finite_embeddings_are_refused_and_the_server_lives(served, strateg
 def test_huge_labeled_embeddings_are_refused(served):
     proc, stub = served
     _, emb = _data()
-    error = _refusal(_select, stub, "coreset", embeddings=emb,
+    error = refusal(_select, stub, "coreset", embeddings=emb,
                      labeled_embeddings=_huge(emb[:10], np.float32))
     assert proc.poll() is None
-    assert _violation(error) == ("inputs.labeled_embeddings", "VALUE_TOO_LARGE")
+    assert field_and_reason(error) == ("inputs.labeled_embeddings", "VALUE_TOO_LARGE")
 
 
 @pytest.mark.parametrize("huge_role", ["embeddings", "labeled_embeddings"])
@@ -162,9 +139,9 @@ def test_cal_refuses_overflowing_rows_before_its_faiss_search(served, huge_role)
     arrays = {"probs": probs, "embeddings": emb, "labeled_embeddings": emb[:10] + 0.5,
               "labeled_probs": probs[:10]}
     arrays[huge_role] = _huge(arrays[huge_role], np.float32)
-    error = _refusal(_select, stub, "cal", **arrays)
+    error = refusal(_select, stub, "cal", **arrays)
     assert proc.poll() is None
-    assert _violation(error) == (f"inputs.{huge_role}", "VALUE_TOO_LARGE"), error.details()
+    assert field_and_reason(error) == (f"inputs.{huge_role}", "VALUE_TOO_LARGE"), error.details()
     arrays[huge_role] = (emb[:10] + 0.5) if huge_role == "labeled_embeddings" else emb
     assert len(_select(stub, "cal", **arrays).indices) == 3
 
@@ -191,10 +168,10 @@ def test_a_pool_never_takes_rows_that_would_poison_every_select(served):
     _append(stub, "guarded", probs=probs, embeddings=emb)
     before = stub.GetPool(assay_pb2.GetPoolRequest(pool_id="guarded"), timeout=30).pool
     for dtype in (np.float32,):
-        error = _refusal(_append, stub, "guarded", probs=probs,
+        error = refusal(_append, stub, "guarded", probs=probs,
                          embeddings=_huge(emb, dtype))
         assert error.code() == INVALID, error.details()
-        assert _violation(error)[1] == "VALUE_TOO_LARGE", error.details()
+        assert field_and_reason(error)[1] == "VALUE_TOO_LARGE", error.details()
     after = stub.GetPool(assay_pb2.GetPoolRequest(pool_id="guarded"), timeout=30).pool
     assert after == before
     for strategy in ("kmeans", "diverse_minibatch", "coreset"):
