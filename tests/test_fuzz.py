@@ -373,16 +373,17 @@ def test_fuzz_register_model(served, data):
                  for i in range(0, len(model), step)]
     if data.draw(st.integers(0, 5)) == 0:
         messages = messages[: data.draw(st.integers(0, len(messages)))]
+    # Everything is drawn before the calls: what Hypothesis draws must not depend on the
+    # server's answers, or a replayed example could draw differently.
+    request = data.draw(select_requests(served.strategies, n=data.draw(st.integers(1, 6))))
+    request.model_ids.append(model_id)
+    request.mc_samples = data.draw(st.sampled_from([0, 0, 2, -1, 2**31 - 1]))
+    request.batch_size = data.draw(st.sampled_from([0, 1, 3, -5]))
+    request.inputs.model_inputs.CopyFrom(data.draw(tensors((data.draw(st.integers(0, 6)), 6))))
     _, code = mutating(
         served, lambda it, timeout: served.models.RegisterModel(iter(it), timeout=timeout),
         messages, f"RegisterModel(kind={kind}, roles={roles})")
     if code == grpc.StatusCode.OK:
-        request = data.draw(select_requests(served.strategies, n=data.draw(st.integers(1, 6))))
-        request.model_ids.append(model_id)
-        request.mc_samples = data.draw(st.sampled_from([0, 0, 2, -1, 2**31 - 1]))
-        request.batch_size = data.draw(st.sampled_from([0, 1, 3, -5]))
-        request.inputs.model_inputs.CopyFrom(data.draw(tensors(
-            (data.draw(st.integers(0, 6)), 6))))
         served.call(served.assay.Select, request, f"Select({request.strategy!r}, model)")
         served.call(served.models.DeleteModel, model_pb2.DeleteModelRequest(model_id=model_id),
                     "DeleteModel")
