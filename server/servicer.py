@@ -41,7 +41,7 @@ from assay.server.response_size import check_budget, check_encoded
 from assay.server.scaleout import rpc as sharded_rpc
 from assay.server.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from assay.server.strategies import registry
-from assay.server.streams import stream_header
+from assay.server.streams import stream_chunks, stream_header
 from assay.server.tensors import BFLOAT16, DTYPES, check_shape, from_proto, numpy_dtype
 from assay.server.validation import validate_array
 from assay.v1 import assay_pb2, assay_pb2_grpc
@@ -327,14 +327,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         may only go to a retry that sent the same bytes.
         """
         check = cancellation_check(context, self.config.max_deadline_seconds)
-        for message in messages:
-            check()
-            if message.WhichOneof("part") != "chunk":
-                raise InvalidInput("only chunk messages may follow the header",
-                                   field="chunk", reason="OUT_OF_ORDER")
-            self.metrics.add_bytes(len(message.chunk.data))
-        if not context.is_active():
-            raise Cancelled("the client cancelled the upload")
+        for chunk in stream_chunks(messages, context, check):
+            self.metrics.add_bytes(len(chunk.data))
         digest.check_complete()
         if digest.value() != stored.data_digest:
             raise FailedPrecondition(
@@ -354,16 +348,9 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         committed = False
         check = cancellation_check(context, self.config.max_deadline_seconds)
         try:
-            for message in request_iterator:
-                check()
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInput("only chunk messages may follow the header",
-                                       field="chunk", reason="OUT_OF_ORDER")
-                chunk = message.chunk
+            for chunk in stream_chunks(request_iterator, context, check):
                 writer.write(chunk.array_index, chunk.offset, chunk.data)
                 self.metrics.add_bytes(len(chunk.data))
-            if not context.is_active():
-                raise Cancelled("the client cancelled the upload; nothing was stored")
 
             def response(info: PoolInfo, first_index: int, count: int) -> bytes:
                 return assay_pb2.AppendPoolItemsResponse(

@@ -14,10 +14,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from assay.server.errors import DeadlineExceeded, InvalidInput
+from assay.server.errors import Cancelled, DeadlineExceeded, InvalidInput
 
 #: How often a blocked hand-over looks whether the handler has gone (seconds).
 _HANDOVER_POLL = 0.5
@@ -127,3 +127,20 @@ def stream_header(request_iterator: Iterator, stream: str):
         raise InvalidInput(f"the first message of {stream} must be the header",
                            field="header", reason="OUT_OF_ORDER")
     return first.header
+
+
+def stream_chunks(request_iterator: Iterator, context, check: Callable[[], None]) -> Iterator:
+    """The ``chunk`` of every message after a stream's header.
+
+    ``check`` (deadline, ceiling, cancellation) runs before each message; a second
+    header is ``InvalidInput``; a stream that ended because the caller left is
+    ``Cancelled``, so a half-sent upload is never taken for a complete one.
+    """
+    for message in request_iterator:
+        check()
+        if message.WhichOneof("part") != "chunk":
+            raise InvalidInput("only chunk messages may follow the header",
+                               field="chunk", reason="OUT_OF_ORDER")
+        yield message.chunk
+    if not context.is_active():
+        raise Cancelled("the client cancelled the upload; nothing was stored")
