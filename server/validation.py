@@ -92,8 +92,6 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
     if not _is_float(array.dtype):
         raise InvalidInput(f"{field} must be FP32, FP16, BF16 or FP64, got {array.dtype}",
                            field=field)
-    if role in ("probs", "samples", "labeled_probs") and array.shape[-1] < 1:
-        raise InvalidInput(f"{field} has no classes (C = 0)", field=field)
     flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(-1, 1)
     sum_tol = SUM_TOL_16 if array.dtype.itemsize == 2 else SUM_TOL
     if role in ("probs", "samples", "labeled_probs") and rowwise.compiled(flat):
