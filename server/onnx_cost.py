@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -32,6 +32,7 @@ import onnx.inliner
 from onnx import AttributeProto, helper
 
 from assay.server.errors import InvalidInput
+from assay.server.onnx_safety import iter_graphs
 
 #: Default limits (see ``ServerConfig.max_model_memory_bytes`` and ``max_model_macs``).
 DEFAULT_MEMORY_BYTES = 2 << 30
@@ -127,17 +128,6 @@ def _one_item(model: onnx.ModelProto, max_nodes: int) -> onnx.ModelProto:
                     dim.Clear()
                     dim.dim_value = 1
     return out
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _graphs(sub)
 
 
 def _shape(value: onnx.ValueInfoProto) -> Shape | None:
@@ -244,7 +234,7 @@ def estimate(model: onnx.ModelProto, max_nodes: int = MAX_NODES
         inferred = one
     shapes: dict[str, Shape | None] = {}
     types: dict[str, int] = {}
-    for graph in _graphs(inferred.graph):
+    for graph in iter_graphs(inferred.graph):
         for value in (*graph.input, *graph.value_info, *graph.output):
             shapes[value.name] = _shape(value)
             if value.type.HasField("tensor_type"):
@@ -255,7 +245,7 @@ def estimate(model: onnx.ModelProto, max_nodes: int = MAX_NODES
     largest: tuple[str, int] | None = None
     costliest: tuple[str, int] | None = None
     total_bytes = total_macs = 0
-    for graph in _graphs(inferred.graph):
+    for graph in iter_graphs(inferred.graph):
         for node in graph.node:
             for name in node.output:
                 shape = shapes.get(name)

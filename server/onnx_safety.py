@@ -29,13 +29,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
 
 from assay.server.errors import InvalidInput
-from assay.server.onnx_cost import ModelLimits, check_cost
+
+if TYPE_CHECKING:  # onnx_cost imports this module
+    from assay.server.onnx_cost import ModelLimits
 
 #: Domains whose operators onnxruntime implements itself ("" is ai.onnx).
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -159,24 +162,21 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 @functools.cache
-def _runtime_ops() -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
-    """Domains and (domain, name) pairs onnxruntime implements itself: its operator
-    schemas and kernels, plus ONNX's own schemas."""
+def _runtime_domains() -> frozenset[str]:
+    """Domains onnxruntime implements operators in: those of its operator schemas and
+    kernels and of ONNX's own schemas, plus the ones it is known to register."""
     from onnxruntime.capi import onnxruntime_pybind11_state as capi
 
-    pairs: set[tuple[str, str]] = set()
+    domains = {"", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft",
+               "com.microsoft.nchwc", "com.microsoft.experimental", "com.ms.internal.nhwc",
+               "org.pytorch.aten"}
     for getter in ("get_all_operator_schema", "get_all_opkernel_def"):
         try:
-            pairs.update((_domain(x.domain), x.op_name if hasattr(x, "op_name") else x.name)
-                         for x in getattr(capi, getter)())
-        except Exception:  # an older build without the listing: the domains below hold
+            domains.update(_domain(x.domain) for x in getattr(capi, getter)())
+        except Exception:  # an older build without the listing: the domains above hold
             continue
-    pairs.update((_domain(x.domain), x.name) for x in onnx.defs.get_all_schemas_with_history())
-    domains = {d for d, _ in pairs} | {"", "ai.onnx.ml", "ai.onnx.preview.training",
-                                       "com.microsoft", "com.microsoft.nchwc",
-                                       "com.microsoft.experimental", "com.ms.internal.nhwc",
-                                       "org.pytorch.aten"}
-    return frozenset(domains), frozenset(pairs)
+    domains.update(_domain(x.domain) for x in onnx.defs.get_all_schemas_with_history())
+    return frozenset(domains)
 
 
 def _domain(domain: str) -> str:
@@ -185,12 +185,12 @@ def _domain(domain: str) -> str:
 
 def check_local_functions(model: onnx.ModelProto) -> None:
     """Refuse local functions that onnxruntime would not run: one in a domain it
-    implements operators in, or named like any operator it or ONNX knows, would be
-    replaced by that operator's built-in kernel, and the checked body never run."""
-    domains, pairs = _runtime_ops()
+    implements operators in may be named like one of its operators (now or in a later
+    release), and would then be replaced by that operator's built-in kernel, the
+    checked body never run. Every operator it or ONNX knows lies in such a domain."""
+    domains = _runtime_domains()
     for function in model.functions:
-        key = (_domain(function.domain), function.name)
-        if key[0] in domains or key in pairs or onnx.defs.has(function.name, function.domain):
+        if _domain(function.domain) in domains:
             raise InvalidInput(
                 f"local function {function.domain}.{function.name} is in a domain "
                 "onnxruntime implements operators in, or is named like one of its operators: "
@@ -352,6 +352,8 @@ def inspect_model(data: bytes, bindings: Sequence[tuple[str, str]],
     name, dtype, shape = read_input(model)
     outputs = check_outputs(model, bindings)
     if limits is not None:
+        from assay.server.onnx_cost import check_cost
+
         check_cost(model, limits)
     return ModelSignature(name, dtype, shape, outputs, opset, count_dropout(model))
 
