@@ -23,16 +23,16 @@ stream never queues for a thread; the cap, not the pool size, bounds them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_status import rpc_status
 
 from assay.server.errors import AssayError, ResourceExhausted
-from assay.server.interceptors import to_status
+from assay.server.interceptors import abort_with
 from assay.server.metrics import Metrics
 from assay.server.streams import BoundedStream
 
@@ -134,42 +134,39 @@ class LaneInterceptor(grpc.ServerInterceptor):
     def _refuse(self, context: grpc.ServicerContext, method: str, error: AssayError) -> None:
         if self.lanes.metrics is not None:
             self.lanes.metrics.observe_rpc(method, error.code_name, 0.0)
-        context.abort_with_status(rpc_status.to_status(to_status(error)))
+        abort_with(context, error)
+
+    @contextlib.contextmanager
+    def _bounded(self, request_iterator: Iterator, context: grpc.ServicerContext,
+                 method: str) -> Iterator[BoundedStream]:
+        """The call's place under the stream cap (refused beyond it), and its messages
+        read with the idle limit and the ceiling; both given back when the call ends."""
+        lanes = self.lanes
+        if not lanes._enter():
+            self._refuse(context, method, lanes.refusal())
+        stream = None
+        try:
+            stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
+                                   ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
+            yield stream
+        finally:
+            if stream is not None:
+                stream.close()
+            lanes._leave()
 
     def _unary_response(self, behavior: Callable, method: str) -> Callable:
-        lanes = self.lanes
-
         def run(request_iterator: Iterator, context: grpc.ServicerContext) -> Any:
-            if not lanes._enter():
-                self._refuse(context, method, lanes.refusal())
-            stream = None
-            try:
-                stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
-                                       ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
+            with self._bounded(request_iterator, context, method) as stream:
                 return behavior(stream, context)
-            finally:
-                if stream is not None:
-                    stream.close()
-                lanes._leave()
         return run
 
     def _stream_response(self, behavior: Callable, method: str) -> Callable:
-        lanes = self.lanes
-
         def run(request_iterator: Iterator, context: grpc.ServicerContext) -> Iterator:
-            if not lanes._enter():
-                self._refuse(context, method, lanes.refusal())
-            stream = None
-            try:
-                stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
-                                       ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
-                yield from behavior(stream, context)
-            except AssayError as error:  # no error interceptor maps bidi streams
-                self._refuse(context, method, error)
-            finally:
-                if stream is not None:
-                    stream.close()
-                lanes._leave()
+            with self._bounded(request_iterator, context, method) as stream:
+                try:
+                    yield from behavior(stream, context)
+                except AssayError as error:  # no error interceptor maps bidi streams
+                    self._refuse(context, method, error)
         return run
 
 
