@@ -207,12 +207,10 @@ class ServerConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 switches it off), got "
                                  f"{getattr(self, name)}")
-        if self.stream_idle_timeout_seconds <= 0:
-            raise ValueError("stream_idle_timeout_seconds must be > 0, got "
-                             f"{self.stream_idle_timeout_seconds}")
-        if self.shard_start_timeout_seconds <= 0:
-            raise ValueError("shard_start_timeout_seconds must be > 0, got "
-                             f"{self.shard_start_timeout_seconds}")
+        for name in ("stream_idle_timeout_seconds", "shard_start_timeout_seconds",
+                     "model_load_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("request_retention_seconds", "max_request_records", "max_request_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
@@ -221,8 +219,6 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.auto_shard_items and not self.ray_address:
             raise ValueError("auto_shard_items needs ray_address (sharded pools live on Ray)")
-        if not self.model_load_seconds > 0:
-            raise ValueError(f"model_load_seconds must be > 0, got {self.model_load_seconds}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -115,10 +115,14 @@ class ShardedPools:
                            field="pool_id", reason="POOL_NOT_FOUND")
         return row
 
+    @staticmethod
+    def _specs(row: tuple) -> tuple[ArraySpec, ...]:
+        return tuple(ArraySpec(a["name"], a["dtype"], tuple(a["shape"]))
+                     for a in json.loads(row[7]))
+
     def _info(self, row: tuple) -> PoolInfo:
-        pool_id, _, _, count, version, ctime, utime, arrays = row
-        specs = tuple(ArraySpec(a["name"], a["dtype"], tuple(a["shape"]))
-                      for a in json.loads(arrays))
+        pool_id, _, _, count, version, ctime, utime, _ = row
+        specs = self._specs(row)
         labeled = self._db.execute("SELECT COUNT(*) FROM sharded_labels WHERE pool_id = ?",
                                    (pool_id,)).fetchone()[0]
         size = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM sharded_segments "
@@ -330,10 +334,11 @@ class ShardedPools:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = int(self._row(pool_id)[3])
+                row = self._row(pool_id)
+                count = int(row[3])
                 if indices.min() < 0 or indices.max() >= count:
                     raise InvalidInput(f"indices must lie in [0, {count})", field="indices")
-                check_labels(indices, labels, self._info(self._row(pool_id)).arrays)
+                check_labels(indices, labels, self._specs(row))
                 self._db.executemany("INSERT OR REPLACE INTO sharded_labels VALUES (?, ?, ?)",
                                      ((pool_id, int(i), int(y)) for i, y in zip(
                                          indices, labels, strict=True)))

@@ -265,11 +265,12 @@ class Client:
         committee. Retries on UNAVAILABLE with the same ``request_id`` (one is
         generated when not given), so a retry never yields a second, different answer.
         """
-        given = {"probs": probs, "samples": samples, "embeddings": embeddings,
-                 "labeled_embeddings": labeled_embeddings, "scores": scores, "loss": loss,
-                 "discriminator": discriminator, "predictions": predictions,
-                 "model_inputs": model_inputs, "labeled_probs": labeled_probs,
-                 "labels": labels}
+        given = {name: value for name, value in {
+            "probs": probs, "samples": samples, "embeddings": embeddings,
+            "labeled_embeddings": labeled_embeddings, "scores": scores, "loss": loss,
+            "discriminator": discriminator, "predictions": predictions,
+            "model_inputs": model_inputs, "labeled_probs": labeled_probs,
+            "labels": labels}.items() if value is not None}
         request = assay_pb2.SelectRequest(
             strategy=strategy, budget=int(budget),
             params={k: _param(v) for k, v in (params or {}).items()},
@@ -279,19 +280,17 @@ class Client:
         if seed is not None:
             request.seed = int(seed)
         if pool is not None:
-            inline = sorted(name for name, value in given.items() if value is not None)
-            if inline:
+            if given:
                 # The request holds a pool id or inline arrays, never both: the arrays
                 # would be dropped without a word and the pool's used instead.
                 raise ValueError(
-                    f"select got pool={pool!r} and inline arrays {inline}; choose one: "
+                    f"select got pool={pool!r} and inline arrays {sorted(given)}; choose one: "
                     f"append the arrays to the pool, or leave out pool= to send them inline")
             request.pool_id = pool
         else:
             request.inputs.SetInParent()
             for name, value in given.items():
-                if value is not None:
-                    getattr(request.inputs, name).CopyFrom(to_proto(np.asarray(value)))
+                getattr(request.inputs, name).CopyFrom(to_proto(np.asarray(value)))
         for attempt in range(self.retries + 1):
             try:
                 r = self._stub.Select(request, timeout=timeout or self.timeout,
