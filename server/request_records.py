@@ -174,13 +174,14 @@ class RequestRecords:
             self._bytes -= old[0]
         self._count += 1
         self._bytes += len(response)
-        if self._over_cap():
+        if self._over_cap(self._count, self._bytes):
             self._evict(keep=cursor.lastrowid)
 
-    def _over_cap(self) -> bool:
+    def _over_cap(self, count: int, size: int) -> bool:
+        """Whether ``count`` records of ``size`` bytes in all break a cap."""
         r = self.retention
-        return bool((r.max_records and self._count > r.max_records)
-                    or (r.max_bytes and self._bytes > r.max_bytes))
+        return bool((r.max_records and count > r.max_records)
+                    or (r.max_bytes and size > r.max_bytes))
 
     def _evict(self, keep: int | None) -> None:
         """Delete the oldest records until both caps hold (``keep``: never this rowid).
@@ -192,9 +193,7 @@ class RequestRecords:
         count, size = self._count, self._bytes
         for rowid, row_size in self._db.execute(
                 "SELECT rowid, size_bytes FROM requests ORDER BY create_time, rowid"):
-            r = self.retention
-            if not ((r.max_records and count > r.max_records)
-                    or (r.max_bytes and size > r.max_bytes)):
+            if not self._over_cap(count, size):
                 break
             if rowid == keep:
                 continue
@@ -221,7 +220,7 @@ class RequestRecords:
                                  (now - self.retention.seconds,))
             self._count, self._bytes = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM requests").fetchone()
-            if self._over_cap():
+            if self._over_cap(self._count, self._bytes):
                 self._evict(keep=None)
             self._db.execute("COMMIT")
         except BaseException:
