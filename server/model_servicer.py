@@ -13,13 +13,13 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from assay.server.errors import Cancelled, DeadlineExceeded, InvalidInput
+from assay.server.errors import DeadlineExceeded, InvalidInput
 from assay.server.model_inference import ModelRun, ModelRuntime, needed_roles
 from assay.server.model_store import ModelInfo, ModelStore, check_model_id
 from assay.server.onnx_runner import Terminator
 from assay.server.onnx_safety import inspect_model
 from assay.server.paging import page_end, page_start
-from assay.server.streams import stream_header
+from assay.server.streams import stream_chunks, stream_header
 from assay.server.tensors import enum_of
 from assay.v1 import model_pb2, model_pb2_grpc
 
@@ -58,14 +58,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         committed = False
         check = _registration_check(self._check_cancelled(context))
         try:
-            for message in request_iterator:
-                check()
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidInput("only chunk messages may follow the header",
-                                       field="chunk", reason="OUT_OF_ORDER")
-                upload.write(message.chunk)
-            if not context.is_active():
-                raise Cancelled("the client cancelled the upload; nothing was stored")
+            for chunk in stream_chunks(request_iterator, context, check):
+                upload.write(chunk)
             data = upload.finish()
             signature = inspect_model(data, bindings, self.runtime.limits)
             check()

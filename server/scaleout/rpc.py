@@ -17,13 +17,13 @@ import numpy as np
 from assay.server.config import ServerConfig
 from assay.server.errors import (
     AlreadyExists,
-    Cancelled,
     FailedPrecondition,
     InvalidInput,
     NotFound,
     ResourceExhausted,
 )
 from assay.server.store import ArraySpec, PoolInfo
+from assay.server.streams import stream_chunks
 from assay.v1 import assay_pb2
 
 
@@ -97,15 +97,9 @@ def append(servicer, pool_id: str, specs: list[ArraySpec], messages: Iterator, k
     """``digest``: the stream's ``StreamDigest``, complete once the chunks are consumed and
     stored with the request record so a retry must send the same data."""
     def chunks():
-        for message in messages:
-            check()
-            if message.WhichOneof("part") != "chunk":
-                raise InvalidInput("only chunk messages may follow the header",
-                                   field="chunk", reason="OUT_OF_ORDER")
-            servicer.metrics.add_bytes(len(message.chunk.data))
-            yield message.chunk.array_index, message.chunk.offset, message.chunk.data
-        if not context.is_active():
-            raise Cancelled("the client cancelled the upload; nothing was stored")
+        for chunk in stream_chunks(messages, context, check):
+            servicer.metrics.add_bytes(len(chunk.data))
+            yield chunk.array_index, chunk.offset, chunk.data
 
     def response(info: PoolInfo, first: int, count: int) -> assay_pb2.AppendPoolItemsResponse:
         return assay_pb2.AppendPoolItemsResponse(pool=pool_proto(servicer, info),
