@@ -1,7 +1,7 @@
 """What binding an append's data to its request id costs the upload.
 
 An ``AppendPoolItems`` stream with a ``request_id`` is CRC32C'd chunk by chunk as
-it arrives (``assay.server.idempotency.StreamDigest``), and its request record is
+it arrives (``assay.server.edge.idempotency.StreamDigest``), and its request record is
 written in the commit transaction; one without a request id does neither. This
 alternates the two on the same server and array, one new pool per upload, and
 prints best and median MB/s of each, their ratio, and CRC32C's own speed on the
@@ -30,9 +30,9 @@ import numpy as np
 from service import CHUNK_BYTES, MB, MIB, Servers, load, machine_line, make_probs, timed
 
 from assay.client import Client
-from assay.server.idempotency import StreamDigest
-from assay.server.store import ArraySpec, PoolStore
-from assay.server.tensors import enum_of
+from assay.server.edge.idempotency import StreamDigest
+from assay.server.edge.tensors import enum_of
+from assay.server.pools.store import ArraySpec, PoolStore
 from assay.v1 import assay_pb2 as _pb2
 
 

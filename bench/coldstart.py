@@ -80,7 +80,7 @@ class Server:
         for _ in range(100):
             found = [ln for ln in self.lines if "kernel warm-up" in ln]
             if found:
-                return found[0].split("assay.server.warmup ", 1)[-1].strip()
+                return found[0].split("assay.server.wiring.warmup ", 1)[-1].strip()
             time.sleep(0.05)
         return "(no warm-up)"
 

@@ -40,9 +40,9 @@ def main() -> None:
     import ray
 
     from assay.kernels.kcenter import kcenter_greedy
+    from assay.server.pools.sharded import ShardedPools
     from assay.server.scaleout import cluster
     from assay.server.scaleout.kcenter import kcenter
-    from assay.server.scaleout.pools import ShardedPools
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.n, args.d), dtype=np.float32)

@@ -49,9 +49,9 @@ import grpc
 import numpy as np
 
 from assay.client import Client
-from assay.server import acquisition
-from assay.server.app import start
-from assay.server.config import ServerConfig
+from assay.server.acquisition import selection as acquisition
+from assay.server.wiring.app import start
+from assay.server.wiring.config import ServerConfig
 
 MB = 1e6
 MIB = 1 << 20

@@ -1,7 +1,7 @@
 """Generates docs/errors.md from the ErrorReason enum of protos/assay/v1/errors.proto.
 
 The meaning of each reason comes from its comment in the proto (the contract), the
-status code and back-off hint from ``assay.server.errors.REASONS`` (what the server
+status code and back-off hint from ``assay.vocab.errors.REASONS`` (what the server
 sends); tests/test_error_reasons.py fails when the page drifts from either.
 
 Usage: ``python docs/gen_errors.py`` rewrites the page; ``--check`` only compares.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
-from assay.server.errors import REASONS
+from assay.vocab.errors import REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = "assay/v1/errors.proto"

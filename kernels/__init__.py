@@ -4,11 +4,11 @@ Public functions validate and prepare arrays, then call private kernels that onl
 compute (``_*_cpu`` with ``@njit``, ``_*_cuda`` with ``@cuda.jit``).
 """
 
-from assay.kernels.badge import BadgeResult, badge_kmeanspp
-from assay.kernels.facility import FacilityResult, facility_location_greedy
-from assay.kernels.kcenter import KCenterResult, kcenter_greedy
-from assay.kernels.kmeans import KMeansResult, kmeans_closest
-from assay.kernels.knn import knn
+from .badge import BadgeResult, badge_kmeanspp
+from .facility import FacilityResult, facility_location_greedy
+from .kcenter import KCenterResult, kcenter_greedy
+from .kmeans import KMeansResult, kmeans_closest
+from .knn import knn
 
 __all__ = [
     "BadgeResult",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, float64
 
-from assay.kernels import config, dispatch
-from assay.kernels._cuda_common import blocks_for, device_pool
+from . import config, dispatch
+from ._cuda_common import blocks_for, device_pool
 
 _CACHE: dict = {}
 

@@ -30,8 +30,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from assay.kernels.config import FASTMATH
-from assay.kernels.jit import kernel
+from .config import FASTMATH
+from .jit import kernel
 
 #: Configurations per tile: TILE * C accumulators and TILE * S joint values stay in L1.
 TILE = 64

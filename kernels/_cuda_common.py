@@ -13,7 +13,7 @@ import math
 import numpy as np
 from numba import cuda, float32, int64
 
-from assay.kernels.bits import BF16, FP16
+from .bits import BF16, FP16
 
 
 @cuda.jit(device=True, inline=True)

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 from numba import prange
 
-from assay.kernels.bits import LOADERS
-from assay.kernels.jit import kernel
+from .bits import LOADERS
+from .jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True}
 

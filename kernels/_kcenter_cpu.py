@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 from numba import prange
 
-from assay.kernels.bits import LOADERS
-from assay.kernels.config import FASTMATH
-from assay.kernels.jit import kernel
+from .bits import LOADERS
+from .config import FASTMATH
+from .jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 

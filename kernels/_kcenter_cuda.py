@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, float32, int64
 
-from assay.kernels import config, dispatch
-from assay.kernels._cuda_common import blocks_for, device_pool
-from assay.kernels._kcenter_cpu import reduce_argmax
+from . import config, dispatch
+from ._cuda_common import blocks_for, device_pool
+from ._kcenter_cpu import reduce_argmax
 
 _CACHE: dict = {}
 

@@ -29,10 +29,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from assay.kernels._kcenter_cpu import reduce_argmax
-from assay.kernels.bits import LOADERS
-from assay.kernels.config import FASTMATH
-from assay.kernels.jit import kernel
+from ._kcenter_cpu import reduce_argmax
+from .bits import LOADERS
+from .config import FASTMATH
+from .jit import kernel
 
 _FLAGS = {"parallel": True, "nogil": True, "fastmath": set(FASTMATH)}
 
@@ -490,7 +490,7 @@ class PrunedStepper:
                  initial: int, budget: int, compute: np.dtype):
         import numba
 
-        from assay.kernels import config
+        from . import config
 
         self.x, self.rows, self.identity = x, rows, identity
         self.k = kernels(kind)
@@ -549,7 +549,7 @@ class PrunedStepper:
 
     def init(self, centres: np.ndarray) -> tuple[float, int]:
         """Delta and assignment to a small labeled set, by the fused loop."""
-        from assay.kernels import config
+        from . import config
 
         self.cvec[:centres.shape[0]] = centres
         with config.parallel_section():
@@ -561,7 +561,7 @@ class PrunedStepper:
              centres: np.ndarray) -> tuple[float, int]:
         """Delta and nearest centre computed elsewhere (FAISS); a bound pass makes the
         pruning test safe whatever rounding that Delta carries."""
-        from assay.kernels import config
+        from . import config
 
         self.cvec[:centres.shape[0]] = centres
         self.delta[:] = delta
@@ -576,7 +576,7 @@ class PrunedStepper:
         """Fold ``centre`` into Delta; returns the new (max Delta, its position)."""
         import numba
 
-        from assay.kernels import config
+        from . import config
 
         k = self.next_id
         self.next_id += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
 
 #: Largest finite float32: every distance, squared norm and dot product a kernel (or
 #: FAISS) computes is held in float32 somewhere, whatever the storage dtype.

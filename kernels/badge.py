@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assay.kernels import _validate, config, dispatch
-from assay.kernels._badge_cpu import kernels as cpu_kernels
-from assay.kernels.bits import compute_dtype, rows_compute, storage
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
+
+from . import _validate, config, dispatch
+from ._badge_cpu import kernels as cpu_kernels
+from .bits import compute_dtype, rows_compute, storage
 
 BACKENDS = (dispatch.NUMBA_CPU, dispatch.NUMBA_CUDA)
 
@@ -145,7 +146,7 @@ def badge_kmeanspp(
     q = gradient_factors(p, rows, compute_dtype(h))
     qnorm = (q.astype(np.float64) ** 2).sum(axis=1)
     if chosen_backend == dispatch.NUMBA_CUDA:
-        from assay.kernels._badge_cuda import CudaBadge
+        from ._badge_cuda import CudaBadge
 
         runner = CudaBadge(view, kind, rows, identity, q)
     else:

@@ -38,8 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import entr, logsumexp
 
-from assay.kernels import _batchbald_cpu, config, dispatch
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.vocab.errors import FailedPrecondition, InvalidInput
+
+from . import _batchbald_cpu, config, dispatch
 
 TORCH = "torch"
 #: Backends of the conditional-entropy step.

@@ -14,7 +14,7 @@ import functools
 import glob
 import os
 
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.vocab.errors import FailedPrecondition, InvalidInput
 
 NUMBA_CPU = "numba-cpu"
 NUMBA_CUDA = "numba-cuda"
@@ -152,6 +152,6 @@ def choose(requested: str, supported: tuple[str, ...], values: int) -> str:
 
 
 def _gpu_min_values() -> int:
-    from assay.kernels import config
+    from . import config
 
     return config.GPU_MIN_VALUES

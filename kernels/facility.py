@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from assay.kernels import _validate, config
-from assay.kernels._facility_cpu import kernels as cpu_kernels
-from assay.kernels.bits import storage
+from . import _validate, config
+from ._facility_cpu import kernels as cpu_kernels
+from .bits import storage
 
 
 @dataclass

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from assay.kernels import _validate, config, dispatch
-from assay.kernels._kcenter_cpu import kernels as cpu_kernels
-from assay.kernels._kcenter_pruned import PrunedStepper
-from assay.kernels.bits import compute_dtype, rows_compute, rows_float32, storage
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
+
+from . import _validate, config, dispatch
+from ._kcenter_cpu import kernels as cpu_kernels
+from ._kcenter_pruned import PrunedStepper
+from .bits import compute_dtype, rows_compute, rows_float32, storage
 
 #: Backends of the k-center steps (FAISS serves only the large-labeled-set start).
 BACKENDS = (dispatch.NUMBA_CPU, dispatch.NUMBA_CUDA)
@@ -151,7 +152,7 @@ def kcenter_greedy(
     chosen = dispatch.choose(backend, BACKENDS, rows.size * d)
     view, kind = storage(x)
     if chosen == dispatch.NUMBA_CUDA:
-        from assay.kernels._kcenter_cuda import CudaStepper
+        from ._kcenter_cuda import CudaStepper
 
         stepper = CudaStepper(view, kind, rows, identity)
     elif prune:

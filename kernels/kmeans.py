@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assay.kernels import _validate, config, dispatch
-from assay.kernels.bits import rows_float32
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
+
+from . import _validate, config, dispatch
+from .bits import rows_float32
 
 BACKENDS = (dispatch.FAISS_CPU, dispatch.FAISS_GPU)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.kernels import _validate, config, dispatch
-from assay.kernels.bits import rows_float32
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
+
+from . import _validate, config, dispatch
+from .bits import rows_float32
 
 BACKENDS = (dispatch.FAISS_CPU, dispatch.FAISS_GPU)
 METRICS = ("l2", "cosine")

@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import prange
 
-from assay.kernels.jit import kernel
+from .jit import kernel
 
 #: Values (rows x classes) from which the parallel variant pays for waking threads;
 #: below it the serial variant is several times faster, most of all on a busy host.

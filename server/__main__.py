@@ -1,5 +1,5 @@
 import sys
 
-from assay.server.cli import main
+from .wiring.cli import main
 
 sys.exit(main())

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import seeding
 
 from assay.client import Client
-from assay.server.app import start
-from assay.server.config import ServerConfig
+from assay.server.wiring.app import start
+from assay.server.wiring.config import ServerConfig
 
 
 @pytest.hookimpl(tryfirst=True)

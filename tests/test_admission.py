@@ -18,9 +18,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from assay.server.errors import REASONS
-from assay.server.servicer import AssayServicer
+from assay.server.edge.servicer import AssayServicer
 from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
+from assay.vocab.errors import REASONS
 
 # Generous: a loaded two-core machine may take seconds to schedule a thread.
 PATIENCE_S = 30.0

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from assay.kernels.facility import facility_location_greedy
-from assay.server import acquisition
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.server.acquisition import selection as acquisition
 from assay.server.strategies import registry
+from assay.vocab.errors import FailedPrecondition, InvalidInput
 
 NEW = ("batchbald", "cal", "ceal", "diverse_minibatch", "forgetting_events",
        "suggestive_annotation")

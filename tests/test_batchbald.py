@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from assay.kernels.batchbald import batchbald_greedy, joint_entropies
-from assay.server import acquisition
-from assay.server.errors import Cancelled, InvalidInput
+from assay.server.acquisition import selection as acquisition
+from assay.vocab.errors import Cancelled, InvalidInput
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the peer prints progress bars otherwise
 

@@ -21,9 +21,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from assay.client import AssayError, Client
-from assay.server import cli
-from assay.server.app import metrics_host
-from assay.server.config import ServerConfig, markdown_table, parse_bool
+from assay.server.wiring import cli
+from assay.server.wiring.app import metrics_host
+from assay.server.wiring.config import ServerConfig, markdown_table, parse_bool
 from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_the_documented_table_is_the_generated_one():
     match = re.search(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->", doc, re.S)
     assert match, "docs/deployment.md lost its settings markers"
     assert match.group(1) == markdown_table(), \
-        "regenerate the table: python -m assay.server.config"
+        "regenerate the table: python -m assay.server.wiring.config"
 
 
 # -- addresses ----------------------------------------------------------------------------------

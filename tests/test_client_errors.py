@@ -17,7 +17,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from assay.client import AssayError, Client
 from assay.client.errors import decode_status
-from assay.server.servicer import AssayServicer
+from assay.server.edge.servicer import AssayServicer
 
 SEED = 20261201
 

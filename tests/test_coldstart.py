@@ -35,7 +35,7 @@ CALL_SECONDS = 300.0
 _REGISTRY_RACE = r"""
 import json, threading
 from concurrent.futures import ThreadPoolExecutor
-from assay.server.errors import AssayError
+from assay.vocab.errors import AssayError
 from assay.server.strategies import registry
 
 n = 16

@@ -120,7 +120,7 @@ def test_sigkill_during_streamed_uploads(tmp_path, kill_after):
 
 def _read_pool(data_dir, pool_id) -> np.ndarray:
     """Read the committed arrays back through the store, as a restarted server would."""
-    from assay.server.store import PoolStore
+    from assay.server.pools.store import PoolStore
 
     store = PoolStore(data_dir)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from assay.server.demo import run_demo
+from assay.server.wiring.demo import run_demo
 
 
 def test_demo_loop_runs_end_to_end(tmp_path, capsys):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from assay.client import AssayError, Client
-from assay.server import acquisition
-from assay.server.errors import InvalidInput
-from assay.server.store import PoolStore
+from assay.server.acquisition import selection as acquisition
+from assay.server.pools.store import PoolStore
+from assay.vocab.errors import InvalidInput
 
 
 def _forgetting_reference(preds: np.ndarray, labels: np.ndarray) -> dict[int, float]:
@@ -168,7 +168,7 @@ def test_record_epoch_errors(client):
 def test_store_sweeps_uncommitted_epoch_files_and_deletes_history(tmp_path):
     store = PoolStore(tmp_path)
     store.create_pool("p")
-    writer = store.begin_append("p", [__import__("assay.server.store", fromlist=["ArraySpec"])
+    writer = store.begin_append("p", [__import__("assay.server.pools.store", fromlist=["ArraySpec"])
                                       .ArraySpec("scores", "<f4", (3,))])
     writer.write(0, 0, np.zeros(3, np.float32).tobytes())
     writer.commit()

@@ -1,7 +1,7 @@
 """The error-reason vocabulary is one documented list, and the server sticks to it.
 
 The reasons are the ``assay.v1.ErrorReason`` enum (protos/assay/v1/errors.proto); the
-server's table is ``assay.server.errors.REASONS``; docs/errors.md is generated from both.
+server's table is ``assay.vocab.errors.REASONS``; docs/errors.md is generated from both.
 Every reason raised anywhere in server/ or kernels/ (a ``reason=`` literal or a class's
 ``default_reason``) must be listed, with the status code its exception class gives.
 """
@@ -17,10 +17,10 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
-from assay.server import errors
-from assay.server.errors import REASONS, AssayError, InvalidInput, ResourceExhausted
-from assay.server.interceptors import to_status
+from assay.server.edge.interceptors import to_status
 from assay.v1 import errors_pb2
+from assay.vocab import errors
+from assay.vocab.errors import REASONS, AssayError, InvalidInput, ResourceExhausted
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "server").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")])

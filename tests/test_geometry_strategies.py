@@ -12,9 +12,9 @@ import seeding
 
 from assay.client import AssayError
 from assay.kernels import dispatch
-from assay.server import acquisition
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.server.acquisition import selection as acquisition
 from assay.server.strategies import registry
+from assay.vocab.errors import FailedPrecondition, InvalidInput
 
 # The kernels' float64 twins, loaded by path so no other ``naive`` module can shadow them.
 _spec = importlib.util.spec_from_file_location(

@@ -23,11 +23,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from assay.client import AssayError, Client
-from assay.server import acquisition
-from assay.server.errors import FailedPrecondition
-from assay.server.idempotency import MAX_REQUEST_ID, StreamDigest
-from assay.server.request_records import RequestKey, RequestRecords, Retention
-from assay.server.store import PoolStore
+from assay.server.acquisition import selection as acquisition
+from assay.server.edge.idempotency import MAX_REQUEST_ID, StreamDigest
+from assay.server.pools.request_records import RequestKey, RequestRecords, Retention
+from assay.server.pools.store import PoolStore
+from assay.vocab.errors import FailedPrecondition
 
 SEED = 20261201
 

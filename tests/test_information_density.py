@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from strategy_cases import CASES
 
-from assay.server.acquisition import select
+from assay.server.acquisition.selection import select
 from assay.server.strategies import registry
 
 BASES = sorted(s.name for s in registry.all_strategies()

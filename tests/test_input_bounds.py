@@ -14,13 +14,13 @@ from refusals import field_and_reason, refusal
 
 from assay.kernels.kmeans import weighted_kmeans
 from assay.kernels.knn import knn
-from assay.server.errors import InvalidInput
-from assay.server.response_size import min_response_bytes, varint_bytes_below
+from assay.server.edge.response_size import min_response_bytes, varint_bytes_below
+from assay.server.edge.tensors import to_proto
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Context, Selection, Strategy
 from assay.server.strategies.scores import label_dispersion
-from assay.server.tensors import to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
+from assay.vocab.errors import InvalidInput
 
 SEED = 11
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -156,7 +156,7 @@ def scored_batch_strategy(monkeypatch):
 
 def test_an_unsendable_response_is_refused_and_never_stored(server_factory,
                                                           scored_batch_strategy, monkeypatch):
-    from assay.server import response_size
+    from assay.server.edge import response_size
 
     # The up-front bound counts no scores for this strategy, as for a scoreless one.
     monkeypatch.setattr(response_size, "SCORELESS", frozenset({"test_scored_batch"}))

@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from assay.client import AssayError, Client
-from assay.server import acquisition
-from assay.server.config import PROTOBUF_LIMIT, ServerConfig
-from assay.server.request_records import RequestKey
+from assay.server.acquisition import selection as acquisition
+from assay.server.pools.request_records import RequestKey
+from assay.server.wiring.config import PROTOBUF_LIMIT, ServerConfig
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
 
 RNG = np.random.default_rng(7)
@@ -565,7 +565,7 @@ def test_disk_filling_up_during_an_upload_is_resource_exhausted(client, server, 
         f = real_open(path, mode, *args, **kwargs)
         return FullFile(f) if str(path).endswith(".npy") and "w" in mode else f
 
-    import assay.server.store as store_module
+    import assay.server.pools.store as store_module
 
     monkeypatch.setattr(store_module, "open", opener, raising=False)
     with pytest.raises(AssayError) as err:

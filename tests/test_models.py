@@ -22,11 +22,12 @@ from onnx_builders import ALL_OUTPUTS, endless_loop, mlp, slow_model
 from test_onnx_safety import reason_of
 
 from assay.client import AssayError, Client
-from assay.server import acquisition, model_inference
-from assay.server.model_inference import ModelRun, ModelRuntime
-from assay.server.onnx_runner import default_threads, make_session
-from assay.server.tensors import BFLOAT16
+from assay.server.acquisition import selection as acquisition
+from assay.server.models import inference as model_inference
+from assay.server.models.inference import ModelRun, ModelRuntime
+from assay.server.models.onnx_runner import default_threads, make_session
 from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2
+from assay.vocab.dtypes import BFLOAT16
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -599,8 +600,8 @@ sys.path.insert(0, {tests!r})
 from onnx_builders import input_sized_allocation
 from test_onnx_safety import reason_of
 from assay.client import AssayError, Client
-from assay.server.app import start
-from assay.server.config import ServerConfig
+from assay.server.wiring.app import start
+from assay.server.wiring.config import ServerConfig
 
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -24,7 +24,7 @@ import pytest
 from refusals import field_and_reason, refusal
 
 from assay.kernels import _validate
-from assay.server.tensors import to_proto
+from assay.server.edge.tensors import to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
 #: A fresh server process warms every kernel up before it listens: minutes on a busy box.
@@ -188,7 +188,7 @@ _CHILD = textwrap.dedent("""
     from assay.kernels._validate import max_abs_value
     from assay.kernels.kmeans import kmeans_closest, weighted_kmeans
     from assay.kernels.knn import knn
-    from assay.server.errors import InvalidInput
+    from assay.vocab.errors import InvalidInput
 
     seed = int(sys.argv[1])
     rng = np.random.default_rng(seed)

@@ -31,10 +31,10 @@ from onnx_builders import (
 )
 
 from assay.client import AssayError, Client
-from assay.server.errors import InvalidInput
-from assay.server.model_probe import MAX_PROBES, running_builds
-from assay.server.onnx_cost import ModelLimits, check_cost, estimate
+from assay.server.models.onnx_cost import ModelLimits, check_cost, estimate
+from assay.server.models.probe import MAX_PROBES, running_builds
 from assay.v1 import model_pb2, model_pb2_grpc
+from assay.vocab.errors import InvalidInput
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from assay.server.acquisition import select
+from assay.server.acquisition.selection import select
 
 modal_uncertainty = pytest.importorskip("modAL.uncertainty")
 modal_disagreement = pytest.importorskip("modAL.disagreement")

@@ -16,10 +16,10 @@ import pytest
 from google.rpc import error_details_pb2
 
 from assay.client import AssayError, Client
-from assay.server import acquisition
-from assay.server.errors import REASONS
-from assay.server.interceptors import to_status
+from assay.server.acquisition import selection as acquisition
+from assay.server.edge.interceptors import to_status
 from assay.server.scaleout.cluster import ShardUnavailable
+from assay.vocab.errors import REASONS
 
 SEED = 1107
 

@@ -23,14 +23,14 @@ import pytest
 from scaleout_data import appends, pool_arrays
 
 from assay.kernels.knn import knn
-from assay.server import acquisition
+from assay.server.acquisition import selection as acquisition
 from assay.server.strategies.registry import INPUT_ROLES
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
 
+from assay.server.pools.sharded import ShardedPools  # noqa: E402
 from assay.server.scaleout import knn as sharded_knn  # noqa: E402
-from assay.server.scaleout.pools import ShardedPools  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_unshardable_requests_fail_clearly(pools):
     rng = np.random.default_rng(17)
     arrays = pool_arrays(rng, 100, 3, 3, grid=True)
     pid = _sharded(pools, rng, arrays, 2, 1, np.empty(0, np.int64))
-    from assay.server.errors import FailedPrecondition, InvalidInput
+    from assay.vocab.errors import FailedPrecondition, InvalidInput
 
     with pytest.raises(FailedPrecondition, match="does not run on sharded pools"):
         pools.select(pid, "kmeans", 5, {})
@@ -207,8 +207,8 @@ def test_unshardable_requests_fail_clearly(pools):
 @pytest.mark.parametrize("shards, cpus, cluster, fits", [
     (3, 1.0, 2.0, 2), (5, 0.5, 2.0, 4), (2, 1.5, 2.0, 1), (9, 0.25, 2.0, 8)])
 def test_capacity_check_names_what_is_missing(shards, cpus, cluster, fits):
-    from assay.server.errors import FailedPrecondition
     from assay.server.scaleout.cluster import check_capacity
+    from assay.vocab.errors import FailedPrecondition
 
     with pytest.raises(FailedPrecondition) as err:
         check_capacity(shards, cpus, cluster)
@@ -246,7 +246,7 @@ def private_workers(local_ray, monkeypatch):
 def test_more_shards_than_the_cluster_can_place_fail_the_create_at_once(private_workers,
                                                                        tmp_path):
     """The issue's case: 3 shards of 1 CPU each on a 2-CPU cluster."""
-    from assay.server.errors import FailedPrecondition
+    from assay.vocab.errors import FailedPrecondition
 
     pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
     started = time.monotonic()
@@ -265,7 +265,7 @@ def test_shards_that_cannot_be_placed_in_time_are_refused_then_placed(private_wo
     """The cluster is big enough, but other work holds its CPUs: the create waits
     ``start_timeout``, answers RESOURCE_EXHAUSTED and starts no actor; once the CPUs are
     free the same create succeeds and the pool works."""
-    from assay.server.errors import ResourceExhausted
+    from assay.vocab.errors import ResourceExhausted
 
     @ray.remote(num_cpus=2)
     class Hog:
@@ -414,8 +414,8 @@ def test_without_ray_address_ray_is_never_imported(tmp_path):
         import grpc
         import numpy as np
         from assay.client import Client
-        from assay.server.app import start
-        from assay.server.config import ServerConfig
+        from assay.server.wiring.app import start
+        from assay.server.wiring.config import ServerConfig
         from assay.v1 import assay_pb2, assay_pb2_grpc
         config = ServerConfig(address="127.0.0.1:0", data_dir={str(tmp_path)!r})
         config.warmup = False  # no compiles before SERVING: this test is about imports

@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from assay.client import AssayError, Client
-from assay.server import acquisition, cli
-from assay.server.auth import (
+from assay.server.acquisition import selection as acquisition
+from assay.server.edge.auth import (
     MIN_TOKEN_CHARS,
     ConfigError,
     TokenInterceptor,
@@ -33,7 +33,8 @@ from assay.server.auth import (
     is_local,
     load_tokens,
 )
-from assay.server.config import ServerConfig
+from assay.server.wiring import cli
+from assay.server.wiring.config import ServerConfig
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -372,7 +373,7 @@ def test_exposed_plaintext_is_refused_before_binding(tmp_path, address):
     config = ServerConfig(address=address, data_dir=str(tmp_path / "d"))
     with pytest.raises(ConfigError, match="refusing to serve"):
         check_exposure(config)
-    from assay.server.app import start
+    from assay.server.wiring.app import start
     with pytest.raises(ConfigError, match="refusing to serve"):
         start(config)
     assert not (tmp_path / "d").exists()
@@ -394,7 +395,7 @@ def test_tls_without_client_authentication_is_refused_on_a_reachable_address(
     could call every method, so it counts as unprotected."""
     config = ServerConfig(address=address, data_dir=str(tmp_path / "d"),
                           tls_cert=str(pki.server.cert), tls_key=str(pki.server.key))
-    from assay.server.app import start
+    from assay.server.wiring.app import start
     with pytest.raises(ConfigError, match="TLS but no client authentication") as err:
         start(config)
     for remedy in ("--auth-token-file", "--tls-client-ca", "--insecure"):

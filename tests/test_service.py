@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from assay.client import AssayError, Client
 from assay.server.strategies import registry
-from assay.server.tensors import BFLOAT16
+from assay.vocab.dtypes import BFLOAT16
 
 
 def _probs(rng, n, c=4):

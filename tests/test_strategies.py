@@ -10,9 +10,9 @@ import pytest
 import reference as ref
 from strategy_cases import CASES, dirichlet
 
-from assay.server.acquisition import select
-from assay.server.errors import InvalidInput
+from assay.server.acquisition.selection import select
 from assay.server.strategies import registry
+from assay.vocab.errors import InvalidInput
 
 SCORE_STRATEGIES = sorted(CASES)
 
@@ -134,7 +134,7 @@ def test_probs_are_derived_from_samples_when_absent():
 
 
 def test_float16_and_bfloat16_inputs_score_like_their_float64_values():
-    from assay.server.tensors import BFLOAT16
+    from assay.vocab.dtypes import BFLOAT16
 
     rng = np.random.default_rng(2)
     probs = dirichlet(rng, 64, 3)

@@ -17,7 +17,7 @@ import pytest
 import reference as ref
 from strategy_cases import CASES
 
-from assay.server.acquisition import select
+from assay.server.acquisition.selection import select
 from assay.server.strategies import registry
 
 EPS = np.finfo(np.float64).eps

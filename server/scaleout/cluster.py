@@ -20,8 +20,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from assay.server.errors import AssayError, FailedPrecondition, ResourceExhausted
-from assay.server.scaleout.shard import Shard, Worker
+from assay.vocab.errors import AssayError, FailedPrecondition, ResourceExhausted
+
+from .shard import Shard, Worker
 
 log = logging.getLogger("assay.server")
 

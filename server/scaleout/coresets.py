@@ -18,8 +18,9 @@ import numpy as np
 
 from assay.kernels import dispatch
 from assay.kernels.kcenter import kcenter_greedy
-from assay.server.scaleout.kcenter import covering_radius
-from assay.server.scaleout.layout import Session
+
+from .kcenter import covering_radius
+from .layout import Session
 
 
 @dataclass

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.kernels import dispatch
-from assay.server.scaleout.layout import Session
+
+from .layout import Session
 
 
 @dataclass

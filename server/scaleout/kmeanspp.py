@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from assay.kernels import dispatch
-from assay.server.scaleout.kcenter import best
-from assay.server.scaleout.layout import Session
+
+from .kcenter import best
+from .layout import Session
 
 
 @dataclass

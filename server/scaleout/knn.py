@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.server.scaleout.layout import Session
+from .layout import Session
 
 
 def knn(session: Session, queries: np.ndarray, k: int,

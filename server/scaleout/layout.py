@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assay.server.scaleout.shard import Segment
+from .shard import Segment
 
 
 def split(n: int, shards: int) -> list[tuple[int, int]]:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from assay.server.store import fsync_dir
-from assay.server.tensors import BFLOAT16
+from assay.vocab.dtypes import BFLOAT16
+
+from ..pools.store import fsync_dir
 
 
 def write_segment(root: Path, seq: int, arrays: dict[str, np.ndarray]) -> int:

@@ -32,10 +32,11 @@ from assay.kernels.bits import compute_dtype, rows_compute, rows_float32, storag
 from assay.kernels.kcenter import BACKENDS as KCENTER_BACKENDS
 from assay.kernels.kcenter import CpuStepper, kcenter_greedy
 from assay.kernels.knn import knn
-from assay.server.errors import InvalidInput
-from assay.server.scaleout import segments
-from assay.server.strategies import registry
-from assay.server.strategies.registry import INPUT_ROLES, Context
+from assay.vocab.errors import InvalidInput
+
+from ..strategies import registry
+from ..strategies.registry import INPUT_ROLES, Context
+from . import segments
 
 #: A segment as the driver names it: (sequence number, first global id, rows).
 Segment = tuple[int, int, int]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.server.scaleout.layout import Session
+from .layout import Session
 
 #: Score strategies whose score of an item reads only that item's rows: these shard
 #: exactly. (information_density and mal normalize over the whole pool; random is a

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from assay.kernels import dispatch
 from assay.kernels.batchbald import BACKENDS, PRECISIONS, batchbald_greedy
-from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
+
+from .registry import Context, Inputs, Param, Selection, Strategy, register
 
 
 def batchbald(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Selection:

@@ -1,6 +1,6 @@
 """Imports every built-in strategy module so each registers itself once."""
 
-from assay.server.strategies import (  # noqa: F401
+from . import (  # noqa: F401
     batchbald,
     committee,
     contrastive,

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import rel_entr
 
-from assay.server.strategies.registry import Context, Inputs, Strategy, register
-from assay.server.strategies.uncertainty import entropy, probs64
+from .registry import Context, Inputs, Strategy, register
+from .uncertainty import entropy, probs64
 
 
 def vote_counts(samples: np.ndarray) -> np.ndarray:

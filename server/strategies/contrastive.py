@@ -14,10 +14,11 @@ from scipy.special import rel_entr
 
 from assay.kernels import dispatch
 from assay.kernels.knn import BACKENDS, knn
-from assay.server.errors import FailedPrecondition
-from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
-from assay.server.strategies.topk import argselect
-from assay.server.strategies.uncertainty import probs64
+from assay.vocab.errors import FailedPrecondition
+
+from .registry import Context, Inputs, Param, Selection, Strategy, register
+from .topk import argselect
+from .uncertainty import probs64
 
 #: Candidates scored per block, bounding the [block, k, C] KL temporaries.
 _BLOCK = 1 << 15

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.server.errors import InvalidInput
-from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
-from assay.server.strategies.topk import argselect
+from assay.vocab.errors import InvalidInput
+
+from .registry import Context, Inputs, Param, Selection, Strategy, register
+from .topk import argselect
 
 
 def forgetting_counts(predictions: np.ndarray, labels: np.ndarray

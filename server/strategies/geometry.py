@@ -15,7 +15,8 @@ from assay.kernels import dispatch
 from assay.kernels.badge import badge_kmeanspp
 from assay.kernels.kcenter import kcenter_greedy
 from assay.kernels.kmeans import kmeans_closest
-from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
+
+from .registry import Context, Inputs, Param, Selection, Strategy, register
 
 
 def _backend_param(supported: tuple[str, ...]) -> Param:

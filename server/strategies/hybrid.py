@@ -18,12 +18,13 @@ from assay.kernels import dispatch
 from assay.kernels.bits import rows_float32
 from assay.kernels.facility import facility_location_greedy
 from assay.kernels.kmeans import weighted_kmeans
-from assay.server.errors import InvalidInput
-from assay.server.strategies import registry
-from assay.server.strategies.named import score_strategy
-from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
-from assay.server.strategies.topk import argselect
-from assay.server.strategies.uncertainty import probs64
+from assay.vocab.errors import InvalidInput
+
+from . import registry
+from .named import score_strategy
+from .registry import Context, Inputs, Param, Selection, Strategy, register
+from .topk import argselect
+from .uncertainty import probs64
 
 #: Name of Suggestive Annotation's own uncertainty: the class-averaged variance of Ps.
 COMMITTEE_VARIANCE = "variance"

@@ -7,9 +7,10 @@ lookup would say NOT_FOUND on ``strategy`` and point the caller at the wrong fie
 
 from __future__ import annotations
 
-from assay.server.errors import InvalidInput
-from assay.server.strategies import registry
-from assay.server.strategies.registry import Strategy
+from assay.vocab.errors import InvalidInput
+
+from . import registry
+from .registry import Strategy
 
 
 def score_strategy(name: str, field: str, *, exclude: tuple[str, ...] = (),

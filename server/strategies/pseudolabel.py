@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.server.strategies.hybrid import named_score
-from assay.server.strategies.registry import Context, Inputs, Param, Selection, Strategy, register
-from assay.server.strategies.topk import argselect
-from assay.server.strategies.uncertainty import entropy, probs64
+from .hybrid import named_score
+from .registry import Context, Inputs, Param, Selection, Strategy, register
+from .topk import argselect
+from .uncertainty import entropy, probs64
 
 
 def ceal(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Selection:

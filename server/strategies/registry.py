@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from assay.server.errors import InvalidInput, NotFound
+from assay.vocab.errors import InvalidInput, NotFound
 
 Inputs = Mapping[str, np.ndarray]
 
@@ -226,6 +226,6 @@ def load_builtin() -> None:
         return
     with _load_lock:
         if not _loaded:
-            from assay.server.strategies import builtin  # noqa: F401
+            from . import builtin  # noqa: F401
 
             _loaded = True

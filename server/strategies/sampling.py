@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from assay.server.strategies.registry import Context, Inputs, Selection, Strategy, register
+from .registry import Context, Inputs, Selection, Strategy, register
 
 
 def random_sample(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Selection:

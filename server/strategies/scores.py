@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from assay.server.errors import InvalidInput
-from assay.server.strategies import registry
-from assay.server.strategies.named import score_strategy
-from assay.server.strategies.registry import Context, Inputs, Param, Strategy, register
-from assay.server.strategies.uncertainty import entropy, probs64
+from assay.vocab.errors import InvalidInput
+
+from . import registry
+from .named import score_strategy
+from .registry import Context, Inputs, Param, Strategy, register
+from .uncertainty import entropy, probs64
 
 
 def egl(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:

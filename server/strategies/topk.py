@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
 
 
 def argselect(

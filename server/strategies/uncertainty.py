@@ -10,7 +10,8 @@ import numpy as np
 from scipy.special import entr
 
 from assay.kernels import rowwise
-from assay.server.strategies.registry import Context, Inputs, Strategy, register
+
+from .registry import Context, Inputs, Strategy, register
 
 
 def probs64(inputs: Inputs, name: str = "probs") -> np.ndarray:

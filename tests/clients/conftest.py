@@ -5,8 +5,8 @@ from __future__ import annotations
 import certs
 import pytest
 
-from assay.server.app import start
-from assay.server.config import ServerConfig
+from assay.server.wiring.app import start
+from assay.server.wiring.config import ServerConfig
 
 #: Bearer token of the secure server (16+ characters, as the server requires).
 TOKEN = "client-suite-token-0123456789"

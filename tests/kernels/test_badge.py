@@ -13,7 +13,7 @@ from scipy import stats
 from sklearn.metrics import pairwise_distances
 
 from assay.kernels.badge import badge_kmeanspp
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
 
 
 def probs_of(rng, n, c, ties=False):

@@ -14,7 +14,7 @@ from sklearn.metrics import pairwise_distances
 
 from assay.kernels import config, dispatch
 from assay.kernels.kcenter import kcenter_greedy
-from assay.server.errors import Cancelled, FailedPrecondition, InvalidInput
+from assay.vocab.errors import Cancelled, FailedPrecondition, InvalidInput
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 

@@ -13,7 +13,7 @@ from assay.kernels import dispatch
 from assay.kernels.facility import facility_location_greedy
 from assay.kernels.kmeans import kmeans_closest
 from assay.kernels.knn import knn
-from assay.server.errors import FailedPrecondition, InvalidInput
+from assay.vocab.errors import FailedPrecondition, InvalidInput
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16],

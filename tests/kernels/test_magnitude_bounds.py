@@ -20,7 +20,7 @@ from assay.kernels import _validate
 from assay.kernels.badge import badge_kmeanspp
 from assay.kernels.facility import facility_location_greedy
 from assay.kernels.kcenter import kcenter_greedy
-from assay.server.errors import InvalidInput
+from assay.vocab.errors import InvalidInput
 
 SEED = 4242
 

@@ -45,10 +45,10 @@ import references
 import tolerance as tol
 
 from assay.client import AssayError, Client
-from assay.server import acquisition
-from assay.server.app import start
-from assay.server.config import ServerConfig
-from assay.server.errors import AssayError as DomainError
+from assay.server.acquisition import selection as acquisition
+from assay.server.wiring.app import start
+from assay.server.wiring.config import ServerConfig
+from assay.vocab.errors import AssayError as DomainError
 
 OUT = Path(__file__).with_name("select_vectors.json")
 FORMAT_VERSION = 2

@@ -1,0 +1,176 @@
+"""The protocol-free acquisition layer: validated arrays in, a selection out.
+
+It resolves the strategy and its parameters, derives inputs that can be derived
+(``probs`` as the mean of ``samples``), builds the candidate set (all items minus
+labeled and excluded ones), applies the optional two-stage prefilter, and runs
+the strategy. No gRPC and no I/O here, so the same path serves inline arrays,
+stored pools and in-process use.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from assay.vocab.errors import InvalidInput
+
+from ..strategies import registry
+from ..strategies.named import score_strategy
+from ..strategies.registry import Context, Strategy
+from ..strategies.topk import argselect
+from ..strategies.validation import check_consistency, shape_doc, validate_array
+
+
+@dataclass
+class SelectResult:
+    """Everything a Select answers, in domain types."""
+
+    indices: np.ndarray
+    scores: np.ndarray | None
+    strategy: str
+    seed: int
+    backend: str
+    compute_seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    pseudo_label_indices: np.ndarray | None = None
+    pseudo_labels: np.ndarray | None = None
+
+
+def _require(strategy: Strategy, arrays: Mapping[str, np.ndarray], why: str = "") -> None:
+    for role in strategy.required:
+        if role not in arrays:
+            raise InvalidInput(
+                f"strategy {strategy.name!r}{why} needs input {role!r} {shape_doc(role)}",
+                field=f"inputs.{role}", reason="MISSING_INPUT",
+            )
+    if strategy.min_classes > 1 and "probs" in arrays:
+        c = arrays["probs"].shape[1]
+        if c < strategy.min_classes:
+            raise InvalidInput(
+                f"strategy {strategy.name!r} needs at least {strategy.min_classes} classes, "
+                f"got C = {c}", field="inputs.probs",
+            )
+
+
+def _derive(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fill in ``probs`` from ``samples`` (their mean) when only samples were given."""
+    if "probs" not in arrays and "samples" in arrays:
+        arrays["probs"] = np.asarray(arrays["samples"], dtype=np.float64).mean(axis=0)
+    return arrays
+
+
+def candidate_indices(n: int, exclude: np.ndarray | None) -> np.ndarray:
+    """Sorted indices in [0, n) minus ``exclude`` (checked to be in range)."""
+    if exclude is None or exclude.size == 0:
+        return np.arange(n, dtype=np.int64)
+    exclude = np.asarray(exclude, dtype=np.int64)
+    if exclude.min() < 0 or exclude.max() >= n:
+        bad = int(exclude[(exclude < 0) | (exclude >= n)][0])
+        raise InvalidInput(f"exclude_indices holds {bad}, outside [0, {n})",
+                           field="exclude_indices")
+    keep = np.ones(n, dtype=bool)
+    keep[exclude] = False
+    return np.flatnonzero(keep).astype(np.int64)
+
+
+def select(
+    strategy_name: str,
+    budget: int,
+    arrays: Mapping[str, np.ndarray],
+    params: Mapping[str, Any] | None = None,
+    *,
+    seed: int | None = None,
+    exclude: np.ndarray | None = None,
+    validated: bool = False,
+    check_cancelled: Callable[[], None] = lambda: None,
+) -> SelectResult:
+    """Run one acquisition.
+
+    Parameters
+    ----------
+    strategy_name : registered strategy name.
+    budget : items to select, 1 <= budget <= selectable items.
+    arrays : role name -> array (see ``INPUT_ROLES``).
+    params : strategy parameters; validated against the declarations.
+    seed : seeds all randomness; drawn (and reported) when None. Ties are broken
+        by a seeded permutation only when a seed was given, else by lower index.
+    exclude : item indices that may not be selected (labeled items of a pool).
+    validated : skip per-array checks (pool arrays were checked at upload).
+    check_cancelled : raises when the caller went away; strategies call it
+        between greedy steps.
+    """
+    strategy = registry.get(strategy_name)
+    resolved = registry.resolve_params(strategy, params or {})
+    arrays = dict(arrays)
+    if not validated:
+        for role, array in arrays.items():
+            validate_array(role, array)
+    n = check_consistency(arrays)
+    arrays = _derive(arrays)
+    _require(strategy, arrays)
+    if not arrays or set(arrays) <= set(registry.LABELED_ROLES):
+        raise InvalidInput("no item arrays given: send at least one input with an item axis",
+                           field="inputs", reason="MISSING_INPUT")
+    if budget <= 0:
+        raise InvalidInput(f"budget must be >= 1, got {budget}", field="budget")
+    candidates = candidate_indices(n, exclude)
+    if budget > candidates.size:
+        raise InvalidInput(
+            f"budget {budget} exceeds the {candidates.size} selectable items "
+            f"({n} items, {n - candidates.size} labeled or excluded)",
+            field="budget",
+        )
+    seed_given = seed is not None
+    seed = int(seed) if seed_given else secrets.randbits(63)
+    ctx = Context(
+        candidates=candidates,
+        rng=np.random.default_rng(seed),
+        tiebreak_rng=np.random.default_rng([seed, 1]) if seed_given else None,
+        check_cancelled=check_cancelled,
+    )
+    started = time.perf_counter()
+    if resolved["prefilter"]:
+        ctx.candidates = _prefilter(resolved, budget, arrays, ctx)
+    check_cancelled()
+    scores = None
+    extra: registry.Selection | None = None
+    if strategy.kind == "score":
+        all_scores = strategy.fn(arrays, resolved, ctx)
+        indices = argselect(all_scores, budget, ctx.candidates, ctx.tiebreak_rng)
+        scores = all_scores[indices]
+    else:
+        extra = strategy.fn(arrays, budget, resolved, ctx)
+        indices = np.asarray(extra.indices, dtype=np.int64)
+        scores = extra.scores
+    check_cancelled()
+    return SelectResult(
+        indices=indices,
+        scores=None if scores is None else np.asarray(scores, dtype=np.float64),
+        strategy=strategy.name,
+        seed=seed,
+        backend=ctx.backend,
+        compute_seconds=time.perf_counter() - started,
+        metrics=dict(ctx.metrics),
+        pseudo_label_indices=None if extra is None else extra.pseudo_label_indices,
+        pseudo_labels=None if extra is None else extra.pseudo_labels,
+    )
+
+
+def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],
+               ctx: Context) -> np.ndarray:
+    """Two-stage composition: keep the top ``prefilter_k`` candidates by a score strategy."""
+    pre = score_strategy(resolved["prefilter"], "params.prefilter")
+    _require(pre, arrays, " (the prefilter)")
+    k = resolved["prefilter_k"] or 10 * budget
+    k = min(k, ctx.candidates.size)
+    if k < budget:
+        raise InvalidInput(f"params.prefilter_k {k} is smaller than the budget {budget}",
+                           field="params.prefilter_k")
+    pre_scores = pre.fn(arrays, registry.resolve_params(pre, {}), ctx)
+    ctx.metrics["prefilter_k"] = float(k)
+    return np.sort(argselect(pre_scores, k, ctx.candidates, ctx.tiebreak_rng))

@@ -1,0 +1,183 @@
+"""Thread lanes: health checks and client streams never wait behind other work.
+
+grpcio's synchronous server runs every call on one worker pool, so calls that
+wait on something else (a client that streams slowly, or not at all) can take
+every worker, and then nothing is answered, health checks included: a kubelet
+would restart a server that is merely being held. grpcio lets a method's
+behavior name its own pool (``experimental_thread_pool``, as grpcio's own health
+servicer does for ``Watch``), and ``LaneInterceptor`` uses that to give
+
+* ``grpc.health.v1.Health/Check`` a small lane of its own, so it is answered
+  however busy the workers are;
+* every client-streaming call (``AppendPoolItems``, ``RegisterModel``, reflection)
+  the *stream lane*: its thread waits for the client, not a worker. At most
+  ``max_streams`` run at once (beyond them, RESOURCE_EXHAUSTED ``TOO_MANY_STREAMS``
+  at once, so idle streams cannot fill ``max_concurrent_rpcs`` either), and each
+  reads its messages through ``streams.BoundedStream``: one that goes quiet for
+  ``idle_timeout`` seconds, or runs past the server's ceiling, is ended with
+  DEADLINE_EXCEEDED and stores nothing.
+
+The stream lane has as many threads as calls may be in flight, so an admitted
+stream never queues for a thread; the cap, not the pool size, bounds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from assay.vocab.errors import AssayError, ResourceExhausted
+
+from ..wiring.metrics import Metrics
+from .interceptors import abort_with
+from .streams import BoundedStream
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+class Lanes:
+    """The health and stream lanes of one server, and the stream cap.
+
+    Parameters
+    ----------
+    max_streams
+        Client-streaming calls running at once (``max_concurrent_streams``).
+    stream_threads
+        Threads of the stream lane; at least ``max_streams`` (the server passes
+        ``max_concurrent_rpcs``, so an admitted stream never waits for a thread).
+    idle_timeout
+        Seconds a stream may go without a message (``stream_idle_timeout_seconds``).
+    ceiling
+        Seconds a stream may run in all (``max_deadline_seconds``; 0: no ceiling).
+    """
+
+    def __init__(self, *, max_streams: int, stream_threads: int, idle_timeout: float,
+                 ceiling: float = 0.0, metrics: Metrics | None = None,
+                 health_threads: int = 2):
+        if max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {max_streams}")
+        self.max_streams = max_streams
+        self.idle_timeout = idle_timeout
+        self.ceiling = ceiling
+        self.metrics = metrics
+        self.health = futures.ThreadPoolExecutor(health_threads,
+                                                 thread_name_prefix="assay-health")
+        self.streams = futures.ThreadPoolExecutor(max(stream_threads, max_streams),
+                                                  thread_name_prefix="assay-stream")
+        self._lock = threading.Lock()
+        self._running = 0
+        self.interceptor = LaneInterceptor(self)
+
+    @property
+    def running_streams(self) -> int:
+        """Client-streaming calls running now."""
+        with self._lock:
+            return self._running
+
+    def _enter(self) -> bool:
+        with self._lock:
+            if self._running >= self.max_streams:
+                return False
+            self._running += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the server is already receiving {self.max_streams} client streams "
+            "(max_concurrent_streams); retry after the RetryInfo delay, with backoff",
+            reason="TOO_MANY_STREAMS")
+
+    def shutdown(self) -> None:
+        """Stop taking work; threads still waiting on a client end with their calls."""
+        self.health.shutdown(wait=False, cancel_futures=True)
+        self.streams.shutdown(wait=False, cancel_futures=True)
+
+
+class LaneInterceptor(grpc.ServerInterceptor):
+    """Puts health checks and client streams on their lanes (see the module docstring).
+
+    Install it outside the error interceptor, so the behaviors it tags are the ones
+    grpcio runs, and errors the wrapped handlers raise are still mapped there.
+    """
+
+    def __init__(self, lanes: Lanes):
+        self.lanes = lanes
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codecs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        if method == HEALTH_CHECK and handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _on_lane(_delegate(handler.unary_unary), self.lanes.health), **codecs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _on_lane(self._unary_response(handler.stream_unary, method),
+                         self.lanes.streams), **codecs)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _on_lane(self._stream_response(handler.stream_stream, method),
+                         self.lanes.streams), **codecs)
+        return handler
+
+    def _refuse(self, context: grpc.ServicerContext, method: str, error: AssayError) -> None:
+        if self.lanes.metrics is not None:
+            self.lanes.metrics.observe_rpc(method, error.code_name, 0.0)
+        abort_with(context, error)
+
+    @contextlib.contextmanager
+    def _bounded(self, request_iterator: Iterator, context: grpc.ServicerContext,
+                 method: str) -> Iterator[BoundedStream]:
+        """The call's place under the stream cap (refused beyond it), and its messages
+        read with the idle limit and the ceiling; both given back when the call ends."""
+        lanes = self.lanes
+        if not lanes._enter():
+            self._refuse(context, method, lanes.refusal())
+        stream = None
+        try:
+            stream = BoundedStream(request_iterator, idle_timeout=lanes.idle_timeout,
+                                   ceiling=lanes.ceiling, name=method.rsplit("/", 1)[-1])
+            yield stream
+        finally:
+            if stream is not None:
+                stream.close()
+            lanes._leave()
+
+    def _unary_response(self, behavior: Callable, method: str) -> Callable:
+        def run(request_iterator: Iterator, context: grpc.ServicerContext) -> Any:
+            with self._bounded(request_iterator, context, method) as stream:
+                return behavior(stream, context)
+        return run
+
+    def _stream_response(self, behavior: Callable, method: str) -> Callable:
+        def run(request_iterator: Iterator, context: grpc.ServicerContext) -> Iterator:
+            with self._bounded(request_iterator, context, method) as stream:
+                try:
+                    yield from behavior(stream, context)
+                except AssayError as error:  # no error interceptor maps bidi streams
+                    self._refuse(context, method, error)
+        return run
+
+
+def _delegate(behavior: Callable) -> Callable:
+    """A plain function calling ``behavior`` (a bound method cannot carry attributes)."""
+    def run(request: Any, context: grpc.ServicerContext) -> Any:
+        return behavior(request, context)
+    return run
+
+
+def _on_lane(behavior: Callable, pool: futures.ThreadPoolExecutor) -> Callable:
+    behavior.experimental_thread_pool = pool
+    return behavior

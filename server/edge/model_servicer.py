@@ -1,0 +1,148 @@
+"""gRPC layer of models: ``assay.v1.ModelService`` and the model step of ``Select``.
+
+Translates protobuf to the model store and runtime and back; all checks of an
+uploaded model live in ``onnx_safety``, all inference in ``model_inference``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from assay.v1 import model_pb2, model_pb2_grpc
+from assay.vocab.errors import DeadlineExceeded, InvalidInput
+
+from ..models.inference import ModelRun, ModelRuntime, needed_roles
+from ..models.onnx_runner import Terminator
+from ..models.onnx_safety import inspect_model
+from ..models.store import ModelInfo, ModelStore, check_model_id
+from .paging import page_end, page_start
+from .streams import stream_chunks, stream_header
+from .tensors import enum_of
+
+
+def model_to_proto(info: ModelInfo) -> model_pb2.Model:
+    sig = info.signature
+    created = timestamp_pb2.Timestamp()
+    created.FromNanoseconds(int(info.create_time * 1e9))
+    return model_pb2.Model(
+        model_id=info.model_id,
+        outputs=[model_pb2.OutputBinding(role=r, output_name=n) for r, n in info.bindings],
+        input=model_pb2.ModelInput(name=sig.input_name,
+                                   dtype=enum_of(np.dtype(sig.input_dtype)),
+                                   shape=list(sig.input_shape)),
+        size_bytes=info.size_bytes,
+        sha256=info.sha256,
+        opset_version=sig.opset,
+        dropout_count=sig.dropout_count,
+        create_time=created,
+    )
+
+
+class ModelServicer(model_pb2_grpc.ModelServiceServicer):
+    """Implements ``assay.v1.ModelService`` over a ``ModelStore`` and its runtime."""
+
+    def __init__(self, store: ModelStore, runtime: ModelRuntime,
+                 check_cancelled: Callable[[grpc.ServicerContext], Callable[[], None]]):
+        self.store = store
+        self.runtime = runtime
+        self._check_cancelled = check_cancelled
+
+    def RegisterModel(self, request_iterator: Iterator, context):
+        header = stream_header(request_iterator, "a register stream")
+        bindings = tuple((b.role, b.output_name) for b in header.outputs)
+        upload = self.store.begin_upload(header.model_id, header.size_bytes, header.sha256)
+        committed = False
+        check = _registration_check(self._check_cancelled(context))
+        try:
+            for chunk in stream_chunks(request_iterator, context, check):
+                upload.write(chunk)
+            data = upload.finish()
+            signature = inspect_model(data, bindings, self.runtime.limits)
+            check()
+            self.runtime.check_loads(data, check)
+            # The row is the commit point: a client told DEADLINE_EXCEEDED finds nothing.
+            check()
+            info = upload.commit(signature, bindings)
+            committed = True
+        finally:
+            if not committed:
+                upload.abort()
+        return model_pb2.RegisterModelResponse(model=model_to_proto(info))
+
+    def GetModel(self, request, context):
+        return model_pb2.GetModelResponse(model=model_to_proto(self.store.get(request.model_id)))
+
+    def ListModels(self, request, context):
+        after, size = page_start(request.page_size, request.page_token, check_model_id,
+                                 "ListModels")
+        models, token = page_end(self.store.list(after, size + 1), size, lambda m: m.model_id)
+        return model_pb2.ListModelsResponse(models=[model_to_proto(m) for m in models],
+                                            next_page_token=token)
+
+    def DeleteModel(self, request, context):
+        info = self.store.delete(request.model_id)
+        self.runtime.forget(info.uid)
+        return model_pb2.DeleteModelResponse()
+
+
+def _registration_check(check: Callable[[], None]) -> Callable[[], None]:
+    """``check`` with the registration's own wording when the deadline has passed."""
+    def checked() -> None:
+        try:
+            check()
+        except DeadlineExceeded as error:
+            raise DeadlineExceeded(
+                "the request deadline (or the server's ceiling, --max-deadline-seconds) "
+                "passed while the model was received or checked; nothing was stored",
+                reason=error.reason) from None
+    return checked
+
+
+def _time_left(context: grpc.ServicerContext, ceiling: float) -> float | None:
+    """Seconds until the request must stop: its deadline or the server's ceiling."""
+    limits = [x for x in (context.time_remaining(), ceiling if ceiling > 0 else None)
+              if x is not None]
+    return min(limits) if limits else None
+
+
+def run_models(runtime: ModelRuntime, request, arrays: dict[str, np.ndarray],
+               params: Mapping[str, Any], seed: int, *, pool_key: tuple | None,
+               labeled: np.ndarray | None, context: grpc.ServicerContext, ceiling: float,
+               check: Callable[[], None]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The model step of Select: run ``request.model_ids`` over ``arrays['model_inputs']``.
+
+    Returns the arrays with the models' outputs in place of arrays of the same
+    role (``labeled_embeddings`` recomputed from the model's embeddings), and
+    the inference figures for ``SelectResponse.metrics``.
+    """
+    if "model_inputs" not in arrays:
+        where = "the pool has" if pool_key is not None else "inputs has"
+        raise InvalidInput(f"model_ids needs raw model inputs, but {where} no model_inputs "
+                           "array", field="inputs.model_inputs", reason="MISSING_INPUT")
+    run = ModelRun(list(request.model_ids), request.mc_samples, request.batch_size, seed)
+    needed = needed_roles(request.strategy, params)
+    with Terminator(_time_left(context, ceiling)) as terminator:
+        context.add_callback(lambda: terminator.fire())
+        produced, stats = runtime.arrays(run, arrays["model_inputs"], needed=needed,
+                                         pool_key=pool_key, check=check, terminator=terminator)
+    arrays = {**arrays, **produced}
+    has_labeled = labeled is not None and labeled.size > 0
+    if "embeddings" in produced:
+        arrays.pop("labeled_embeddings", None)
+        if has_labeled:
+            arrays["labeled_embeddings"] = produced["embeddings"][labeled]
+    if "probs" in produced:
+        arrays.pop("labeled_probs", None)
+        if has_labeled and "labeled_probs" in needed:
+            arrays["labeled_probs"] = produced["probs"][labeled]
+    return arrays, stats
+
+
+def pool_cache_key(pool_id: str, create_time: float, version: int) -> tuple:
+    """A pool's identity at one version: a re-created pool with the same id never matches."""
+    return ("pool", pool_id, repr(create_time), version)

@@ -1,0 +1,484 @@
+"""The gRPC servicer: translates protobuf to domain calls and back, nothing more.
+
+Protobuf stops here: below this module there are only NumPy arrays and domain
+types. Every check of the wire (sizes, oneofs, tensor byte lengths) happens here
+or in the codecs it calls; domain errors are mapped to statuses by the
+interceptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from assay.v1 import assay_pb2, assay_pb2_grpc
+from assay.vocab.dtypes import stored_name
+from assay.vocab.errors import (
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    ResourceExhausted,
+)
+
+from ..acquisition import selection as acquisition
+from ..models.inference import ModelRuntime
+from ..pools.request_records import RequestKey, StoredResponse
+from ..pools.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
+from ..strategies import registry
+from ..strategies.validation import validate_array
+from ..wiring.config import ServerConfig
+from ..wiring.metrics import Metrics
+from . import sharded as sharded_rpc
+from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
+from .model_servicer import pool_cache_key, run_models
+from .paging import page_end, page_start
+from .response_size import check_budget, check_encoded
+from .streams import stream_chunks, stream_header
+from .tensors import DTYPES, check_shape, from_proto, numpy_dtype
+
+if TYPE_CHECKING:
+    from ..pools.sharded import ShardedPools
+
+_PARAM_TYPES = {
+    float: assay_pb2.PARAM_TYPE_DOUBLE,
+    int: assay_pb2.PARAM_TYPE_INT,
+    str: assay_pb2.PARAM_TYPE_STRING,
+    bool: assay_pb2.PARAM_TYPE_BOOL,
+}
+_INPUT_FIELDS = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields]
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+#: Stored dtype name (see ``store.ArraySpec.dtype``) -> wire enum.
+_STORED_DTYPES = {stored_name(d): k for k, d in DTYPES.items()}
+
+
+def pool_to_proto(info: PoolInfo) -> assay_pb2.Pool:
+    return assay_pb2.Pool(
+        pool_id=info.pool_id,
+        item_count=info.item_count,
+        labeled_count=info.labeled_count,
+        version=info.version,
+        arrays=[assay_pb2.ArrayInfo(name=a.name, dtype=_STORED_DTYPES[a.dtype], shape=a.shape)
+                for a in info.arrays],
+        create_time=_timestamp(info.create_time),
+        update_time=_timestamp(info.update_time),
+        size_bytes=info.size_bytes,
+    )
+
+
+def param_from_proto(value: assay_pb2.ParamValue, name: str):
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidInput(f"params.{name} has no value set", field=f"params.{name}")
+    return getattr(value, kind)
+
+
+def param_to_proto(value) -> assay_pb2.ParamValue:
+    if isinstance(value, bool):
+        return assay_pb2.ParamValue(bool_value=value)
+    if isinstance(value, int):
+        return assay_pb2.ParamValue(int_value=value)
+    if isinstance(value, float):
+        return assay_pb2.ParamValue(double_value=value)
+    return assay_pb2.ParamValue(string_value=str(value))
+
+
+def cancellation_check(context: grpc.ServicerContext, ceiling: float = 0.0):
+    """A check that raises once the caller left, its deadline passed, or the server's
+    ceiling (``max_deadline_seconds``, 0: none) did."""
+    stop_at = time.monotonic() + ceiling if ceiling > 0 else None
+
+    def check() -> None:
+        if stop_at is not None and time.monotonic() > stop_at:
+            raise DeadlineExceeded(f"the request ran past the server's ceiling of {ceiling} s "
+                                   "(max_deadline_seconds); nothing was stored")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise DeadlineExceeded("the request deadline passed during selection; nothing "
+                                   "was stored")
+        if not context.is_active():
+            raise Cancelled("the client cancelled the request")
+    return check
+
+
+def _learning_arrays(strategy: str, data, arrays: dict) -> dict[str, np.ndarray]:
+    """Inputs a pool holds implicitly, derived only for strategies that use them.
+
+    ``predictions``: the recorded epochs (RecordEpoch) covering every item;
+    ``labels``: the pool's labels per item, -1 where unlabeled; ``labeled_probs``:
+    ``probs`` (or the mean of ``samples``) at the labeled items.
+    """
+    s = registry.get(strategy)
+    roles = set(s.required) | set(s.optional)
+    out: dict[str, np.ndarray] = {}
+    if "predictions" in roles and "predictions" not in arrays and data.history is not None:
+        out["predictions"] = data.history
+    if "labels" in roles:
+        labels = np.full(data.info.item_count, -1, dtype=np.int64)
+        labels[data.labeled] = data.labels
+        out["labels"] = labels
+    if "labeled_probs" in roles and data.labeled.size:
+        if "probs" in arrays:
+            out["labeled_probs"] = np.asarray(arrays["probs"][data.labeled])
+        elif "samples" in arrays:
+            out["labeled_probs"] = np.asarray(arrays["samples"][:, data.labeled],
+                                              dtype=np.float64).mean(axis=0)
+    return out
+
+
+def _digested(messages: Iterator, digest: StreamDigest) -> Iterator:
+    """Pass an append stream's messages on, adding each chunk to ``digest`` first."""
+    for message in messages:
+        if message.WhichOneof("part") == "chunk":
+            chunk = message.chunk
+            digest.update(chunk.array_index, chunk.offset, chunk.data)
+        yield message
+
+
+class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
+    """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
+
+    def __init__(self, store: PoolStore, config: ServerConfig, metrics: Metrics,
+                 models: ModelRuntime | None = None, sharded: ShardedPools | None = None):
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.models = models
+        self.sharded = sharded  # pools split over Ray actors; None without --ray-address
+        self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
+        self._queue_lock = threading.Lock()
+        self._queued = 0
+        self._flights = SingleFlight()
+
+    def _acquire_select_slot(self, check) -> None:
+        """Take one of ``max_concurrent_selects`` slots, waiting in a bounded queue.
+
+        Open-loop traffic arrives in bursts: shedding every Select that finds the slots
+        busy would fail requests even at moderate load, while an unbounded wait turns
+        overload into timeouts. So up to ``max_queued_selects`` callers wait (still
+        honouring their deadline and cancellation); anyone beyond is refused at once.
+        """
+        if self._selects.acquire(blocking=False):
+            return
+        with self._queue_lock:
+            if self._queued >= self.config.max_queued_selects:
+                raise ResourceExhausted(
+                    f"the server is already running {self.config.max_concurrent_selects} "
+                    f"selections with {self._queued} waiting; retry with backoff",
+                    reason="TOO_MANY_SELECTS")
+            self._queued += 1
+        try:
+            while not self._selects.acquire(timeout=0.02):
+                check()
+        finally:
+            with self._queue_lock:
+                self._queued -= 1
+
+    @contextlib.contextmanager
+    def _once(self, message, method: str, context, pool_id: str = "",
+              field: str = "request_id", pool_field: str = "pool_id",
+              ) -> Iterator[tuple[StoredResponse | None, RequestKey | None]]:
+        """Idempotency (AIP-155), one execution per request id.
+
+        Yields ``(stored, None)`` when a committed earlier attempt of this request
+        answered it, else ``(None, key)`` with the key to store the new response
+        under (``(None, None)`` without a request id). The body runs while this
+        request id is held: a duplicate arriving meanwhile waits (within its own
+        deadline) and then finds the stored answer, or runs itself if the first
+        attempt stored none (it failed or was cancelled). ``pool_id`` names the pool
+        the request is about: a retry must name the same pool, not one deleted and
+        created again under that id since (its uid is part of the key).
+        """
+        request_id = message.request_id
+        if not request_id:
+            yield None, None
+            return
+        check_request_id(request_id, field)
+        with self._flights.hold(request_id,
+                                cancellation_check(context, self.config.max_deadline_seconds)):
+            uid = self._pool_uid(pool_id, pool_field) if pool_id else ""
+            key = RequestKey(request_id, method, fingerprint(message), uid, field=field)
+            stored = self.store.get_request(key)
+            yield (stored, None) if stored is not None else (None, key)
+
+    def _pool_uid(self, pool_id: str, field: str) -> str:
+        """The identity of the pool under ``pool_id`` (NOT_FOUND when there is none)."""
+        if self._is_sharded(pool_id):
+            return "sharded:" + self.sharded.uid(pool_id)
+        return self.store.pool_uid(pool_id, field)
+
+    # -- pools -------------------------------------------------------------------------
+
+    def _is_sharded(self, pool_id: str) -> bool:
+        return self.sharded is not None and self.sharded.owns(pool_id)
+
+    def CreatePool(self, request, context):
+        shards = sharded_rpc.shards_for(request, self.config)
+        if shards:
+            return sharded_rpc.create_pool(self, request, shards)
+        if self._is_sharded(request.pool_id):
+            raise AlreadyExists(f"pool {request.pool_id!r} already exists", field="pool_id")
+        return assay_pb2.CreatePoolResponse(pool=pool_to_proto(
+            self.store.create_pool(request.pool_id)))
+
+    def GetPool(self, request, context):
+        if self._is_sharded(request.pool_id):
+            return sharded_rpc.get_pool(self, request)
+        return assay_pb2.GetPoolResponse(pool=pool_to_proto(self.store.get_pool(request.pool_id)))
+
+    def ListPools(self, request, context):
+        after, size = page_start(request.page_size, request.page_token, check_pool_id,
+                                 "ListPools")
+        pools = self.store.list_pools(after, size + 1)
+        if self.sharded is not None:
+            pools = sharded_rpc.merge_lists(self, pools, after, size + 1)
+        pools, token = page_end(pools, size, lambda p: p.pool_id)
+        return assay_pb2.ListPoolsResponse(pools=[sharded_rpc.pool_proto(self, p) for p in pools],
+                                           next_page_token=token)
+
+    def DeletePool(self, request, context):
+        if self._is_sharded(request.pool_id):
+            return sharded_rpc.delete_pool(self, request)
+        self.store.delete_pool(request.pool_id)
+        return assay_pb2.DeletePoolResponse()
+
+    def LabelPoolItems(self, request, context):
+        with self._once(request, "LabelPoolItems", context, request.pool_id) as (stored, key):
+            if stored is not None:
+                return assay_pb2.LabelPoolItemsResponse.FromString(stored.response)
+            return self._label(request, key)
+
+    def _label(self, request, key: RequestKey | None):
+        if self._is_sharded(request.pool_id):
+            return sharded_rpc.label(self, request, key)
+        info = self.store.label(
+            request.pool_id, np.asarray(request.indices, dtype=np.int64),
+            np.asarray(request.labels, dtype=np.int64), key,
+            lambda i: assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(i)).SerializeToString())
+        return assay_pb2.LabelPoolItemsResponse(pool=pool_to_proto(info))
+
+    def RecordEpoch(self, request, context):
+        with self._once(request, "RecordEpoch", context, request.pool_id) as (stored, key):
+            if stored is not None:
+                return assay_pb2.RecordEpochResponse.FromString(stored.response)
+            return self._record_epoch(request, key)
+
+    def _record_epoch(self, request, key: RequestKey | None):
+        check_pool_id(request.pool_id)
+        which = request.WhichOneof("predictions")
+        if which == "predicted_labels":
+            labels = from_proto(request.predicted_labels, "predicted_labels")
+        elif which == "probs":
+            probs = from_proto(request.probs, "probs")
+            validate_array("probs", probs, field="probs")
+            labels = np.asarray(probs, dtype=np.float64).argmax(axis=1)
+        else:
+            raise InvalidInput("set predicted_labels [N] or probs [N, C]: the epoch's "
+                               "predictions for every pool item", field="predictions")
+        info, epoch = self.store.record_epoch(
+            request.pool_id, labels, key,
+            lambda i, e: assay_pb2.RecordEpochResponse(pool=pool_to_proto(i),
+                                                       epoch=e).SerializeToString())
+        return assay_pb2.RecordEpochResponse(pool=pool_to_proto(info), epoch=epoch)
+
+    def AppendPoolItems(self, request_iterator: Iterator, context):
+        header = stream_header(request_iterator, "an append stream")
+        check_pool_id(header.pool_id, "header.pool_id")
+        specs = []
+        for i, a in enumerate(header.arrays):
+            numpy_dtype(a.dtype, f"header.arrays[{i}]")
+            name = next(k for k, v in _STORED_DTYPES.items() if v == a.dtype)
+            specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]",
+                                                             min_dim=1)))
+        with self._once(header, "AppendPoolItems", context, header.pool_id,
+                        "header.request_id", "header.pool_id") as (stored, key):
+            if key is None and stored is None:
+                return self._append(header, specs, request_iterator, context, None, None)
+            digest = StreamDigest([s.name for s in specs], [
+                math.prod(s.shape) * DTYPES[a.dtype].itemsize
+                for s, a in zip(specs, header.arrays, strict=True)])
+            messages = _digested(request_iterator, digest)
+            if stored is not None:
+                return self._replay_append(stored, digest, messages, context)
+            return self._append(header, specs, messages, context, key, digest)
+
+    def _replay_append(self, stored: StoredResponse, digest: StreamDigest, messages: Iterator,
+                       context) -> assay_pb2.AppendPoolItemsResponse:
+        """Answer a retried append from its stored response, once its data proved equal.
+
+        The header arrives before the data, so the retry's stream is read to the end
+        (checked and CRC'd, not written) before it is answered: the stored answer
+        may only go to a retry that sent the same bytes.
+        """
+        check = cancellation_check(context, self.config.max_deadline_seconds)
+        for chunk in stream_chunks(messages, context, check):
+            self.metrics.add_bytes(len(chunk.data))
+        digest.check_complete()
+        if digest.value() != stored.data_digest:
+            raise FailedPrecondition(
+                "header.request_id was already used for an append of different data to this "
+                "pool; nothing was stored. Use a new request_id for a new append",
+                field="header.request_id", reason="REQUEST_ID_REUSED")
+        return assay_pb2.AppendPoolItemsResponse.FromString(stored.response)
+
+    def _append(self, header, specs: list[ArraySpec], request_iterator: Iterator, context,
+                key: RequestKey | None, digest: StreamDigest | None):
+        if self._is_sharded(header.pool_id):
+            return sharded_rpc.append(self, header.pool_id, specs, request_iterator, key,
+                                      context, cancellation_check(context,
+                                                             self.config.max_deadline_seconds),
+                                      digest)
+        writer = self.store.begin_append(header.pool_id, specs)
+        committed = False
+        check = cancellation_check(context, self.config.max_deadline_seconds)
+        try:
+            for chunk in stream_chunks(request_iterator, context, check):
+                writer.write(chunk.array_index, chunk.offset, chunk.data)
+                self.metrics.add_bytes(len(chunk.data))
+
+            def response(info: PoolInfo, first_index: int, count: int) -> bytes:
+                return assay_pb2.AppendPoolItemsResponse(
+                    pool=pool_to_proto(info), first_index=first_index,
+                    appended_count=count).SerializeToString()
+
+            if key is not None:
+                key = replace(key, data_digest=digest.value())
+            info, first_index, count = writer.commit(key, response)
+            committed = True
+        finally:
+            if not committed:
+                writer.abort()
+        return assay_pb2.AppendPoolItemsResponse(pool=pool_to_proto(info),
+                                                 first_index=first_index, appended_count=count)
+
+    # -- selection ---------------------------------------------------------------------
+
+    def Select(self, request, context):
+        pool_id = request.pool_id if request.WhichOneof("source") == "pool_id" else ""
+        with self._once(request, "Select", context, pool_id) as (stored, key):
+            if stored is not None:
+                return assay_pb2.SelectResponse.FromString(stored.response)
+            return self._select(request, context, key)
+
+    def _select(self, request, context, key: RequestKey | None):
+        if not request.strategy:
+            raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
+        strategy = registry.get(request.strategy)
+        check_budget(strategy.name, strategy.kind, request.budget,
+                     self.config.max_message_bytes)
+        params = {k: param_from_proto(v, k) for k, v in request.params.items()}
+        exclude = np.asarray(request.exclude_indices, dtype=np.int64)
+        source = request.WhichOneof("source")
+        pool_version = 0
+        validated = False
+        pool_key = labeled = None
+        if source == "inputs":
+            arrays = {
+                name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
+                                 max_bytes=self.config.max_inline_bytes)
+                for name in _INPUT_FIELDS if request.inputs.HasField(name)
+            }
+            # Summed from the decoded arrays: ByteSize() would serialize the inputs again.
+            size = sum(a.nbytes for a in arrays.values())
+            if size > self.config.max_inline_bytes:
+                raise ResourceExhausted(
+                    f"inline inputs are {size} bytes, over the server's inline limit of "
+                    f"{self.config.max_inline_bytes}; upload them to a pool (CreatePool, "
+                    "AppendPoolItems) and Select by pool_id", field="inputs",
+                    reason="INLINE_TOO_LARGE")
+        elif source == "pool_id" and self._is_sharded(request.pool_id):
+            return sharded_rpc.select(self, request, params, exclude, key,
+                                      cancellation_check(context, self.config.max_deadline_seconds))
+        elif source == "pool_id":
+            data = self.store.load(request.pool_id)
+            arrays = dict(data.arrays)
+            pool_version = data.info.version
+            validated = True
+            pool_key = pool_cache_key(data.info.pool_id, data.info.create_time, pool_version)
+            labeled = data.labeled
+            if data.labeled.size:
+                exclude = np.union1d(exclude, data.labeled)
+                if "embeddings" in arrays:
+                    arrays["labeled_embeddings"] = arrays["embeddings"][data.labeled]
+            arrays.update(_learning_arrays(request.strategy, data, arrays))
+        else:
+            raise InvalidInput("set either inputs or pool_id", field="source")
+        seed = request.seed if request.HasField("seed") else None
+        if not request.model_ids and (request.mc_samples or request.batch_size):
+            raise InvalidInput("mc_samples and batch_size apply to models: name them in "
+                               "model_ids", field="model_ids")
+        if request.mc_samples and seed is None:
+            # MC passes and the strategy share the reported seed, so it replays both.
+            seed = secrets.randbits(63)
+        if request.model_ids and self.models is None:
+            raise InvalidInput("this server runs no models", field="model_ids")
+        model_metrics: dict[str, float] = {}
+        check = cancellation_check(context, self.config.max_deadline_seconds)
+        self._acquire_select_slot(check)
+        try:
+            if request.model_ids:
+                arrays, model_metrics = run_models(
+                    self.models, request, arrays, params, seed or 0, pool_key=pool_key,
+                    labeled=labeled, context=context, ceiling=self.config.max_deadline_seconds,
+                    check=check)
+            result = acquisition.select(
+                request.strategy, request.budget, arrays, params,
+                seed=seed,
+                exclude=exclude, validated=validated, check_cancelled=check)
+        finally:
+            self._selects.release()
+        self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
+        response = assay_pb2.SelectResponse(
+            indices=result.indices.tolist(),
+            scores=[] if result.scores is None else result.scores.tolist(),
+            strategy=result.strategy,
+            backend=result.backend,
+            seed=result.seed,
+            pool_version=pool_version,
+            request_id=request.request_id,
+            metrics={**result.metrics, **model_metrics},
+            compute_seconds=result.compute_seconds,
+        )
+        if result.pseudo_label_indices is not None:
+            response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
+            response.pseudo_labels.extend(result.pseudo_labels.tolist())
+        check_encoded(response.ByteSize(), request.budget, self.config.max_message_bytes)
+        if key is not None:
+            self.store.put_request(key, response.SerializeToString())
+        return response
+
+    def ListStrategies(self, request, context):
+        infos = []
+        for s in registry.all_strategies():
+            params = []
+            for p in registry.all_params(s):
+                spec = assay_pb2.ParamSpec(name=p.name, type=_PARAM_TYPES[p.type],
+                                           default_value=param_to_proto(p.default),
+                                           choices=list(p.choices), description=p.description)
+                if p.minimum is not None:
+                    spec.minimum = p.minimum
+                if p.maximum is not None:
+                    spec.maximum = p.maximum
+                params.append(spec)
+            infos.append(assay_pb2.StrategyInfo(
+                name=s.name, description=s.description, required_inputs=list(s.required),
+                optional_inputs=list(s.optional), params=params, kind=s.kind))
+        return assay_pb2.ListStrategiesResponse(strategies=infos)

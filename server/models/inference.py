@@ -1,0 +1,386 @@
+"""Turns registered models and raw inputs into the arrays a strategy needs.
+
+Protocol-free, like ``acquisition``: model infos, NumPy arrays and domain errors.
+
+* One model, no MC dropout: one deterministic pass gives every declared role
+  (``probs`` from ``probs`` or softmax of ``logits``; ``embeddings``; ``loss``
+  and ``discriminator`` as [N]).
+* ``mc_samples = S``: each model's graph is rewritten so its Dropout nodes
+  sample (``mc_dropout``) and run S times; the passes form ``samples`` and
+  their mean is ``probs``. Other roles come from a deterministic pass, run only
+  when the strategy uses them.
+* Several models form a committee: their (MC) class probabilities are stacked
+  on the samples axis; other roles come from the first model declaring them.
+
+Results of a stored pool are cached per (pool, pool version, model
+registration, pass kind), so a second strategy on the same round reuses them.
+MC passes are cached under their seed and batch size, which determine them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from assay.vocab.errors import InvalidInput, NotFound
+
+from ..strategies import registry
+from ..strategies.validation import validate_array
+from .mc_dropout import DISABLED_OPTIMIZERS, disable_dropout, enable_mc_dropout
+from .onnx_cost import ModelLimits
+from .onnx_runner import (
+    Terminator,
+    default_batch_size,
+    default_threads,
+    make_session,
+    run_batches,
+    use_memory_cap,
+)
+from .onnx_safety import input_fits, parse_model
+from .probe import prepare, probe_session
+from .store import ModelInfo, ModelStore
+
+#: Most models in one committee, and most MC passes per model.
+MAX_MODELS = 32
+MAX_MC_SAMPLES = 1000
+#: Sessions built at once (each may take up to --model-load-seconds of one core).
+BUILD_THREADS = 2
+_BUILD_POLL_SECONDS = 0.05
+#: Roles a deterministic pass provides besides class probabilities.
+_FEATURE_ROLES = ("embeddings", "loss", "discriminator")
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """What a Select asks of the models (see ``SelectRequest.model_ids`` and below)."""
+
+    model_ids: Sequence[str]
+    mc_samples: int = 0
+    batch_size: int = 0
+    seed: int = 0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row softmax in float64 (max-shifted, so large logits do not overflow), as float32."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def needed_roles(strategy: str, params: Mapping[str, Any]) -> set[str]:
+    """Input roles the strategy (and its prefilter, if any) reads, required or optional."""
+    roles: set[str] = set()
+    names = [strategy]
+    prefilter = params.get("prefilter")
+    if isinstance(prefilter, str) and prefilter:
+        names.append(prefilter)
+    for name in names:
+        s = registry.get(name)
+        roles.update(s.required, s.optional)
+    if "labeled_embeddings" in roles:
+        roles.add("embeddings")
+    return roles
+
+
+class _ResultCache:
+    """LRU of role arrays by key, bounded by total bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    def key_lock(self, key: tuple) -> threading.Lock:
+        """One lock per key, so concurrent requests for the same results compute them once."""
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def get(self, key: tuple) -> dict[str, np.ndarray] | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: dict[str, np.ndarray]) -> None:
+        size = sum(a.nbytes for a in value.values())
+        with self._lock:
+            self._key_locks.pop(key, None)
+            if size > self.max_bytes:
+                return
+            self._entries[key] = value
+            while sum(a.nbytes for v in self._entries.values() for a in v.values()) \
+                    > self.max_bytes:
+                self._entries.popitem(last=False)
+
+    def drop(self, uid: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if uid in k]:
+                del self._entries[key]
+
+
+def _wait_for(build: Future, check: Callable[[], None]) -> ort.InferenceSession:
+    """The session ``build`` makes, checking the request's deadline while it runs."""
+    while True:
+        try:
+            return build.result(timeout=_BUILD_POLL_SECONDS)
+        except FutureTimeout:
+            try:
+                check()
+            except BaseException:
+                build.cancel()  # only takes effect while it is still queued
+                raise
+
+
+class ModelRuntime:
+    """Sessions and cached results of registered models, shared by all requests.
+
+    Deterministic sessions are kept per registration (an LRU of
+    ``max_sessions``); onnxruntime runs one session from several threads safely.
+    MC-dropout sessions are built per request: their masks come from per-node
+    generators that advance with every run, so sharing one would make the
+    samples depend on what other requests ran.
+
+    Sessions are built on a small pool of threads of their own, and the request
+    waits for its build while checking its deadline: a build cannot be stopped
+    inside onnxruntime, but a request whose time is up answers at once and frees
+    its worker. The build itself then ends within what the registration check
+    measured (``--model-load-seconds``); a deterministic one still fills the cache.
+    """
+
+    def __init__(self, store: ModelStore, *, threads: int = 0, max_sessions: int = 8,
+                 cache_bytes: int = 512 << 20, limits: ModelLimits | None = None):
+        self.store = store
+        self.limits = limits or ModelLimits()
+        use_memory_cap(self.limits.memory_bytes)
+        prepare()  # the first registration's session-build child starts importing now
+        self.threads = threads or default_threads()
+        self.max_sessions = max_sessions
+        self.cache = _ResultCache(cache_bytes)
+        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
+        self._lock = threading.Lock()
+        self._builder = ThreadPoolExecutor(BUILD_THREADS, thread_name_prefix="model-session")
+        self._building: dict[str, Future] = {}
+
+    def forget(self, uid: str) -> None:
+        """Drop a deleted model's session and cached results."""
+        with self._lock:
+            self._sessions.pop(uid, None)
+        self.cache.drop(uid)
+
+    def check_loads(self, data: bytes, check: Callable[[], None] = lambda: None) -> float:
+        """Raise ``InvalidInput`` unless onnxruntime can build a session for ``data`` within
+        the limits; returns the seconds it took.
+
+        The session is built in a child process (``model_probe``), so a model whose
+        build would run for hours or allocate gigabytes is stopped, and ``check``
+        (the request's deadline and cancellation) ends the wait early.
+        """
+        return probe_session(data, seconds=self.limits.load_seconds,
+                             memory_bytes=self.limits.memory_bytes, check=check)
+
+    def _read(self, info: ModelInfo) -> bytes:
+        try:
+            return self.store.read(info)
+        except FileNotFoundError:
+            raise NotFound(f"model {info.model_id!r} was deleted during the request",
+                           field="model_ids", reason="MODEL_NOT_FOUND") from None
+
+    def _session(self, info: ModelInfo,
+                 check: Callable[[], None] = lambda: None) -> ort.InferenceSession:
+        with self._lock:
+            session = self._sessions.get(info.uid)
+            if session is not None:
+                self._sessions.move_to_end(info.uid)
+                return session
+            build = self._building.get(info.uid)
+            if build is None:  # one build per registration, whoever asks meanwhile
+                build = self._builder.submit(self._build, info)
+                self._building[info.uid] = build
+        return _wait_for(build, check)
+
+    def _build(self, info: ModelInfo) -> ort.InferenceSession:
+        try:
+            data = self._read(info)
+            if info.signature.dropout_count:
+                data = disable_dropout(parse_model(data)).SerializeToString()
+            session = make_session(data, threads=self.threads)
+            with self._lock:
+                self._sessions[info.uid] = session
+                while len(self._sessions) > self.max_sessions:
+                    self._sessions.popitem(last=False)
+            return session
+        finally:
+            with self._lock:
+                self._building.pop(info.uid, None)
+
+    def _mc_session(self, info: ModelInfo, seed: int,
+                    check: Callable[[], None] = lambda: None) -> ort.InferenceSession:
+        model = enable_mc_dropout(parse_model(self._read(info)), seed)
+        build = self._builder.submit(make_session, model.SerializeToString(),
+                                     threads=self.threads,
+                                     disabled_optimizers=DISABLED_OPTIMIZERS)
+        return _wait_for(build, check)
+
+    # -- one model, one kind of pass ----------------------------------------------------
+
+    def _pass(self, info: ModelInfo, inputs: np.ndarray, *, mc: int, seed: int,
+              batch_size: int, pool_key: tuple | None, check: Callable[[], None],
+              terminator: Terminator | None, stats: dict[str, float]) -> dict[str, np.ndarray]:
+        """Role arrays of one model: deterministic (``mc == 0``) or ``mc`` MC passes.
+
+        Deterministic: every declared role, ``probs`` [N, C] and the rest. MC:
+        ``samples`` [mc, N, C] only.
+        """
+        fixed = info.signature.input_shape[0]
+        if fixed > 0:
+            batch_size = fixed
+        elif not batch_size:
+            item = int(np.prod(inputs.shape[1:], dtype=np.int64)) * inputs.dtype.itemsize
+            batch_size = default_batch_size(item)
+        kind = ("det",) if mc == 0 else ("mc", mc, seed, batch_size)
+        key = None if pool_key is None else (*pool_key, info.uid, *kind)
+        if key is None:
+            return self._timed(info, inputs, mc, seed, batch_size, check, terminator, stats)
+        cached = self.cache.get(key)
+        if cached is None:
+            with self.cache.key_lock(key):
+                cached = self.cache.get(key)
+                if cached is None:
+                    result = self._timed(info, inputs, mc, seed, batch_size, check, terminator,
+                                         stats)
+                    self.cache.put(key, result)
+                    return result
+        stats["model_cached_passes"] += 1
+        return cached
+
+    def _timed(self, info: ModelInfo, inputs: np.ndarray, mc: int, seed: int, batch_size: int,
+               check: Callable[[], None], terminator: Terminator | None,
+               stats: dict[str, float]) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        result = self._compute(info, inputs, mc, seed, batch_size, check, terminator)
+        stats["model_seconds"] += time.perf_counter() - started
+        stats["model_passes"] += max(mc, 1)
+        return result
+
+    def _compute(self, info: ModelInfo, inputs: np.ndarray, mc: int, seed: int,
+                 batch_size: int, check: Callable[[], None],
+                 terminator: Terminator | None) -> dict[str, np.ndarray]:
+        sig = info.signature
+        roles = dict(sig.outputs)
+        if mc:
+            roles = {r: n for r, n in roles.items() if r in ("logits", "probs")}
+            session = self._mc_session(info, seed, check)
+        else:
+            session = self._session(info, check)
+        names = list(roles.values())
+        fixed = sig.input_shape[0] if sig.input_shape[0] > 0 else None
+        outs = run_batches(session, inputs, names, batch_size=batch_size, passes=max(mc, 1),
+                           fixed_batch=fixed, input_dtype=np.dtype(sig.input_dtype),
+                           check_cancelled=check, terminator=terminator)
+        result: dict[str, np.ndarray] = {}
+        for role, out in zip(roles, outs, strict=True):
+            where = f"model {info.model_id!r} output {roles[role]!r} ({role})"
+            array = out if mc else out[0]
+            if role in ("logits", "probs"):
+                if array.ndim != (3 if mc else 2):
+                    raise InvalidInput(f"{where} gave shape {list(out.shape[1:])}; it must be "
+                                       "[N, C]", field="model_ids", reason="OUTPUT_SHAPE")
+                array = softmax(array) if role == "logits" else array.astype(np.float32)
+                role = "samples" if mc else "probs"
+            elif role in ("loss", "discriminator"):
+                if array.ndim == 2 and array.shape[1] == 1:
+                    array = array[:, 0]
+                if array.ndim != 1:
+                    raise InvalidInput(f"{where} gave shape {list(out.shape[1:])}; it must be "
+                                       "[N] or [N, 1]", field="model_ids",
+                                       reason="OUTPUT_SHAPE")
+            elif array.ndim != 2:
+                raise InvalidInput(f"{where} gave shape {list(out.shape[1:])}; it must be "
+                                   "[N, d]", field="model_ids", reason="OUTPUT_SHAPE")
+            validate_array(role, array, field=where)
+            result[role] = np.ascontiguousarray(array)
+        return result
+
+    # -- a Select's models ---------------------------------------------------------------
+
+    def resolve(self, model_ids: Iterable[str]) -> list[ModelInfo]:
+        """The registered models, checked for count and duplicates."""
+        ids = list(model_ids)
+        if len(ids) > MAX_MODELS:
+            raise InvalidInput(f"model_ids names {len(ids)} models; at most {MAX_MODELS}",
+                               field="model_ids")
+        if len(set(ids)) != len(ids):
+            raise InvalidInput("model_ids names a model twice", field="model_ids")
+        return [self.store.get(m, f"model_ids[{i}]") for i, m in enumerate(ids)]
+
+    def arrays(self, run: ModelRun, inputs: np.ndarray, *, needed: set[str],
+               pool_key: tuple | None = None, check: Callable[[], None] = lambda: None,
+               terminator: Terminator | None = None,
+               ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Run ``run``'s models over ``inputs`` ([N, ...]); return the role arrays and figures.
+
+        ``needed`` are the roles the strategy reads (``needed_roles``); feature
+        roles outside it are not computed under MC dropout. ``pool_key`` (a
+        pool's identity and version) enables caching. The figures count the
+        forward passes run (``model_passes``), the passes served from the cache
+        (``model_cached_passes``) and the inference time (``model_seconds``).
+        """
+        if not 0 <= run.mc_samples <= MAX_MC_SAMPLES:
+            raise InvalidInput(f"mc_samples must be in [0, {MAX_MC_SAMPLES}], got "
+                               f"{run.mc_samples}", field="mc_samples")
+        if run.batch_size < 0:
+            raise InvalidInput(f"batch_size must be >= 0 (0: automatic), got {run.batch_size}",
+                               field="batch_size")
+        models = self.resolve(run.model_ids)
+        for m in models:
+            input_fits(m.signature, inputs.dtype, inputs.shape, model_id=m.model_id)
+        committee = len(models) > 1 or run.mc_samples > 0
+        if committee:
+            for m in models:
+                if not {"logits", "probs"} & set(m.signature.outputs):
+                    raise InvalidInput(
+                        f"model {m.model_id!r} declares no logits or probs output; a committee "
+                        "or MC dropout needs each model's class probabilities",
+                        field="model_ids", reason="MISSING_INPUT")
+        stats = {"model_passes": 0.0, "model_cached_passes": 0.0, "model_seconds": 0.0}
+        common = dict(batch_size=run.batch_size, pool_key=pool_key, check=check,
+                      terminator=terminator, stats=stats)
+        out: dict[str, np.ndarray] = {}
+        members: list[np.ndarray] = []
+        for m in models:
+            wants_features = any(r in needed and r not in out
+                                 for r in _FEATURE_ROLES if r in m.signature.outputs)
+            det = None
+            if not run.mc_samples or wants_features:
+                det = self._pass(m, inputs, mc=0, seed=0, **common)
+                for role in _FEATURE_ROLES:
+                    if role in det and role not in out:
+                        out[role] = det[role]
+            if run.mc_samples:
+                members.append(self._pass(m, inputs, mc=run.mc_samples, seed=run.seed,
+                                          **common)["samples"])
+            elif "probs" in det:
+                members.append(det["probs"][None])
+        if members:
+            classes = {a.shape[2] for a in members}
+            if len(classes) > 1:
+                raise InvalidInput(f"the models disagree on the number of classes "
+                                   f"({sorted(classes)})", field="model_ids",
+                                   reason="SHAPE_MISMATCH")
+            if committee:
+                out["samples"] = np.concatenate(members, axis=0)
+                out["probs"] = out["samples"].mean(axis=0, dtype=np.float64).astype(np.float32)
+            else:
+                out["probs"] = members[0][0]
+        return out, stats

@@ -1,0 +1,232 @@
+"""Stored responses of requests that carry a ``request_id`` (AIP-155 idempotency).
+
+A record is written in the same SQLite transaction as the change it answers for
+(an append, a labeling, an epoch), so a retry either finds the committed
+response or finds nothing and nothing was changed: never half of one.
+
+What makes a retry "the same request":
+
+* ``fingerprint``: a hash of the request message without its id.
+* ``pool_uid``: the identity of the pool the request names. Pool ids are reused
+  after a delete and a version restarts at 0, so without it a retry against a
+  pool deleted and created again would be answered about the deleted one.
+* ``data_digest``: for a streamed append, the CRC32C of each array's bytes. The
+  header alone does not say what was appended.
+
+Records are kept for a retention window (24 h by default), and at most
+``max_records`` of them or ``max_bytes`` of responses, oldest evicted first. A
+retry after its record expired or was evicted runs again as a new request.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+from assay.vocab.errors import FailedPrecondition
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    response BLOB NOT NULL,
+    create_time REAL NOT NULL
+);
+"""
+#: Columns added to the table of earlier releases (name, declaration).
+_COLUMNS = (
+    ("pool_uid", "TEXT NOT NULL DEFAULT ''"),
+    ("data_digest", "TEXT NOT NULL DEFAULT ''"),
+    ("size_bytes", "INTEGER NOT NULL DEFAULT 0"),
+)
+#: Longest pause between two sweeps of expired records (seconds).
+_SWEEP_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long, and how many, stored responses are kept (0: no such limit)."""
+
+    seconds: float = 86400.0
+    max_records: int = 100_000
+    max_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """Where a new response is stored, and what a retry must match to get it."""
+
+    request_id: str
+    method: str
+    fingerprint: str
+    #: The uid of the pool the request names ("" for inline inputs).
+    pool_uid: str = ""
+    #: CRC32C of a streamed append's arrays ("" for unary requests).
+    data_digest: str = ""
+    #: The request's field holding the id, for error messages ("header.request_id").
+    field: str = "request_id"
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """A committed earlier attempt: its serialized response and its data digest."""
+
+    response: bytes
+    data_digest: str
+
+
+class RequestRecords:
+    """The ``requests`` table of a store's SQLite database.
+
+    The caller owns the connection and its lock: ``put`` runs inside the caller's
+    transaction (with the lock held), ``get`` and ``sweep`` take the lock.
+    """
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock,
+                 retention: Retention | None = None):
+        self._db = db
+        self._lock = lock
+        self.retention = retention or Retention()
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+            for name, declaration in _COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE requests ADD COLUMN {name} {declaration}")
+            self._db.execute("UPDATE requests SET size_bytes = length(response) "
+                             "WHERE size_bytes = 0")
+            self._db.execute("CREATE INDEX IF NOT EXISTS requests_by_time "
+                             "ON requests (create_time)")
+        self._count = 0
+        self._bytes = 0
+        self._next_sweep = 0.0
+        self.sweep()
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def get(self, key: RequestKey) -> StoredResponse | None:
+        """The live record for ``key.request_id``, or None (also when it expired).
+
+        A record made for another request (another method, message or pool) is
+        FAILED_PRECONDITION: answering a different question would be worse than
+        refusing.
+        """
+        now = time.time()
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            row = self._db.execute(
+                "SELECT method, fingerprint, pool_uid, response, data_digest, create_time "
+                "FROM requests WHERE request_id = ?", (key.request_id,)).fetchone()
+        if row is None or self._expired(row[5], now):
+            return None
+        method, fingerprint, pool_uid, response, digest, _ = row
+        if method != key.method:
+            raise FailedPrecondition(
+                f"{key.field} {key.request_id!r} was already used for a {method} request; "
+                "use a new request_id for a new request", field=key.field,
+                reason="REQUEST_ID_REUSED")
+        if fingerprint != key.fingerprint:
+            raise FailedPrecondition(
+                f"{key.field} {key.request_id!r} was already used for a different {method} "
+                "request; use a new request_id for a new request", field=key.field,
+                reason="REQUEST_ID_REUSED")
+        if pool_uid != key.pool_uid:
+            # Also a record of an earlier release (no uid kept) for a request about a pool:
+            # which pool it answered is unknown, so it is never replayed.
+            raise FailedPrecondition(
+                f"{key.field} {key.request_id!r} was used for a pool of the same id that has "
+                "since been deleted and created again (or by an earlier server release); use "
+                "a new request_id for a request about the pool as it is now", field=key.field,
+                reason="REQUEST_ID_REUSED")
+        return StoredResponse(response, digest)
+
+    def _expired(self, create_time: float, now: float) -> bool:
+        return bool(self.retention.seconds) and create_time < now - self.retention.seconds
+
+    # -- writes ------------------------------------------------------------------------
+
+    def put(self, key: RequestKey, response: bytes, pool_uid: str | None = None) -> None:
+        """Store ``response`` for ``key``; the caller holds the lock (in its transaction).
+
+        ``pool_uid`` is the uid of the pool the change was made to, when the caller
+        knows it: a pool deleted and created again since the request was checked
+        must not get a record made for the old one.
+        """
+        if pool_uid is not None and key.pool_uid and pool_uid != key.pool_uid:
+            raise FailedPrecondition(
+                "the pool was deleted and created again while the request ran; send it again",
+                field="pool_id", reason="POOL_CHANGED")
+        old = self._db.execute("SELECT size_bytes FROM requests WHERE request_id = ?",
+                               (key.request_id,)).fetchone()
+        cursor = self._db.execute(
+            "INSERT OR REPLACE INTO requests (request_id, method, fingerprint, response, "
+            "create_time, pool_uid, data_digest, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key.request_id, key.method, key.fingerprint, response, time.time(),
+             key.pool_uid, key.data_digest, len(response)))
+        # Running totals for the caps; a rolled-back caller transaction leaves them a little
+        # high (evicting early at worst) until the next sweep counts the table again.
+        if old is not None:
+            self._count -= 1
+            self._bytes -= old[0]
+        self._count += 1
+        self._bytes += len(response)
+        if self._over_cap(self._count, self._bytes):
+            self._evict(keep=cursor.lastrowid)
+
+    def _over_cap(self, count: int, size: int) -> bool:
+        """Whether ``count`` records of ``size`` bytes in all break a cap."""
+        r = self.retention
+        return bool((r.max_records and count > r.max_records)
+                    or (r.max_bytes and size > r.max_bytes))
+
+    def _evict(self, keep: int | None) -> None:
+        """Delete the oldest records until both caps hold (``keep``: never this rowid).
+
+        The newest record is kept even when it alone is over ``max_bytes``: its
+        retry must still find it.
+        """
+        doomed = []
+        count, size = self._count, self._bytes
+        for rowid, row_size in self._db.execute(
+                "SELECT rowid, size_bytes FROM requests ORDER BY create_time, rowid"):
+            if not self._over_cap(count, size):
+                break
+            if rowid == keep:
+                continue
+            doomed.append(rowid)
+            count -= 1
+            size -= row_size
+        self._db.executemany("DELETE FROM requests WHERE rowid = ?", ((r,) for r in doomed))
+        self._count, self._bytes = count, size
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Delete expired records and enforce the caps; returns how many records remain."""
+        with self._lock:
+            self._sweep(time.time())
+            return self._count
+
+    def _sweep(self, now: float) -> None:
+        """Run outside any transaction of the caller (each statement commits on its own)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.retention.seconds:
+                self._db.execute("DELETE FROM requests WHERE create_time < ?",
+                                 (now - self.retention.seconds,))
+            self._count, self._bytes = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM requests").fetchone()
+            if self._over_cap(self._count, self._bytes):
+                self._evict(keep=None)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        interval = _SWEEP_EVERY
+        if self.retention.seconds:
+            interval = min(interval, self.retention.seconds / 2)
+        self._next_sweep = now + interval

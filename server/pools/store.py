@@ -1,0 +1,802 @@
+"""Pools on local disk: arrays as ``.npy`` segments, metadata in SQLite.
+
+Why this shape:
+
+* ``.npy`` is memory-mappable and pickle-free; an append stream is written
+  straight into its file as chunks arrive (the wire bytes are already
+  little-endian, row-major), so receiving and writing overlap and one fsync at
+  commit makes it durable. Write-out to disk is started as chunks arrive, and
+  their rows are validated on a checker thread while the stream goes on, so
+  neither waits for the end of the stream.
+* Each append is a new *segment* directory; a pool's array is the concatenation
+  of its segments along the item axis. Appending never rewrites old data.
+* SQLite is the single commit point. A segment is renamed into place first and
+  only becomes part of a pool when the SQLite transaction that references it
+  commits, so ``kill -9`` at any moment leaves either the old or the new pool,
+  never half of one. Unreferenced directories are swept at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import queue
+import re
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from assay.vocab.dtypes import BFLOAT16, from_stored
+from assay.vocab.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    ResourceExhausted,
+)
+
+from ..strategies.registry import INPUT_ROLES, LABELED_ROLES
+from ..strategies.validation import check_consistency, rank_fits, shape_doc, validate_array
+from .chunks import ChunkCursor
+from .labels import check_labels
+from .request_records import RequestKey, RequestRecords, Retention, StoredResponse
+
+POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+#: Roles the servicer derives from a pool's labels; never stored as pool arrays.
+_DERIVED_ROLES = (*LABELED_ROLES, "labels")
+#: Directory of a pool's recorded epochs, beside its segments.
+_HISTORY = "history"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pools (
+    pool_id TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    create_time REAL NOT NULL,
+    update_time REAL NOT NULL,
+    arrays TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS segments (
+    pool_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    dir TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, seq)
+);
+CREATE TABLE IF NOT EXISTS labels (
+    pool_id TEXT NOT NULL,
+    item INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, item)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    pool_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    item_count INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, epoch)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a pool: role name, dtype name and full shape."""
+
+    name: str
+    dtype: str  # numpy dtype string, "bfloat16" for BF16
+    shape: tuple[int, ...]
+
+    @property
+    def item_axis(self) -> int:
+        return INPUT_ROLES[self.name][1]
+
+    def trailing(self) -> tuple[int, ...]:
+        """The shape without its item axis: must match across appends."""
+        return self.shape[: self.item_axis] + self.shape[self.item_axis + 1:]
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool's metadata as stored."""
+
+    pool_id: str
+    item_count: int
+    labeled_count: int
+    version: int
+    arrays: tuple[ArraySpec, ...]
+    create_time: float
+    update_time: float
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class PoolData:
+    """A pool's arrays at one version, with its labeled items."""
+
+    info: PoolInfo
+    arrays: dict[str, np.ndarray]
+    labeled: np.ndarray  # int64[L], sorted
+    labels: np.ndarray  # int64[L]
+    #: int32[T, N]: the recorded epochs that cover every item (None when there are none).
+    history: np.ndarray | None = None
+
+
+#: Bytes written to an upload's temp file between two writeback kicks.
+_WRITEBACK_BYTES = 1 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+#: Chunks an upload may have waiting for its checker thread.
+_CHECK_QUEUE = 4
+#: Roles whose ``validate_array`` checks look at one last-axis row or one element at a
+#: time, so an upload can be checked chunk by chunk. Others are validated whole at commit.
+_ROW_LOCAL_ROLES = frozenset({"probs", "samples", "embeddings", "scores", "loss",
+                              "discriminator", "predictions", "labeled_probs", "labels",
+                              "model_inputs"})
+#: Longest row checked chunk by chunk; a row split across chunks is buffered until whole.
+_MAX_ROW_BYTES = 1 << 20
+
+
+def _writeback_starter():
+    """Linux ``sync_file_range``, or None where the C library lacks it.
+
+    An upload is fsync'd once, at commit; left alone, the kernel holds its
+    dirty pages until then and the whole file hits the disk after the last
+    chunk, in series with the upload. Starting write-out as chunks arrive
+    (asynchronously: ``SYNC_FILE_RANGE_WRITE`` does not wait) lets the disk
+    work while the network does, and leaves the fsync little to do. It is only
+    a hint: durability still comes from the fsync, which reports any error.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _writeback_starter()
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages now (no wait, no error)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+@contextlib.contextmanager
+def _disk_full_is_exhausted():
+    """A disk that fills up during an upload is RESOURCE_EXHAUSTED, not an internal error.
+
+    The free-space check before an upload cannot see other writers; the caller aborts
+    the upload, so nothing half-written stays behind.
+    """
+    try:
+        yield
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceExhausted("the data directory ran out of space during the upload; "
+                                    "nothing was stored", reason="DISK_FULL") from None
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_pool_id(pool_id: str, field: str = "pool_id") -> str:
+    """Raise ``InvalidInput`` unless ``pool_id`` has the documented form."""
+    if not POOL_ID.match(pool_id or ""):
+        raise InvalidInput(
+            f"{field} {pool_id!r} is not a valid pool id: 1-63 characters of [a-z0-9._-], "
+            "starting with a letter or digit",
+            field=field,
+        )
+    return pool_id
+
+
+class PoolStore:
+    """Durable pools under ``data_dir``; safe for concurrent use from threads."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, max_pool_bytes: int = 0,
+                 max_pools: int = 0, cache_entries: int = 4, max_pool_items: int = 0,
+                 min_free_bytes: int = 64 << 20, retention: Retention | None = None):
+        self.data_dir = Path(data_dir)
+        self.pools_dir = self.data_dir / "pools"
+        self.tmp_dir = self.data_dir / "tmp"
+        self.max_pool_bytes = max_pool_bytes
+        self.max_pools = max_pools
+        self.max_pool_items = max_pool_items
+        self.min_free_bytes = min_free_bytes
+        self.pools_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.data_dir / "assay.sqlite", check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        #: Stored responses of requests with a request_id (swept on open, then lazily).
+        self.requests = RequestRecords(self._db, self._lock, retention)
+        self._cache: OrderedDict[tuple[str, int], PoolData] = OrderedDict()
+        self._cache_entries = cache_entries
+        self._sweep()
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Remove what a crash left behind: temp uploads and epoch files, unreferenced
+        segments. ``tmp`` holds upload directories and ``epoch-*.npy`` files."""
+        for entry in self.tmp_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        referenced = {row[0] for row in self._db.execute("SELECT dir FROM segments")}
+        live_uids = {row[0] for row in self._db.execute("SELECT uid FROM pools")}
+        for pool_dir in self.pools_dir.iterdir():
+            if pool_dir.name not in live_uids:
+                shutil.rmtree(pool_dir, ignore_errors=True)
+                continue
+            for seg in pool_dir.iterdir():
+                if seg.name == _HISTORY:
+                    self._sweep_history(seg)
+                elif f"{pool_dir.name}/{seg.name}" not in referenced:
+                    shutil.rmtree(seg, ignore_errors=True)
+
+    def _sweep_history(self, history: Path) -> None:
+        """Remove epoch files a crash left unreferenced (renamed in, never committed)."""
+        kept = {row[0] for row in self._db.execute("SELECT file FROM epochs")}
+        for entry in history.iterdir():
+            if f"{history.parent.name}/{_HISTORY}/{entry.name}" not in kept:
+                entry.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- metadata ----------------------------------------------------------------------
+
+    def _row(self, pool_id: str) -> tuple:
+        row = self._db.execute(
+            "SELECT pool_id, uid, item_count, version, create_time, update_time, arrays "
+            "FROM pools WHERE pool_id = ?", (pool_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"pool {pool_id!r} does not exist; create it with CreatePool",
+                           field="pool_id", reason="POOL_NOT_FOUND")
+        return row
+
+    def _info(self, row: tuple) -> PoolInfo:
+        pool_id, _, item_count, version, ctime, utime, arrays_json = row
+        specs = tuple(
+            ArraySpec(a["name"], a["dtype"], tuple(a["shape"])) for a in json.loads(arrays_json)
+        )
+        labeled = self._db.execute("SELECT COUNT(*) FROM labels WHERE pool_id = ?",
+                                   (pool_id,)).fetchone()[0]
+        size = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM segments "
+                                "WHERE pool_id = ?", (pool_id,)).fetchone()[0]
+        return PoolInfo(pool_id, item_count, labeled, version, specs, ctime, utime, size)
+
+    def create_pool(self, pool_id: str) -> PoolInfo:
+        check_pool_id(pool_id)
+        with self._lock:
+            if self.max_pools:
+                count = self._db.execute("SELECT COUNT(*) FROM pools").fetchone()[0]
+                if count >= self.max_pools:
+                    raise ResourceExhausted(f"the server holds its maximum of {self.max_pools} "
+                                            "pools; delete one first")
+            now = time.time()
+            try:
+                self._db.execute(
+                    "INSERT INTO pools VALUES (?, ?, 0, 0, ?, ?, '[]')",
+                    (pool_id, uuid.uuid4().hex, now, now))
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id") from None
+            return self._info(self._row(pool_id))
+
+    def get_pool(self, pool_id: str) -> PoolInfo:
+        check_pool_id(pool_id)
+        with self._lock:
+            return self._info(self._row(pool_id))
+
+    def pool_uid(self, pool_id: str, field: str = "pool_id") -> str:
+        """The identity of the pool now under ``pool_id``; a new one after delete + create."""
+        check_pool_id(pool_id, field)
+        with self._lock:
+            return self._row(pool_id)[1]
+
+    def list_pools(self, after: str = "", limit: int = 100) -> list[PoolInfo]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT pool_id, uid, item_count, version, create_time, update_time, arrays "
+                "FROM pools WHERE pool_id > ? ORDER BY pool_id LIMIT ?", (after, limit)).fetchall()
+            return [self._info(r) for r in rows]
+
+    def delete_pool(self, pool_id: str) -> None:
+        check_pool_id(pool_id)
+        with self._lock:
+            uid = self._row(pool_id)[1]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in ("pools", "segments", "labels", "epochs"):
+                    self._db.execute(f"DELETE FROM {table} WHERE pool_id = ?", (pool_id,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._drop_cache(pool_id)
+        shutil.rmtree(self.pools_dir / uid, ignore_errors=True)
+
+    def _drop_cache(self, pool_id: str) -> None:
+        for key in [k for k in self._cache if k[0] == pool_id]:
+            del self._cache[key]
+
+    # -- appends -----------------------------------------------------------------------
+
+    def begin_append(self, pool_id: str, specs: list[ArraySpec]) -> AppendWriter:
+        """Check an append header against the pool and open its temp files."""
+        check_pool_id(pool_id)
+        if not specs:
+            raise InvalidInput("the append header declares no arrays", field="header.arrays")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise InvalidInput("the append header names an array twice", field="header.arrays")
+        counts = set()
+        for i, spec in enumerate(specs):
+            where = f"header.arrays[{i}]"
+            if spec.name not in INPUT_ROLES or spec.name in _DERIVED_ROLES:
+                allowed = ", ".join(r for r in INPUT_ROLES if r not in _DERIVED_ROLES)
+                raise InvalidInput(f"{where}.name {spec.name!r} is not a pool array; use one of "
+                                   f"{allowed}", field=f"{where}.name")
+            if not rank_fits(spec.name, len(spec.shape)):
+                raise InvalidInput(f"{where}.shape must be {shape_doc(spec.name)}, got "
+                                   f"{list(spec.shape)}", field=f"{where}.shape")
+            if min(spec.shape) < 1:
+                # Zero items would commit an empty segment and bump the version; a zero
+                # class/width/member axis would let a pool claim N items with no bytes.
+                raise InvalidInput(
+                    f"{where}.shape {list(spec.shape)} has an empty dimension; an append "
+                    "carries at least one item and every dimension must be >= 1",
+                    field=f"{where}.shape", reason="EMPTY_DIMENSION")
+            counts.add(spec.shape[spec.item_axis])
+        if len(counts) != 1:
+            raise InvalidInput("the appended arrays disagree on the number of new items",
+                               field="header.arrays", reason="SHAPE_MISMATCH")
+        with self._lock:
+            info = self._info(self._row(pool_id))
+            uid = self._row(pool_id)[1]
+        self._check_schema(info, specs)
+        total = sum(int(np.prod(s.shape)) * from_stored(s.dtype).itemsize for s in specs)
+        if self.max_pool_bytes and info.size_bytes + total > self.max_pool_bytes:
+            raise ResourceExhausted(
+                f"pool {pool_id!r} would hold {info.size_bytes + total} bytes, over the "
+                f"server's limit of {self.max_pool_bytes}", field="header.arrays")
+        added = counts.pop()
+        if self.max_pool_items and info.item_count + added > self.max_pool_items:
+            raise ResourceExhausted(
+                f"pool {pool_id!r} would hold {info.item_count + added} items, over the "
+                f"server's limit of {self.max_pool_items}", field="header.arrays",
+                reason="TOO_MANY_ITEMS")
+        free = shutil.disk_usage(self.data_dir).free
+        if total + self.min_free_bytes > free:
+            raise ResourceExhausted(f"the data directory has {free} bytes free; this append "
+                                    f"needs {total} and {self.min_free_bytes} must stay free",
+                                    reason="DISK_FULL")
+        return AppendWriter(self, pool_id, uid, specs)
+
+    @staticmethod
+    def _check_schema(info: PoolInfo, specs: list[ArraySpec]) -> None:
+        if not info.arrays:
+            return
+        existing = {a.name: a for a in info.arrays}
+        if set(existing) != {s.name for s in specs}:
+            raise FailedPrecondition(
+                f"pool {info.pool_id!r} holds arrays {sorted(existing)}; every append must "
+                f"carry exactly those, got {sorted(s.name for s in specs)}",
+                field="header.arrays", reason="SCHEMA_MISMATCH")
+        for spec in specs:
+            old = existing[spec.name]
+            if old.dtype != spec.dtype or old.trailing() != spec.trailing():
+                raise FailedPrecondition(
+                    f"array {spec.name!r} is stored as {old.dtype} with shape {list(old.shape)}; "
+                    f"an append must keep the dtype and every dimension but the item axis, got "
+                    f"{spec.dtype} {list(spec.shape)}", field="header.arrays",
+                    reason="SCHEMA_MISMATCH")
+
+    def _commit_append(self, writer: AppendWriter, request: RequestKey | None,
+                       make_response) -> tuple[PoolInfo, int, int]:
+        """Make a fully written segment part of its pool, atomically."""
+        specs = writer.specs
+        added = specs[0].shape[specs[0].item_axis]
+        seg_name = f"seg-{uuid.uuid4().hex[:12]}"
+        final = self.pools_dir / writer.uid / seg_name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(writer.tmp, final)
+        fsync_dir(final.parent)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(writer.pool_id)
+                if row[1] != writer.uid:
+                    raise NotFound(f"pool {writer.pool_id!r} was deleted during the upload",
+                                   field="pool_id", reason="POOL_NOT_FOUND")
+                info = self._info(row)
+                self._check_schema(info, specs)
+                first = info.item_count
+                merged = [
+                    {"name": s.name, "dtype": s.dtype,
+                     "shape": list(self._grown(info, s, added))} for s in specs
+                ]
+                seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM segments "
+                                       "WHERE pool_id = ?", (writer.pool_id,)).fetchone()[0]
+                self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                                 (writer.pool_id, seq, f"{writer.uid}/{seg_name}", added,
+                                  writer.total_bytes))
+                self._db.execute(
+                    "UPDATE pools SET item_count = ?, version = version + 1, update_time = ?, "
+                    "arrays = ? WHERE pool_id = ?",
+                    (first + added, time.time(), json.dumps(merged), writer.pool_id))
+                new_info = self._info(self._row(writer.pool_id))
+                if request is not None:
+                    self.requests.put(request, make_response(new_info, first, added),
+                                      pool_uid=writer.uid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                shutil.rmtree(final, ignore_errors=True)
+                raise
+        return new_info, first, added
+
+    @staticmethod
+    def _grown(info: PoolInfo, spec: ArraySpec, added: int) -> tuple[int, ...]:
+        shape = list(spec.shape)
+        shape[spec.item_axis] = info.item_count + added
+        return tuple(shape)
+
+    # -- labels ------------------------------------------------------------------------
+
+    def label(self, pool_id: str, indices: np.ndarray, labels: np.ndarray,
+              request: RequestKey | None = None, make_response=None) -> PoolInfo:
+        """Mark items labeled (relabeling replaces). Validates everything before writing."""
+        check_pool_id(pool_id)
+        indices = np.asarray(indices, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        if indices.size == 0:
+            raise InvalidInput("indices is empty: name at least one item to label",
+                               field="indices")
+        if indices.size != labels.size:
+            raise InvalidInput(f"indices has {indices.size} entries but labels has "
+                               f"{labels.size}; give one label per index", field="labels")
+        uniq, counts = np.unique(indices, return_counts=True)
+        if (counts > 1).any():
+            raise InvalidInput(f"indices lists item {int(uniq[counts > 1][0])} more than once",
+                               field="indices")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(pool_id)
+                info = self._info(row)
+                if indices.min() < 0 or indices.max() >= info.item_count:
+                    bad = int(indices[(indices < 0) | (indices >= info.item_count)][0])
+                    raise InvalidInput(f"index {bad} is outside the pool's items "
+                                       f"[0, {info.item_count})", field="indices")
+                check_labels(indices, labels, info.arrays)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO labels VALUES (?, ?, ?)",
+                    ((pool_id, int(i), int(y)) for i, y in zip(indices, labels, strict=True)))
+                self._db.execute("UPDATE pools SET version = version + 1, update_time = ? "
+                                 "WHERE pool_id = ?", (time.time(), pool_id))
+                new_info = self._info(self._row(pool_id))
+                if request is not None:
+                    self.requests.put(request, make_response(new_info), pool_uid=row[1])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return new_info
+
+    # -- learning dynamics -------------------------------------------------------------
+
+    def record_epoch(self, pool_id: str, predicted: np.ndarray,
+                     request: RequestKey | None = None,
+                     make_response=None) -> tuple[PoolInfo, int]:
+        """Store one epoch's predicted labels for every item; returns (pool, epoch index).
+
+        The labels go to their own ``.npy`` file (written to a temp file, fsync'd and
+        renamed into the pool's history directory) that becomes part of the pool only
+        when the SQLite row referencing it commits, like an append segment.
+        """
+        check_pool_id(pool_id)
+        labels = np.asarray(predicted)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise InvalidInput(f"predicted_labels must be INT32 or INT64 class labels [N], got "
+                               f"{labels.dtype} {list(labels.shape)}", field="predicted_labels")
+        if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
+            raise InvalidInput("predicted_labels must be class ids in [0, 2^31)",
+                               field="predicted_labels")
+        with self._lock:
+            row = self._row(pool_id)
+        if row[2] == 0:
+            raise FailedPrecondition(f"pool {pool_id!r} has no items; append items before "
+                                     "recording an epoch", field="pool_id", reason="EMPTY_POOL")
+        if labels.size != row[2]:
+            raise InvalidInput(f"the epoch has {labels.size} predictions but pool {pool_id!r} "
+                               f"has {row[2]} items; send one per item, in item order",
+                               field="predicted_labels", reason="SHAPE_MISMATCH")
+        uid = row[1]
+        name = f"epoch-{uuid.uuid4().hex[:12]}.npy"
+        tmp = self.tmp_dir / name
+        with open(tmp, "wb") as f:
+            np.save(f, labels.astype("<i4"), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        folder = self.pools_dir / uid / _HISTORY
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / name
+        os.rename(tmp, final)
+        fsync_dir(folder)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._row(pool_id)
+                if row[1] != uid or row[2] != labels.size:
+                    raise FailedPrecondition(
+                        f"pool {pool_id!r} changed while the epoch was written (now {row[2]} "
+                        "items); send the epoch again for the current items", field="pool_id",
+                        reason="POOL_CHANGED")
+                epoch = self._db.execute("SELECT COALESCE(MAX(epoch) + 1, 0) FROM epochs "
+                                         "WHERE pool_id = ?", (pool_id,)).fetchone()[0]
+                self._db.execute("INSERT INTO epochs VALUES (?, ?, ?, ?)",
+                                 (pool_id, epoch, f"{uid}/{_HISTORY}/{name}", labels.size))
+                self._db.execute("UPDATE pools SET version = version + 1, update_time = ? "
+                                 "WHERE pool_id = ?", (time.time(), pool_id))
+                new_info = self._info(self._row(pool_id))
+                if request is not None:
+                    self.requests.put(request, make_response(new_info, epoch), pool_uid=uid)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                final.unlink(missing_ok=True)
+                raise
+        return new_info, epoch
+
+    def _history(self, pool_id: str, item_count: int) -> np.ndarray | None:
+        """int32[T, N] of the epochs recorded at the current item count (caller holds the lock)."""
+        files = [r[0] for r in self._db.execute(
+            "SELECT file FROM epochs WHERE pool_id = ? AND item_count = ? ORDER BY epoch",
+            (pool_id, item_count))]
+        if not files:
+            return None
+        return np.stack([np.load(self.pools_dir / f, allow_pickle=False) for f in files])
+
+    # -- reads -------------------------------------------------------------------------
+
+    def load(self, pool_id: str) -> PoolData:
+        """The pool's arrays (memory-mapped; concatenated when it has several segments)."""
+        check_pool_id(pool_id)
+        with self._lock:
+            row = self._row(pool_id)
+            key = (pool_id, row[3])
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            info = self._info(row)
+            segs = [r[0] for r in self._db.execute(
+                "SELECT dir FROM segments WHERE pool_id = ? ORDER BY seq", (pool_id,))]
+            lab = np.array(self._db.execute(
+                "SELECT item, label FROM labels WHERE pool_id = ? ORDER BY item",
+                (pool_id,)).fetchall(), dtype=np.int64).reshape(-1, 2)
+            history = self._history(pool_id, info.item_count)
+        arrays = {}
+        for spec in info.arrays:
+            parts = [self._open(self.pools_dir / d / f"{spec.name}.npy", spec) for d in segs]
+            arrays[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(
+                parts, axis=spec.item_axis)
+        data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy(), history)
+        with self._lock:
+            self._cache[key] = data
+            while len(self._cache) > self._cache_entries:
+                self._cache.popitem(last=False)
+        return data
+
+    @staticmethod
+    def _open(path: Path, spec: ArraySpec) -> np.ndarray:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return array.view(BFLOAT16) if spec.dtype == "bfloat16" else array
+
+    # -- idempotency -------------------------------------------------------------------
+
+    def get_request(self, key: RequestKey) -> StoredResponse | None:
+        """The stored response of a committed earlier attempt of ``key`` (see
+        ``RequestRecords.get``: a reused id with another request is FAILED_PRECONDITION)."""
+        return self.requests.get(key)
+
+    def put_request(self, key: RequestKey, response: bytes) -> None:
+        """Store the response of a request that changed nothing (a Select)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.requests.put(key, response)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+
+class AppendWriter:
+    """Receives one append stream's chunks straight into temp ``.npy`` files.
+
+    Per chunk, the receiving thread only checks the order, writes, and nudges the
+    kernel to start writing out; validation runs on a checker thread. At commit,
+    the fsync finds most pages already on disk and the checks already done, so an
+    upload costs little more than receiving it.
+    """
+
+    def __init__(self, store: PoolStore, pool_id: str, uid: str, specs: list[ArraySpec]):
+        self.store = store
+        self.pool_id = pool_id
+        self.uid = uid
+        self.specs = specs
+        self.tmp = store.tmp_dir / uuid.uuid4().hex
+        self.tmp.mkdir()
+        self.expected = [int(np.prod(s.shape)) * from_stored(s.dtype).itemsize for s in specs]
+        self.cursor = ChunkCursor([s.name for s in specs], self.expected)
+        self.total_bytes = sum(self.expected)
+        self._dtypes = [from_stored(s.dtype) for s in specs]
+        # Content checks run per row (a last-axis row, or one element of a 1-D array).
+        self._row_bytes = [(s.shape[-1] if len(s.shape) > 1 else 1) * d.itemsize
+                           for s, d in zip(specs, self._dtypes, strict=True)]
+        self._partial = [b""] * len(specs)  # the start of a row split across chunks
+        # False once a check failed, or when chunks cannot be checked alone (no data, a
+        # role whose checks span rows, rows too long to buffer): validate in full at commit.
+        self._rows_ok = [want > 0 and s.name in _ROW_LOCAL_ROLES and row <= _MAX_ROW_BYTES
+                         for s, want, row in zip(specs, self.expected, self._row_bytes,
+                                                 strict=True)]
+        self._unflushed = [0] * len(specs)
+        self._checks: queue.Queue | None = None
+        self._checker: threading.Thread | None = None
+        self._files = []
+        try:
+            with _disk_full_is_exhausted():
+                for spec in specs:
+                    f = open(self.tmp / f"{spec.name}.npy", "wb")
+                    self._files.append(f)
+                    disk = "<u2" if spec.dtype == "bfloat16" else spec.dtype
+                    np.lib.format.write_array_header_1_0(
+                        f, {"descr": disk, "fortran_order": False, "shape": spec.shape})
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, index: int, offset: int, data: bytes) -> None:
+        """Append one chunk; it must continue exactly where the array's last one ended."""
+        self.cursor.advance(index, offset, data)
+        with _disk_full_is_exhausted():
+            self._files[index].write(data)
+        self._unflushed[index] += len(data)
+        if self._unflushed[index] >= _WRITEBACK_BYTES:
+            _start_writeback(self._files[index].fileno())
+            self._unflushed[index] = 0
+        if self._rows_ok[index]:
+            self._queue_check(index, data)
+
+    def _queue_check(self, index: int, data: bytes) -> None:
+        """Hand a chunk to this upload's checker thread, which validates it in order.
+
+        Checking in the receiving thread would put validation in series with
+        parsing and writing every chunk; NumPy releases the GIL while it checks,
+        so on a second core it overlaps with both. The bounded queue makes a
+        slow checker slow the stream down instead of holding the upload in memory.
+        """
+        if self._checker is None:
+            self._checks = queue.Queue(maxsize=_CHECK_QUEUE)
+            self._checker = threading.Thread(target=self._run_checks, daemon=True,
+                                             name="assay-append-check")
+            self._checker.start()
+        self._checks.put((index, data))
+
+    def _run_checks(self) -> None:
+        while (item := self._checks.get()) is not None:
+            index, data = item
+            if not self._rows_ok[index]:
+                continue
+            try:
+                self._check_rows(index, data)
+            except Exception:  # a failed check only means: validate in full at commit
+                self._rows_ok[index] = False
+
+    def _finish_checks(self, drop: bool = False) -> None:
+        """Wait for the checker to go through every queued chunk (``drop``: skip them)."""
+        if self._checker is None:
+            return
+        if drop:
+            self._rows_ok = [False] * len(self.specs)
+        self._checks.put(None)
+        self._checker.join()
+        self._checker = None
+
+    def _check_rows(self, index: int, data: bytes) -> None:
+        """Validate the rows this chunk completes, while they are still in memory.
+
+        Checking after the stream would read the whole array back after the fsync,
+        in series with the upload; checked as they arrive, rows are validated while
+        the next chunks are in flight and the disk is writing. Only a pass is
+        recorded here: when a row fails, the array is validated in full at commit,
+        so the error, and its order after the truncation check, is exactly the one
+        a full check reports. Every check is row-local, so all rows passing is the
+        same as the whole array passing.
+        """
+        row = self._row_bytes[index]
+        view = memoryview(data)
+        head = self._partial[index]
+        ok = True
+        if head:
+            need = row - len(head)
+            if len(view) < need:
+                self._partial[index] = head + bytes(view)
+                return
+            ok = self._rows_valid(index, head + bytes(view[:need]))
+            view = view[need:]
+        whole = len(view) - len(view) % row
+        if ok and whole:
+            ok = self._rows_valid(index, view[:whole])
+        self._partial[index] = bytes(view[whole:])
+        self._rows_ok[index] = ok
+
+    def _rows_valid(self, index: int, rows) -> bool:
+        """Whether ``rows`` (whole rows' bytes) pass ``validate_array`` for the array's role."""
+        spec = self.specs[index]
+        array = np.frombuffer(rows, dtype=self._dtypes[index])
+        if len(spec.shape) > 1:
+            # Keep the role's rank: validate_array checks rank, and rows run along the last axis.
+            array = array.reshape((1,) * (len(spec.shape) - 2) + (-1, spec.shape[-1]))
+        try:
+            validate_array(spec.name, array, field=f"array {spec.name!r}")
+        except InvalidInput:
+            return False
+        return True
+
+    def commit(self, request: RequestKey | None = None,
+               make_response=None) -> tuple[PoolInfo, int, int]:
+        """Check completeness and content, fsync, then publish the segment."""
+        self.cursor.check_complete()
+        with _disk_full_is_exhausted():
+            for f in self._files:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        self._finish_checks()
+        arrays = {s.name: PoolStore._open(self.tmp / f"{s.name}.npy", s) for s in self.specs}
+        for i, (name, array) in enumerate(arrays.items()):
+            if not (self._rows_ok[i] and not self._partial[i]):
+                validate_array(name, array, field=f"array {name!r}")
+        check_consistency(arrays)
+        del arrays
+        fsync_dir(self.tmp)
+        return self.store._commit_append(self, request, make_response)
+
+    def abort(self) -> None:
+        self._finish_checks(drop=True)
+        for f in self._files:
+            f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

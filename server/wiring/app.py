@@ -1,0 +1,257 @@
+"""Builds and runs the gRPC server: servicer, health, reflection, security, limits, drain."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
+
+from ..edge.admission import AdmissionGate
+from ..edge.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
+from ..edge.interceptors import ErrorInterceptor
+from ..edge.lanes import Lanes
+from ..edge.model_servicer import ModelServicer
+from ..edge.servicer import AssayServicer, cancellation_check
+from ..models.inference import ModelRuntime
+from ..models.onnx_cost import ModelLimits
+from ..models.store import ModelStore
+from ..pools.request_records import Retention
+from ..pools.store import PoolStore
+from . import warmup
+from .config import ServerConfig
+from .metrics import Metrics
+
+log = logging.getLogger("assay.server")
+SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
+MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server; ``port`` is the first bound TCP port (useful with port 0)."""
+
+    server: grpc.Server
+    port: int
+    store: PoolStore
+    health: health.HealthServicer
+    metrics: Metrics
+    config: ServerConfig
+    http: ThreadingHTTPServer | None = None
+    #: Bound port per listen address, in ``config.addresses()`` order (1 for sockets).
+    ports: list[int] = field(default_factory=list)
+    health_server: grpc.Server | None = None
+    health_port: int = 0
+    models: ModelStore | None = None
+    #: Sharded pools (``assay.server.scaleout``), only with ``--ray-address``.
+    sharded: Any = None
+    #: The admission gate (``assay.server.edge.admission``): calls in flight, refusals.
+    gate: AdmissionGate | None = None
+    #: Health and client-stream lanes (``assay.server.edge.lanes``).
+    lanes: Lanes | None = None
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight RPCs finish for ``grace`` seconds, close."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
+        if self.gate is not None:
+            self.gate.shutdown()
+        if self.lanes is not None:
+            self.lanes.shutdown()
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        self.store.close()
+        if self.models is not None:
+            self.models.close()
+        if self.sharded is not None:
+            self.sharded.close()
+
+
+def _options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        # Keepalive the server accepts: client pings no more often than every 10 s.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def _bind(server: grpc.Server, address: str,
+          credentials: grpc.ServerCredentials | None) -> int:
+    port = (server.add_insecure_port(address) if credentials is None
+            else server.add_secure_port(address, credentials))
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return port
+
+
+def _health_only_server(address: str, servicer: health.HealthServicer) -> tuple[grpc.Server, int]:
+    """A plaintext server with nothing but grpc.health.v1, for kubelet probes: they can send
+    neither a token nor a client certificate, and this port exposes no data."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                         options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=8)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return server, _bind(server, address, None)
+
+
+def start(config: ServerConfig) -> RunningServer:
+    """Check the security settings, open the store, warm the kernels up (``warmup``), then
+    serve; health turns SERVING only after all three.
+
+    Raises
+    ------
+    ValueError
+        For settings out of range, or (``auth.ConfigError``) an exposed address
+        without TLS or token, or unreadable certificates / token file.
+    OSError
+        When an address cannot be bound.
+    """
+    began = time.perf_counter()
+    config.validate()
+    check_exposure(config)
+    credentials = server_credentials(config)
+    warm_names = warmup.prepare(config.kernel_cache_dir, config.warmup_strategies)
+    metrics = Metrics()
+    # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
+    # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
+    gate = AdmissionGate(config.max_concurrent_rpcs, metrics=metrics)
+    # Health checks and client streams on lanes of their own: a stream waiting on a slow
+    # client holds no worker, and ends after stream_idle_timeout_seconds without a message.
+    lanes = Lanes(max_streams=config.max_concurrent_streams,
+                  stream_threads=config.max_concurrent_rpcs,
+                  idle_timeout=config.stream_idle_timeout_seconds,
+                  ceiling=config.max_deadline_seconds, metrics=metrics)
+    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, lanes.interceptor,
+                                                  ErrorInterceptor(metrics)]
+    if config.auth_token_file:
+        # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
+        interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="assay"),
+        interceptors=interceptors, options=_options(config))
+    health_servicer = health.HealthServicer()
+    for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, MODEL_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    ports = [_bind(server, address, credentials) for address in config.addresses()]
+    health_server, health_port = (None, 0)
+    if config.health_address:
+        health_server, health_port = _health_only_server(config.health_address, health_servicer)
+    store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
+                      max_pools=config.max_pools, max_pool_items=config.max_pool_items,
+                      min_free_bytes=config.min_free_disk_bytes,
+                      retention=Retention(config.request_retention_seconds,
+                                          config.max_request_records, config.max_request_bytes))
+    models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
+                        max_model_bytes=config.max_model_bytes)
+    runtime = ModelRuntime(models, limits=ModelLimits(
+        config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
+    sharded = _sharded_pools(config) if config.ray_address else None
+    assay_pb2_grpc.add_AssayServiceServicer_to_server(
+        AssayServicer(store, config, metrics, runtime, sharded), server)
+    model_pb2_grpc.add_ModelServiceServicer_to_server(
+        ModelServicer(models, runtime,
+                      lambda context: cancellation_check(context, config.max_deadline_seconds)),
+        server)
+    server.start()
+    if health_server is not None:
+        health_server.start()
+    http = _serve_metrics(config, metrics) if config.metrics_port else None
+    # Kernels compile (or load from the disk cache) while health still says NOT_SERVING.
+    report = warmup.once(warm_names) if config.warmup else None
+    if report is not None:
+        log.info("%s", report.summary())
+    for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("start-up took %.1f s", time.perf_counter() - began)
+    log.info("assay serving on %s (%s), data in %s", ", ".join(config.addresses()),
+             "TLS" if credentials else "plaintext", config.data_dir)
+    tcp = [p for a, p in zip(config.addresses(), ports, strict=True) if not _is_socket(a)]
+    return RunningServer(server, tcp[0] if tcp else 0, store, health_servicer, metrics, config,
+                         http, ports, health_server, health_port, models, sharded, gate,
+                         lanes)
+
+
+def _sharded_pools(config: ServerConfig):
+    """Join the Ray cluster and open the sharded pools; Ray is imported only here."""
+    from ..pools.sharded import ShardedPools
+    from ..scaleout import cluster
+
+    cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
+    return ShardedPools(config.data_dir, config.shard_dir, threads=config.shard_threads,
+                        actor_cpus=config.shard_cpus,
+                        start_timeout=config.shard_start_timeout_seconds)
+
+
+def _is_socket(address: str) -> bool:
+    return address.startswith(("unix:", "unix-abstract:"))
+
+
+def metrics_host(config: ServerConfig) -> str:
+    """Where /metrics binds: explicit, else the first TCP listen host, else loopback."""
+    if config.metrics_host:
+        return config.metrics_host
+    for address in config.addresses():
+        if not _is_socket(address):
+            return address.rsplit(":", 1)[0].strip("[]") or "127.0.0.1"
+    return "127.0.0.1"
+
+
+def _serve_metrics(config: ServerConfig, metrics: Metrics) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/metrics":
+                self.send_error(404)
+                return
+            body = metrics.render().encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http = ThreadingHTTPServer((metrics_host(config), config.metrics_port), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    return http
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully."""
+    running = start(config)
+    done = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("signal %d: draining for up to %.0f s", signum, config.grace_seconds)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    bound = []
+    for address, port in zip(config.addresses(), running.ports, strict=True):
+        bound.append(address if _is_socket(address) else f"{address.rsplit(':', 1)[0]}:{port}")
+    if running.health_server is not None:
+        bound.append(f"health {config.health_address.rsplit(':', 1)[0]}:{running.health_port}")
+    print(f"assay listening on {', '.join(bound)}", flush=True)
+    done.wait()
+    running.stop()
+    log.info("drained; exiting")
