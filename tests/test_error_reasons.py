@@ -24,7 +24,7 @@ from assay.vocab.errors import REASONS, AssayError, InvalidInput, ResourceExhaus
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "server").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")])
-# Exception class name -> status code name, for the classes of server/errors.py.
+# Exception class name -> status code name, for the classes of clients/python/vocab/errors.py.
 CLASS_CODES = {name: cls.code_name for name, cls in vars(errors).items()
                if isinstance(cls, type) and issubclass(cls, AssayError)}
 # The proto's wire names, in declaration order.
@@ -78,13 +78,14 @@ def test_every_reason_raised_anywhere_is_documented():
     missing = sorted({f"{reason} ({where})" for reason, where, _ in found
                       if reason not in REASONS})
     assert not missing, ("add these to ErrorReason in protos/assay/v1/errors.proto and to "
-                         f"REASONS in server/errors.py, then bash protos/generate.sh: {missing}")
+                         "REASONS in clients/python/vocab/errors.py, then bash "
+                         f"protos/generate.sh: {missing}")
 
 
 def test_each_reason_keeps_one_status_code():
     found = _raised_reasons()
     classes = {name: cls for name, cls in CLASS_CODES.items()}
-    for path in SOURCES:  # domain errors defined outside server/errors.py
+    for path in SOURCES:  # domain errors defined outside vocab/errors.py
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
                 for item in node.body:
