@@ -16,30 +16,16 @@ from typing import Any, Literal
 import numpy as np
 
 from assay.vocab.errors import InvalidInput, NotFound
+from assay.vocab.roles import ROLES, is_role, labeled_roles
 
 Inputs = Mapping[str, np.ndarray]
 
 #: Every input role the service knows, with its rank (None: any rank >= 1) and the axis
-#: of its items.
-INPUT_ROLES: dict[str, tuple[int | None, int]] = {
-    "probs": (2, 0),
-    "samples": (3, 1),
-    "embeddings": (2, 0),
-    "labeled_embeddings": (2, 0),
-    "scores": (1, 0),
-    "loss": (1, 0),
-    "discriminator": (1, 0),
-    "predictions": (2, 1),
-    # Raw inputs of a registered ONNX model, whatever shape its graph input takes.
-    "model_inputs": (None, 0),
-    # The model's class probabilities on the labeled items (CAL).
-    "labeled_probs": (2, 0),
-    # True class label per item, -1 where unlabeled (forgetting events).
-    "labels": (1, 0),
-}
+#: of its items: a view of ``assay.vocab.roles``, the one role table.
+INPUT_ROLES: dict[str, tuple[int | None, int]] = {r.name: (r.rank, r.item_axis) for r in ROLES}
 
 #: Roles that describe the labeled set, with their own item count L.
-LABELED_ROLES: tuple[str, ...] = ("labeled_embeddings", "labeled_probs")
+LABELED_ROLES: tuple[str, ...] = labeled_roles()
 
 
 @dataclass(frozen=True)
@@ -136,7 +122,7 @@ def register(strategy: Strategy) -> Strategy:
     generic = {p.name for p in COMPOSITION_PARAMS}
     if generic & {p.name for p in strategy.params}:
         raise ValueError(f"strategy {strategy.name!r} redeclares a composition parameter")
-    unknown = set(strategy.required + strategy.optional) - set(INPUT_ROLES)
+    unknown = {r for r in strategy.required + strategy.optional if not is_role(r)}
     if unknown:
         raise ValueError(f"strategy {strategy.name!r} names unknown inputs {sorted(unknown)}")
     _REGISTRY[strategy.name] = strategy

@@ -15,44 +15,31 @@ import numpy as np
 from assay.kernels import _validate, rowwise
 from assay.vocab.dtypes import BFLOAT16
 from assay.vocab.errors import InvalidInput
-
-from .registry import INPUT_ROLES, LABELED_ROLES
+from assay.vocab.roles import is_role, names, roles_with
+from assay.vocab.roles import role as _role
 
 PROB_TOL = 1e-6
 SUM_TOL = 1e-3
 SUM_TOL_16 = 1e-2
 #: Rows checked per block, so validation of a large pool never doubles its memory.
 _BLOCK = 1 << 20
-#: Roles the geometric kernels measure distances on: their values are bounded so that
-#: squared distances fit float32 (``assay.kernels._validate.bounded``).
-_GEOMETRIC_ROLES = ("embeddings", "labeled_embeddings")
-
-_SHAPE_DOC = {
-    "probs": "[N, C]",
-    "samples": "[S, N, C]",
-    "embeddings": "[N, d]",
-    "labeled_embeddings": "[L, d]",
-    "scores": "[N]",
-    "loss": "[N]",
-    "discriminator": "[N]",
-    "predictions": "[T, N]",
-    "model_inputs": "[N, ...]",
-    "labeled_probs": "[L, C]",
-    "labels": "[N]",
-}
+#: Roles whose rows are class probabilities (in [0, 1], summing to 1), and those whose
+#: values are in [0, 1] (the probabilities and the discriminator's output).
+_PROBABILITY_ROLES = roles_with("probabilities")
+_UNIT_ROLES = (*_PROBABILITY_ROLES, *roles_with("unit"))
 #: Element types a model input may have (what onnxruntime takes for ONNX float/int inputs).
 _MODEL_INPUT_DTYPES = ("float16", "float32", "float64", "int32", "int64")
 
 
-def shape_doc(role: str) -> str:
+def shape_doc(name: str) -> str:
     """The documented shape of a role, for error messages."""
-    return _SHAPE_DOC[role]
+    return _role(name).shape
 
 
-def rank_fits(role: str, ndim: int) -> bool:
-    """Whether an array of rank ``ndim`` can be a ``role`` array (roles of any rank need one
+def rank_fits(name: str, ndim: int) -> bool:
+    """Whether an array of rank ``ndim`` can be a ``name`` array (roles of any rank need one
     axis at least: their item axis)."""
-    rank = INPUT_ROLES[role][0]
+    rank = _role(name).rank
     return ndim >= 1 if rank is None else ndim == rank
 
 
@@ -63,19 +50,19 @@ def _is_float(dtype: np.dtype) -> bool:
 def validate_array(role: str, array: np.ndarray, field: str | None = None) -> None:
     """Raise ``InvalidInput`` unless ``array`` is a valid ``role`` array."""
     field = field or f"inputs.{role}"
-    if role not in INPUT_ROLES:
-        raise InvalidInput(f"unknown input {role!r}; known: {', '.join(INPUT_ROLES)}", field=field)
-    if role == "model_inputs":
+    if not is_role(role):
+        raise InvalidInput(f"unknown input {role!r}; known: {', '.join(names())}", field=field)
+    spec = _role(role)
+    if spec.values == "model":
         _validate_model_inputs(array, field)
         return
-    rank, _ = INPUT_ROLES[role]
-    if array.ndim != rank:
+    if array.ndim != spec.rank:
         raise InvalidInput(
-            f"{field} must have shape {_SHAPE_DOC[role]} (rank {rank}), got {list(array.shape)}",
+            f"{field} must have shape {spec.shape} (rank {spec.rank}), got {list(array.shape)}",
             field=field,
         )
     _check_axes(role, array, field)
-    if role == "labels":
+    if spec.values == "labels":
         if array.dtype.kind not in "iu":
             raise InvalidInput(f"{field} must be INT32 or INT64 class labels (-1: unlabeled), "
                                f"got {array.dtype}", field=field)
@@ -83,7 +70,7 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
             raise InvalidInput(f"{field} holds labels below -1; use -1 for unlabeled items",
                                field=field)
         return
-    if role == "predictions":
+    if spec.values == "class_labels":
         if array.dtype.kind not in "iu":
             raise InvalidInput(f"{field} must be INT32 or INT64 class labels, got {array.dtype}",
                                field=field)
@@ -95,7 +82,7 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
                            field=field)
     flat = array.reshape(-1, array.shape[-1]) if array.ndim > 1 else array.reshape(-1, 1)
     sum_tol = SUM_TOL_16 if array.dtype.itemsize == 2 else SUM_TOL
-    if role in ("probs", "samples", "labeled_probs") and rowwise.compiled(flat):
+    if role in _PROBABILITY_ROLES and rowwise.compiled(flat):
         _check_probability_rows(field, rowwise.as_rows(flat), sum_tol)
         return
     for start in range(0, flat.shape[0], _BLOCK):
@@ -105,11 +92,11 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
             row = start + int(np.flatnonzero(bad.any(axis=1))[0])
             raise InvalidInput(f"{field} contains NaN or Inf (first at flat row {row})",
                                field=field, reason="NON_FINITE")
-        if role in ("probs", "samples", "labeled_probs", "discriminator"):
+        if role in _UNIT_ROLES:
             if block.min() < -PROB_TOL or block.max() > 1 + PROB_TOL:
                 raise InvalidInput(f"{field} has values outside [0, 1]", field=field,
                                    reason="NOT_PROBABILITIES")
-        if role in ("probs", "samples", "labeled_probs"):
+        if role in _PROBABILITY_ROLES:
             err = np.abs(block.sum(axis=1) - 1.0)
             if (err > sum_tol).any():
                 row = start + int(np.argmax(err > sum_tol))
@@ -118,24 +105,24 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
                     f"probabilities must sum to 1 within {sum_tol:g} (apply softmax first)",
                     field=field, reason="NOT_PROBABILITIES",
                 )
-    if role in _GEOMETRIC_ROLES:
+    if spec.geometric:
         _validate.bounded(array, field)
 
 
 def _check_axes(role: str, array: np.ndarray, field: str) -> None:
     """Every axis but the item axis must be >= 1: an empty class, width, member or epoch
     axis leaves nothing to compute on (and ``[10, 0]`` used to crash a reshape)."""
-    item_axis = INPUT_ROLES[role][1]
+    spec = _role(role)
     for axis, size in enumerate(array.shape):
-        if axis == item_axis or size >= 1:
+        if axis == spec.item_axis or size >= 1:
             continue
-        name = _SHAPE_DOC[role].strip("[]").split(", ")[axis]
+        name = spec.axis_names()[axis]
         if role == "predictions":
             raise InvalidInput(
                 f"{field} holds no epochs (T = 0): send at least one epoch of predictions "
                 "[T, N]; for a pool, call RecordEpoch first", field=field, reason="NO_EPOCHS")
         raise InvalidInput(f"{field} has shape {list(array.shape)}: axis {name} is empty; "
-                           f"{_SHAPE_DOC[role]} needs {name} >= 1", field=field,
+                           f"{spec.shape} needs {name} >= 1", field=field,
                            reason="EMPTY_DIMENSION")
 
 
@@ -183,12 +170,12 @@ def _validate_model_inputs(array: np.ndarray, field: str) -> None:
 def item_count(arrays: Mapping[str, np.ndarray]) -> int:
     """The common item count N of ``arrays``, or raise if they disagree.
 
-    The labeled-set roles (``LABELED_ROLES``) have their own count and are skipped.
+    The labeled-set roles (``Role.labeled``) have their own count and are skipped.
     """
     counts = {
-        role: a.shape[INPUT_ROLES[role][1]]
-        for role, a in arrays.items()
-        if role not in LABELED_ROLES
+        name: a.shape[_role(name).item_axis]
+        for name, a in arrays.items()
+        if not _role(name).labeled
     }
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"{r}: {n}" for r, n in counts.items())
