@@ -96,8 +96,6 @@ NO_WIRE = frozenset({"vocab", "kernels", "strategies", "scaleout", "models", "po
 #: shrink: it is emptied before the layering is called done. A new violation fails the
 #: test, and so does an entry here that no longer occurs.
 KNOWN_VIOLATIONS: frozenset[str] = frozenset({
-    # A kernel uses the strategies' tie-breaking top-b.
-    "assay.kernels.batchbald -> assay.server.strategies.topk",
     # The edge takes its settings and counters from the wiring.
     "assay.server.edge.admission -> assay.server.wiring.metrics",
     "assay.server.edge.auth -> assay.server.wiring.config",
