@@ -30,8 +30,8 @@ import numpy as np
 from service import CHUNK_BYTES, MB, MIB, Servers, load, machine_line, make_probs, timed
 
 from assay.client import Client
+from assay.client.tensors import enum_of
 from assay.server.edge.idempotency import StreamDigest
-from assay.server.edge.tensors import enum_of
 from assay.server.pools.store import ArraySpec, PoolStore
 from assay.v1 import assay_pb2 as _pb2
 

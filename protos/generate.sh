@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates the Python code of the contract from protos/assay/v1/*.proto.
+# Regenerates the Python code of the contract from protos/assay/v1/*.proto into the client
+# distribution (clients/python/gen/assay/v1: the package `assay.v1` of assay-client).
 # Also regenerates docs/errors.md, the page of the ErrorReason enum (docs/gen_errors.py).
 # With --check, fails if the committed output differs from a fresh generation.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="$here/gen/python"
+out="$here/../clients/python/gen"
 target="$out"
 if [[ "${1:-}" == "--check" ]]; then
   target="$(mktemp -d)"

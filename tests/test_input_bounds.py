@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from refusals import field_and_reason, refusal
 
+from assay.client.tensors import to_proto
 from assay.kernels.kmeans import weighted_kmeans
 from assay.kernels.knn import knn
 from assay.server.edge.response_size import min_response_bytes, varint_bytes_below
-from assay.server.edge.tensors import to_proto
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Context, Selection, Strategy
 from assay.server.strategies.scores import label_dispersion

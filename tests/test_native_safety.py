@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from refusals import field_and_reason, refusal
 
+from assay.client.tensors import to_proto
 from assay.kernels import _validate
-from assay.server.edge.tensors import to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
 #: A fresh server process warms every kernel up before it listens: minutes on a busy box.

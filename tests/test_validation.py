@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from assay.client import AssayError
-from assay.server.edge.tensors import to_proto
+from assay.client.tensors import to_proto
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Selection, Strategy
 from assay.v1 import assay_pb2, assay_pb2_grpc, tensor_pb2

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
+from assay.client.tensors import enum_of
 from assay.v1 import model_pb2, model_pb2_grpc
 from assay.vocab.errors import DeadlineExceeded, InvalidInput
 
@@ -22,7 +23,6 @@ from ..models.onnx_safety import inspect_model
 from ..models.store import ModelInfo, ModelStore, check_model_id
 from .paging import page_end, page_start
 from .streams import stream_chunks, stream_header
-from .tensors import enum_of
 
 
 def model_to_proto(info: ModelInfo) -> model_pb2.Model:

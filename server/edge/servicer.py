@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
+from assay.client.tensors import DTYPES, check_shape, from_proto, numpy_dtype
 from assay.v1 import assay_pb2, assay_pb2_grpc
 from assay.vocab.dtypes import stored_name
 from assay.vocab.errors import (
@@ -46,7 +47,6 @@ from .model_servicer import pool_cache_key, run_models
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
 from .streams import stream_chunks, stream_header
-from .tensors import DTYPES, check_shape, from_proto, numpy_dtype
 
 if TYPE_CHECKING:
     from ..pools.sharded import ShardedPools

@@ -89,7 +89,7 @@ def test_a_byte_swapped_tensor_fails_the_vectors(client):
     """The vectors catch wire bugs: big-endian bytes sent as little-endian change the answer."""
     case = next(c for c in CASES if c["name"] == "entropy-asymmetric-11x5")
     probs = vectors.array(case["inputs"]["probs"])
-    from assay.server.edge.tensors import to_proto
+    from assay.client.tensors import to_proto
     from assay.v1 import assay_pb2
     tensor = to_proto(probs)
     tensor.data = probs.astype(">f4").tobytes()  # the bug: wrong byte order on the wire

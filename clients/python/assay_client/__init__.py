@@ -31,7 +31,7 @@ import grpc
 import numpy as np
 
 from assay.client.errors import error_details
-from assay.server.edge.tensors import enum_of, to_proto
+from assay.client.tensors import enum_of, to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
 
 __all__ = ["AssayError", "Client", "Model", "Pool", "Selection", "StrategyInfo"]
