@@ -39,6 +39,7 @@ import numpy as np
 from scipy.special import entr, logsumexp
 
 from assay.vocab.errors import FailedPrecondition, InvalidInput
+from assay.vocab.ties import argselect
 
 from . import _batchbald_cpu, config, dispatch
 
@@ -183,19 +184,19 @@ def _prepare(samples: np.ndarray, candidates: np.ndarray | None) -> tuple[np.nda
 def _check_caps(s: int, num_samples: int, max_exact_configs: int, precision: str) -> None:
     if precision not in PRECISIONS:
         raise InvalidInput(f"precision must be one of {', '.join(PRECISIONS)}, got "
-                           f"{precision!r}", field="params.precision")
+                           f"{precision!r}", field="precision")
     if num_samples < 1:
         raise InvalidInput(f"num_samples must be >= 1, got {num_samples}",
-                           field="params.num_samples")
+                           field="num_samples")
     if max_exact_configs < 1:
         raise InvalidInput(f"max_exact_configs must be >= 1, got {max_exact_configs}",
-                           field="params.max_exact_configs")
+                           field="max_exact_configs")
     for name, count in (("num_samples", num_samples), ("max_exact_configs", max_exact_configs)):
         if count * s * 8 > MAX_STATE_BYTES:
             raise InvalidInput(
-                f"params.{name} = {count} with S = {s} members needs {count * s * 8} bytes of "
+                f"{name} = {count} with S = {s} members needs {count * s * 8} bytes of "
                 f"joint state, over the cap of {MAX_STATE_BYTES}; lower it to at most "
-                f"{MAX_STATE_BYTES // (8 * s)}", field=f"params.{name}")
+                f"{MAX_STATE_BYTES // (8 * s)}", field=name)
 
 
 def _choose(backend: str, values: int) -> str:
@@ -205,15 +206,15 @@ def _choose(backend: str, values: int) -> str:
             return TORCH
         return dispatch.NUMBA_CPU
     if backend not in BACKENDS:
-        raise InvalidInput(f"params.backend {backend!r} does not run this strategy; choose one "
-                           f"of {', '.join((dispatch.AUTO, *BACKENDS))}", field="params.backend")
+        raise InvalidInput(f"backend {backend!r} does not run this strategy; choose one "
+                           f"of {', '.join((dispatch.AUTO, *BACKENDS))}", field="backend")
     if backend == TORCH:
         try:
             import torch  # noqa: F401
         except ImportError:
             raise FailedPrecondition(
-                "params.backend 'torch' needs PyTorch: pip install 'assay[torch]' (CPU) or a "
-                "CUDA build of torch, or use backend 'auto'", field="params.backend",
+                "backend 'torch' needs PyTorch: pip install 'assay[torch]' (CPU) or a "
+                "CUDA build of torch, or use backend 'auto'", field="backend",
                 reason="BACKEND_UNAVAILABLE") from None
     return backend
 
@@ -341,8 +342,6 @@ def batchbald_greedy(
         Called between picks.
     backend : ``auto``, ``numba-cpu`` or ``torch``.
     """
-    from assay.server.strategies.topk import argselect
-
     probs, cand = _prepare(samples, candidates)
     n = cand.size
     if not 1 <= int(budget) <= n:

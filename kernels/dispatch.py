@@ -132,21 +132,21 @@ def choose(requested: str, supported: tuple[str, ...], values: int) -> str:
                                  "pip install faiss-cpu", reason="BACKEND_UNAVAILABLE")
     if requested not in supported:
         raise InvalidInput(
-            f"params.backend {requested!r} does not run this strategy; choose one of "
-            f"{', '.join((AUTO, *supported))}", field="params.backend")
+            f"backend {requested!r} does not run this strategy; choose one of "
+            f"{', '.join((AUTO, *supported))}", field="backend")
     if requested == NUMBA_CUDA and not numba_cuda_available():
         raise FailedPrecondition(
-            f"params.backend 'numba-cuda' needs a CUDA GPU, and none is usable here; "
-            f"{_INSTALL_GPU}, or use backend 'auto'", field="params.backend",
+            f"backend 'numba-cuda' needs a CUDA GPU, and none is usable here; "
+            f"{_INSTALL_GPU}, or use backend 'auto'", field="backend",
             reason="BACKEND_UNAVAILABLE")
     if requested == FAISS_GPU and faiss_gpu_count() == 0:
         raise FailedPrecondition(
-            f"params.backend 'faiss-gpu' needs FAISS built with GPU support and a GPU; "
-            f"{_INSTALL_GPU}, or use backend 'auto'", field="params.backend",
+            f"backend 'faiss-gpu' needs FAISS built with GPU support and a GPU; "
+            f"{_INSTALL_GPU}, or use backend 'auto'", field="backend",
             reason="BACKEND_UNAVAILABLE")
     if requested == FAISS_CPU and not faiss_available():
-        raise FailedPrecondition("params.backend 'faiss-cpu' needs the faiss-cpu package: "
-                                 "pip install faiss-cpu", field="params.backend",
+        raise FailedPrecondition("backend 'faiss-cpu' needs the faiss-cpu package: "
+                                 "pip install faiss-cpu", field="backend",
                                  reason="BACKEND_UNAVAILABLE")
     return requested
 

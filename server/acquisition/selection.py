@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from assay.vocab.errors import InvalidInput
+from assay.vocab.errors import AssayError, InvalidInput
+from assay.vocab.roles import is_role, labeled_roles
+from assay.vocab.ties import argselect, tiebreak_generator
 
 from ..strategies import registry
 from ..strategies.named import score_strategy
 from ..strategies.registry import Context, Strategy
-from ..strategies.topk import argselect
 from ..strategies.validation import check_consistency, shape_doc, validate_array
 
 
@@ -55,6 +56,25 @@ def _require(strategy: Strategy, arrays: Mapping[str, np.ndarray], why: str = ""
                 f"strategy {strategy.name!r} needs at least {strategy.min_classes} classes, "
                 f"got C = {c}", field="inputs.probs",
             )
+
+
+def qualify(error: AssayError, strategy: Strategy) -> AssayError:
+    """Name, in the request's terms, the field of an error raised below this layer.
+
+    Kernels and the tie rule name their own arguments (``backend``,
+    ``embeddings``); here, once, a field that is a parameter of ``strategy``
+    becomes ``params.<name>`` and one that is an input role ``inputs.<role>``.
+    Fields already qualified (with a dot), and other names, are left as they are.
+    Returns ``error`` itself, changed in place.
+    """
+    name = error.field
+    if not name or "." in name:
+        return error
+    if name in {p.name for p in registry.all_params(strategy)}:
+        error.field = f"params.{name}"
+    elif is_role(name):
+        error.field = f"inputs.{name}"
+    return error
 
 
 def _derive(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,10 +115,11 @@ def select(
     ----------
     strategy_name : registered strategy name.
     budget : items to select, 1 <= budget <= selectable items.
-    arrays : role name -> array (see ``INPUT_ROLES``).
+    arrays : role name -> array (see ``assay.vocab.roles``).
     params : strategy parameters; validated against the declarations.
     seed : seeds all randomness; drawn (and reported) when None. Ties are broken
-        by a seeded permutation only when a seed was given, else by lower index.
+        by a seeded permutation only when a seed was given, else by lower index
+        (``assay.vocab.ties``).
     exclude : item indices that may not be selected (labeled items of a pool).
     validated : skip per-array checks (pool arrays were checked at upload).
     check_cancelled : raises when the caller went away; strategies call it
@@ -113,7 +134,7 @@ def select(
     n = check_consistency(arrays)
     arrays = _derive(arrays)
     _require(strategy, arrays)
-    if not arrays or set(arrays) <= set(registry.LABELED_ROLES):
+    if not arrays or set(arrays) <= set(labeled_roles()):
         raise InvalidInput("no item arrays given: send at least one input with an item axis",
                            field="inputs", reason="MISSING_INPUT")
     if budget <= 0:
@@ -130,23 +151,15 @@ def select(
     ctx = Context(
         candidates=candidates,
         rng=np.random.default_rng(seed),
-        tiebreak_rng=np.random.default_rng([seed, 1]) if seed_given else None,
+        tiebreak_rng=tiebreak_generator(seed) if seed_given else None,
         check_cancelled=check_cancelled,
     )
     started = time.perf_counter()
-    if resolved["prefilter"]:
-        ctx.candidates = _prefilter(resolved, budget, arrays, ctx)
-    check_cancelled()
-    scores = None
-    extra: registry.Selection | None = None
-    if strategy.kind == "score":
-        all_scores = strategy.fn(arrays, resolved, ctx)
-        indices = argselect(all_scores, budget, ctx.candidates, ctx.tiebreak_rng)
-        scores = all_scores[indices]
-    else:
-        extra = strategy.fn(arrays, budget, resolved, ctx)
-        indices = np.asarray(extra.indices, dtype=np.int64)
-        scores = extra.scores
+    try:
+        indices, scores, extra = _run(strategy, budget, arrays, resolved, ctx)
+    except AssayError as error:
+        qualify(error, strategy)
+        raise
     check_cancelled()
     return SelectResult(
         indices=indices,
@@ -159,6 +172,22 @@ def select(
         pseudo_label_indices=None if extra is None else extra.pseudo_label_indices,
         pseudo_labels=None if extra is None else extra.pseudo_labels,
     )
+
+
+def _run(strategy: Strategy, budget: int, arrays: Mapping[str, np.ndarray],
+         resolved: dict[str, Any], ctx: Context
+         ) -> tuple[np.ndarray, np.ndarray | None, registry.Selection | None]:
+    """The prefilter, then the strategy: (indices best first, their scores, a batch
+    strategy's whole answer)."""
+    if resolved["prefilter"]:
+        ctx.candidates = _prefilter(resolved, budget, arrays, ctx)
+    ctx.check_cancelled()
+    if strategy.kind == "score":
+        all_scores = strategy.fn(arrays, resolved, ctx)
+        indices = argselect(all_scores, budget, ctx.candidates, ctx.tiebreak_rng)
+        return indices, all_scores[indices], None
+    extra = strategy.fn(arrays, budget, resolved, ctx)
+    return np.asarray(extra.indices, dtype=np.int64), extra.scores, extra
 
 
 def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],

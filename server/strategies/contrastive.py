@@ -15,9 +15,9 @@ from scipy.special import rel_entr
 from assay.kernels import dispatch
 from assay.kernels.knn import BACKENDS, knn
 from assay.vocab.errors import FailedPrecondition
+from assay.vocab.ties import argselect
 
 from .registry import Context, Inputs, Param, Selection, Strategy, register
-from .topk import argselect
 from .uncertainty import probs64
 
 #: Candidates scored per block, bounding the [block, k, C] KL temporaries.

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from assay.vocab.errors import InvalidInput
+from assay.vocab.ties import argselect
 
 from .registry import Context, Inputs, Param, Selection, Strategy, register
-from .topk import argselect
 
 
 def forgetting_counts(predictions: np.ndarray, labels: np.ndarray

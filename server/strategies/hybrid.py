@@ -19,11 +19,11 @@ from assay.kernels.bits import rows_float32
 from assay.kernels.facility import facility_location_greedy
 from assay.kernels.kmeans import weighted_kmeans
 from assay.vocab.errors import InvalidInput
+from assay.vocab.ties import argselect
 
 from . import registry
 from .named import score_strategy
 from .registry import Context, Inputs, Param, Selection, Strategy, register
-from .topk import argselect
 from .uncertainty import probs64
 
 #: Name of Suggestive Annotation's own uncertainty: the class-averaged variance of Ps.

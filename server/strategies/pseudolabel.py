@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from assay.vocab.ties import argselect
+
 from .hybrid import named_score
 from .registry import Context, Inputs, Param, Selection, Strategy, register
-from .topk import argselect
 from .uncertainty import entropy, probs64
 
 
