@@ -1,6 +1,6 @@
 """Slow, obviously correct float64 twins of every score strategy.
 
-Written from the formulas in STRATEGIES.md with plain Python loops over items,
+Written from the formulas in docs/strategies.md with plain Python loops over items,
 independently of the vectorized code under test.
 """
 

@@ -1,6 +1,6 @@
 """CAL, Suggestive Annotation, diverse mini-batch and CEAL against float64 references.
 
-Every reference is written here from the definitions in STRATEGIES.md, with plain
+Every reference is written here from the definitions in docs/strategies.md, with plain
 loops where the strategy vectorizes, and shares no code with the strategy.
 """
 

@@ -1,7 +1,7 @@
 """Slow, obviously correct twins of the kernels, in float64 NumPy.
 
 Every compiled backend (Numba CPU, Numba-CUDA, FAISS) is checked against these.
-They follow the definitions in STRATEGIES.md line by line and favour clarity over
+They follow the definitions in docs/strategies.md line by line and favour clarity over
 speed: Python loops, full distance recomputation, no fusion.
 """
 
