@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Source folder -> the package it is installed as (pyproject's package-dir).
 ROOTS: dict[str, str] = {
     "clients/python/vocab": "assay.vocab",
+    "clients/python/gen/assay/v1": "assay.v1",
     "clients/python/assay_client": "assay.client",
     "kernels": "assay.kernels",
     "server": "assay.server",
