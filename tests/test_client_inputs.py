@@ -56,3 +56,15 @@ def test_little_endian_converts_big_endian_and_leaves_little_endian_alone():
     assert little_endian(same) is same
     ints = np.arange(5, dtype=">i8")
     assert little_endian(ints).tobytes() == np.arange(5, dtype="<i8").tobytes()
+
+
+def test_create_pool_sends_shards_and_expected_items(client):
+    # A server without Ray refuses a sharded pool: proof that `shards` reached it.
+    with pytest.raises(AssayError) as refused:
+        client.create_pool("sharded", shards=2, expected_items=1_000_000)
+    assert refused.value.code.name == "FAILED_PRECONDITION"
+    assert (refused.value.reason, refused.value.field) == ("NO_RAY", "shards")
+    assert "sharded" not in {p.pool_id for p in client.list_pools()}
+    # Without shards the size hint alone (no --auto-shard-items) gives a pool on one machine.
+    pool = client.create_pool("hinted", expected_items=1_000_000)
+    assert (pool.pool_id, pool.item_count, pool.shards) == ("hinted", 0, 0)

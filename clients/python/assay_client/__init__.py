@@ -100,6 +100,8 @@ class Pool:
     version: int
     arrays: dict[str, tuple[str, tuple[int, ...]]]
     size_bytes: int
+    #: Shards the pool is split over (0: a pool on one machine).
+    shards: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def little_endian(array: np.ndarray) -> np.ndarray:
 def _pool(p: assay_pb2.Pool) -> Pool:
     return Pool(p.pool_id, p.item_count, p.labeled_count, p.version,
                 {a.name: (tensor_pb2.DataType.Name(a.dtype), tuple(a.shape)) for a in p.arrays},
-                p.size_bytes)
+                p.size_bytes, p.shards)
 
 
 def _param(value: Any) -> assay_pb2.ParamValue:
@@ -352,9 +354,19 @@ class Client:
 
     # -- pools -------------------------------------------------------------------------
 
-    def create_pool(self, pool_id: str) -> Pool:
-        return _pool(self._call(self._stub.CreatePool,
-                                assay_pb2.CreatePoolRequest(pool_id=pool_id)).pool)
+    def create_pool(self, pool_id: str, *, shards: int = 0, expected_items: int = 0) -> Pool:
+        """Create an empty pool; fill it with ``append``.
+
+        ``shards`` > 0 splits the pool over that many shards, each held by a Ray actor on
+        a server started with ``--ray-address`` (FAILED_PRECONDITION, reason ``NO_RAY``,
+        on a server without Ray). ``expected_items`` is a size hint: with ``shards=0``, a
+        server started with ``--auto-shard-items M`` gives a pool of more than M expected
+        items ⌈expected_items / M⌉ shards. The defaults give a pool on one machine;
+        ``Pool.shards`` says which it got. See docs/scale.md.
+        """
+        request = assay_pb2.CreatePoolRequest(pool_id=pool_id, shards=shards,
+                                              expected_items=expected_items)
+        return _pool(self._call(self._stub.CreatePool, request).pool)
 
     def get_pool(self, pool_id: str) -> Pool:
         return _pool(self._call(self._stub.GetPool, assay_pb2.GetPoolRequest(pool_id=pool_id)).pool)
