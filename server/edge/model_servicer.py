@@ -1,13 +1,12 @@
-"""gRPC layer of models: ``assay.v1.ModelService`` and the model step of ``Select``.
+"""gRPC layer of models: ``assay.v1.ModelService``.
 
 Translates protobuf to the model store and runtime and back; all checks of an
-uploaded model live in ``onnx_safety``, all inference in ``model_inference``.
+uploaded model live in ``models.onnx_safety``, all inference in ``models.inference``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -15,10 +14,9 @@ from google.protobuf import timestamp_pb2
 
 from assay.client.tensors import enum_of
 from assay.v1 import model_pb2, model_pb2_grpc
-from assay.vocab.errors import DeadlineExceeded, InvalidInput
+from assay.vocab.errors import DeadlineExceeded
 
-from ..models.inference import ModelRun, ModelRuntime, needed_roles
-from ..models.onnx_runner import Terminator
+from ..models.inference import ModelRuntime
 from ..models.onnx_safety import inspect_model
 from ..models.store import ModelInfo, ModelStore, check_model_id
 from .paging import page_end, page_start
@@ -101,48 +99,3 @@ def _registration_check(check: Callable[[], None]) -> Callable[[], None]:
                 "passed while the model was received or checked; nothing was stored",
                 reason=error.reason) from None
     return checked
-
-
-def _time_left(context: grpc.ServicerContext, ceiling: float) -> float | None:
-    """Seconds until the request must stop: its deadline or the server's ceiling."""
-    limits = [x for x in (context.time_remaining(), ceiling if ceiling > 0 else None)
-              if x is not None]
-    return min(limits) if limits else None
-
-
-def run_models(runtime: ModelRuntime, request, arrays: dict[str, np.ndarray],
-               params: Mapping[str, Any], seed: int, *, pool_key: tuple | None,
-               labeled: np.ndarray | None, context: grpc.ServicerContext, ceiling: float,
-               check: Callable[[], None]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The model step of Select: run ``request.model_ids`` over ``arrays['model_inputs']``.
-
-    Returns the arrays with the models' outputs in place of arrays of the same
-    role (``labeled_embeddings`` recomputed from the model's embeddings), and
-    the inference figures for ``SelectResponse.metrics``.
-    """
-    if "model_inputs" not in arrays:
-        where = "the pool has" if pool_key is not None else "inputs has"
-        raise InvalidInput(f"model_ids needs raw model inputs, but {where} no model_inputs "
-                           "array", field="inputs.model_inputs", reason="MISSING_INPUT")
-    run = ModelRun(list(request.model_ids), request.mc_samples, request.batch_size, seed)
-    needed = needed_roles(request.strategy, params)
-    with Terminator(_time_left(context, ceiling)) as terminator:
-        context.add_callback(lambda: terminator.fire())
-        produced, stats = runtime.arrays(run, arrays["model_inputs"], needed=needed,
-                                         pool_key=pool_key, check=check, terminator=terminator)
-    arrays = {**arrays, **produced}
-    has_labeled = labeled is not None and labeled.size > 0
-    if "embeddings" in produced:
-        arrays.pop("labeled_embeddings", None)
-        if has_labeled:
-            arrays["labeled_embeddings"] = produced["embeddings"][labeled]
-    if "probs" in produced:
-        arrays.pop("labeled_probs", None)
-        if has_labeled and "labeled_probs" in needed:
-            arrays["labeled_probs"] = produced["probs"][labeled]
-    return arrays, stats
-
-
-def pool_cache_key(pool_id: str, create_time: float, version: int) -> tuple:
-    """A pool's identity at one version: a re-created pool with the same id never matches."""
-    return ("pool", pool_id, repr(create_time), version)

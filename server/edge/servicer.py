@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -30,11 +28,9 @@ from assay.vocab.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     InvalidInput,
-    ResourceExhausted,
 )
 
-from ..acquisition import selection as acquisition
-from ..models.inference import ModelRuntime
+from ..acquisition.service import AcquisitionService, Caller, SelectCall
 from ..pools.request_records import RequestKey, StoredResponse
 from ..pools.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from ..strategies import registry
@@ -43,7 +39,6 @@ from ..wiring.config import ServerConfig
 from ..wiring.metrics import Metrics
 from . import sharded as sharded_rpc
 from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
-from .model_servicer import pool_cache_key, run_models
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
 from .streams import stream_chunks, stream_header
@@ -119,29 +114,16 @@ def cancellation_check(context: grpc.ServicerContext, ceiling: float = 0.0):
     return check
 
 
-def _learning_arrays(strategy: str, data, arrays: dict) -> dict[str, np.ndarray]:
-    """Inputs a pool holds implicitly, derived only for strategies that use them.
+def caller(context: grpc.ServicerContext, ceiling: float = 0.0) -> Caller:
+    """The domain's view of a gRPC caller: its cancellation check, the seconds it has
+    left (its deadline or the server's ceiling) and a hook run when it goes away."""
+    def time_left() -> float | None:
+        limits = [x for x in (context.time_remaining(), ceiling if ceiling > 0 else None)
+                  if x is not None]
+        return min(limits) if limits else None
 
-    ``predictions``: the recorded epochs (RecordEpoch) covering every item;
-    ``labels``: the pool's labels per item, -1 where unlabeled; ``labeled_probs``:
-    ``probs`` (or the mean of ``samples``) at the labeled items.
-    """
-    s = registry.get(strategy)
-    roles = set(s.required) | set(s.optional)
-    out: dict[str, np.ndarray] = {}
-    if "predictions" in roles and "predictions" not in arrays and data.history is not None:
-        out["predictions"] = data.history
-    if "labels" in roles:
-        labels = np.full(data.info.item_count, -1, dtype=np.int64)
-        labels[data.labeled] = data.labels
-        out["labels"] = labels
-    if "labeled_probs" in roles and data.labeled.size:
-        if "probs" in arrays:
-            out["labeled_probs"] = np.asarray(arrays["probs"][data.labeled])
-        elif "samples" in arrays:
-            out["labeled_probs"] = np.asarray(arrays["samples"][:, data.labeled],
-                                              dtype=np.float64).mean(axis=0)
-    return out
+    return Caller(check=cancellation_check(context, ceiling), time_left=time_left,
+                  on_cancel=context.add_callback)
 
 
 def _digested(messages: Iterator, digest: StreamDigest) -> Iterator:
@@ -154,43 +136,17 @@ def _digested(messages: Iterator, digest: StreamDigest) -> Iterator:
 
 
 class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
-    """Implements ``assay.v1.AssayService`` over a ``PoolStore``."""
+    """Implements ``assay.v1.AssayService``: decodes, calls the pools or the acquisition
+    service, encodes."""
 
-    def __init__(self, store: PoolStore, config: ServerConfig, metrics: Metrics,
-                 models: ModelRuntime | None = None, sharded: ShardedPools | None = None):
+    def __init__(self, store: PoolStore, acquisition: AcquisitionService, config: ServerConfig,
+                 metrics: Metrics, sharded: ShardedPools | None = None):
         self.store = store
+        self.acquisition = acquisition
         self.config = config
         self.metrics = metrics
-        self.models = models
         self.sharded = sharded  # pools split over Ray actors; None without --ray-address
-        self._selects = threading.BoundedSemaphore(config.max_concurrent_selects)
-        self._queue_lock = threading.Lock()
-        self._queued = 0
         self._flights = SingleFlight()
-
-    def _acquire_select_slot(self, check) -> None:
-        """Take one of ``max_concurrent_selects`` slots, waiting in a bounded queue.
-
-        Open-loop traffic arrives in bursts: shedding every Select that finds the slots
-        busy would fail requests even at moderate load, while an unbounded wait turns
-        overload into timeouts. So up to ``max_queued_selects`` callers wait (still
-        honouring their deadline and cancellation); anyone beyond is refused at once.
-        """
-        if self._selects.acquire(blocking=False):
-            return
-        with self._queue_lock:
-            if self._queued >= self.config.max_queued_selects:
-                raise ResourceExhausted(
-                    f"the server is already running {self.config.max_concurrent_selects} "
-                    f"selections with {self._queued} waiting; retry with backoff",
-                    reason="TOO_MANY_SELECTS")
-            self._queued += 1
-        try:
-            while not self._selects.acquire(timeout=0.02):
-                check()
-        finally:
-            with self._queue_lock:
-                self._queued -= 1
 
     @contextlib.contextmanager
     def _once(self, message, method: str, context, pool_id: str = "",
@@ -379,84 +335,16 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             return self._select(request, context, key)
 
     def _select(self, request, context, key: RequestKey | None):
-        if not request.strategy:
-            raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
-        strategy = registry.get(request.strategy)
-        check_budget(strategy.name, strategy.kind, request.budget,
-                     self.config.max_message_bytes)
-        params = {k: param_from_proto(v, k) for k, v in request.params.items()}
-        exclude = np.asarray(request.exclude_indices, dtype=np.int64)
-        source = request.WhichOneof("source")
-        pool_version = 0
-        validated = False
-        pool_key = labeled = None
-        if source == "inputs":
-            arrays = {
-                name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
-                                 max_bytes=self.config.max_inline_bytes)
-                for name in _INPUT_FIELDS if request.inputs.HasField(name)
-            }
-            # Summed from the decoded arrays: ByteSize() would serialize the inputs again.
-            size = sum(a.nbytes for a in arrays.values())
-            if size > self.config.max_inline_bytes:
-                raise ResourceExhausted(
-                    f"inline inputs are {size} bytes, over the server's inline limit of "
-                    f"{self.config.max_inline_bytes}; upload them to a pool (CreatePool, "
-                    "AppendPoolItems) and Select by pool_id", field="inputs",
-                    reason="INLINE_TOO_LARGE")
-        elif source == "pool_id" and self._is_sharded(request.pool_id):
-            return sharded_rpc.select(self, request, params, exclude, key,
-                                      cancellation_check(context, self.config.max_deadline_seconds))
-        elif source == "pool_id":
-            data = self.store.load(request.pool_id)
-            arrays = dict(data.arrays)
-            pool_version = data.info.version
-            validated = True
-            pool_key = pool_cache_key(data.info.pool_id, data.info.create_time, pool_version)
-            labeled = data.labeled
-            if data.labeled.size:
-                exclude = np.union1d(exclude, data.labeled)
-                if "embeddings" in arrays:
-                    arrays["labeled_embeddings"] = arrays["embeddings"][data.labeled]
-            arrays.update(_learning_arrays(request.strategy, data, arrays))
-        else:
-            raise InvalidInput("set either inputs or pool_id", field="source")
-        seed = request.seed if request.HasField("seed") else None
-        if not request.model_ids and (request.mc_samples or request.batch_size):
-            raise InvalidInput("mc_samples and batch_size apply to models: name them in "
-                               "model_ids", field="model_ids")
-        if request.mc_samples and seed is None:
-            # MC passes and the strategy share the reported seed, so it replays both.
-            seed = secrets.randbits(63)
-        if request.model_ids and self.models is None:
-            raise InvalidInput("this server runs no models", field="model_ids")
-        model_metrics: dict[str, float] = {}
-        check = cancellation_check(context, self.config.max_deadline_seconds)
-        self._acquire_select_slot(check)
-        try:
-            if request.model_ids:
-                arrays, model_metrics = run_models(
-                    self.models, request, arrays, params, seed or 0, pool_key=pool_key,
-                    labeled=labeled, context=context, ceiling=self.config.max_deadline_seconds,
-                    check=check)
-            result = acquisition.select(
-                request.strategy, request.budget, arrays, params,
-                seed=seed,
-                exclude=exclude, validated=validated, check_cancelled=check)
-        finally:
-            self._selects.release()
+        call = self._select_call(request)
+        selected = self.acquisition.select(call, caller(context, self.config.max_deadline_seconds))
+        result = selected.result
         self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
         response = assay_pb2.SelectResponse(
             indices=result.indices.tolist(),
             scores=[] if result.scores is None else result.scores.tolist(),
-            strategy=result.strategy,
-            backend=result.backend,
-            seed=result.seed,
-            pool_version=pool_version,
-            request_id=request.request_id,
-            metrics={**result.metrics, **model_metrics},
-            compute_seconds=result.compute_seconds,
-        )
+            strategy=result.strategy, backend=result.backend, seed=result.seed,
+            pool_version=selected.pool_version, request_id=request.request_id,
+            metrics=selected.metrics, compute_seconds=result.compute_seconds)
         if result.pseudo_label_indices is not None:
             response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
             response.pseudo_labels.extend(result.pseudo_labels.tolist())
@@ -464,6 +352,31 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         if key is not None:
             self.store.put_request(key, response.SerializeToString())
         return response
+
+    def _select_call(self, request) -> SelectCall:
+        """Decode a SelectRequest; a budget whose answer could not be sent is refused here,
+        before any work."""
+        if not request.strategy:
+            raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
+        strategy = registry.get(request.strategy)
+        check_budget(strategy.name, strategy.kind, request.budget,
+                     self.config.max_message_bytes)
+        params = {k: param_from_proto(v, k) for k, v in request.params.items()}
+        source = request.WhichOneof("source")
+        inputs = None
+        if source == "inputs":
+            inputs = {name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
+                                       max_bytes=self.config.max_inline_bytes)
+                      for name in _INPUT_FIELDS if request.inputs.HasField(name)}
+        elif source != "pool_id":
+            raise InvalidInput("set either inputs or pool_id", field="source")
+        return SelectCall(
+            strategy=request.strategy, budget=request.budget, params=params,
+            pool_id=request.pool_id if source == "pool_id" else "", inputs=inputs,
+            exclude=np.asarray(request.exclude_indices, dtype=np.int64),
+            seed=request.seed if request.HasField("seed") else None,
+            model_ids=tuple(request.model_ids), mc_samples=request.mc_samples,
+            batch_size=request.batch_size)
 
     def ListStrategies(self, request, context):
         infos = []

@@ -20,7 +20,6 @@ from assay.vocab.errors import (
     FailedPrecondition,
     InvalidInput,
     NotFound,
-    ResourceExhausted,
 )
 
 from ..pools.store import ArraySpec, PoolInfo
@@ -112,33 +111,3 @@ def append(servicer, pool_id: str, specs: list[ArraySpec], messages: Iterator, k
             servicer.store.put_request(record, response(info, first, count).SerializeToString())
 
     return response(*servicer.sharded.append(pool_id, specs, chunks(), stored))
-
-
-def select(servicer, request, params: dict, exclude: np.ndarray, key,
-           check) -> assay_pb2.SelectResponse:
-    """Select on a sharded pool; a shard lost mid-way raises UNAVAILABLE and stores nothing,
-    so a retry with the same request id computes afresh."""
-    if request.model_ids:
-        raise FailedPrecondition("models run on unsharded pools only", field="model_ids")
-    config = servicer.config
-    if not servicer._selects.acquire(blocking=False):
-        raise ResourceExhausted(
-            f"the server is already running {config.max_concurrent_selects} selections; "
-            "retry with backoff", reason="TOO_MANY_SELECTS")
-    try:
-        version = servicer.sharded.get_pool(request.pool_id).version
-        result = servicer.sharded.select(
-            request.pool_id, request.strategy, request.budget, params,
-            seed=request.seed if request.HasField("seed") else None, exclude=exclude,
-            check_cancelled=check)
-    finally:
-        servicer._selects.release()
-    servicer.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
-    response = assay_pb2.SelectResponse(
-        indices=result.indices.tolist(), scores=result.scores.tolist(),
-        strategy=result.strategy, backend=result.backend, seed=result.seed,
-        pool_version=version, request_id=request.request_id, metrics=result.metrics,
-        compute_seconds=result.compute_seconds)
-    if key is not None:
-        servicer.store.put_request(key, response.SerializeToString())
-    return response

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
 
+from ..acquisition.service import AcquisitionService, SelectSlots
 from ..edge.admission import AdmissionGate
 from ..edge.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from ..edge.interceptors import ErrorInterceptor
@@ -164,8 +165,11 @@ def start(config: ServerConfig) -> RunningServer:
     runtime = ModelRuntime(models, limits=ModelLimits(
         config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
     sharded = _sharded_pools(config) if config.ray_address else None
+    acquisition = AcquisitionService(
+        store, sharded=sharded, models=runtime, max_inline_bytes=config.max_inline_bytes,
+        slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects))
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
-        AssayServicer(store, config, metrics, runtime, sharded), server)
+        AssayServicer(store, acquisition, config, metrics, sharded), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
                       lambda context: cancellation_check(context, config.max_deadline_seconds)),
