@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnxruntime as ort
 
 from assay.vocab.errors import InvalidInput, NotFound
 
@@ -48,6 +47,9 @@ from .onnx_runner import (
 from .onnx_safety import input_fits, parse_model
 from .probe import prepare, probe_session
 from .store import ModelInfo, ModelStore
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 #: Most models in one committee, and most MC passes per model.
 MAX_MODELS = 32

@@ -16,30 +16,62 @@ check sees, so every session allocates from one shared onnxruntime arena whose
 CUDA provider gets the same ``gpu_mem_limit``. An allocation past the cap fails
 before anything is allocated and the request answers RESOURCE_EXHAUSTED; every
 run shrinks the arena afterwards, so a burst does not stay resident.
+
+onnxruntime comes from the server's cpu or gpu extra (two builds of one module) and is
+imported on first use: a server without it starts, and its model calls answer
+FAILED_PRECONDITION (``runtime``).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import threading
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 
 from assay.vocab.errors import (
     AssayError,
     Cancelled,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidInput,
     ResourceExhausted,
 )
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 #: Input bytes of one batch by default (the activations of common models are a small
 #: multiple of their input, so a batch stays in the hundreds of MiB at most).
 BATCH_BYTES = 64 << 20
 #: Items per batch, at most, whatever their size.
 MAX_BATCH_ITEMS = 4096
+
+
+@functools.cache
+def available() -> bool:
+    """Whether onnxruntime is installed (either build), without importing it."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def runtime():
+    """The ``onnxruntime`` module, imported on first use.
+
+    Raises ``FailedPrecondition`` (``BACKEND_UNAVAILABLE``) on a server installed without
+    it: a model call cannot run here, whatever the request.
+    """
+    if available():
+        import onnxruntime
+
+        return onnxruntime
+    raise FailedPrecondition(
+        "running ONNX models needs onnxruntime, which this server is installed without: "
+        "install the server with its cpu or gpu extra (pip install 'assay[cpu]' or "
+        "'assay[gpu]')", reason="BACKEND_UNAVAILABLE")
 
 
 def default_threads() -> int:
@@ -61,8 +93,9 @@ def use_memory_cap(max_bytes: int) -> None:
     another replaces it for later sessions (earlier ones keep theirs).
     """
     with _memory_lock:
-        if max_bytes <= 0 or _memory_cap["bytes"] == max_bytes:
+        if max_bytes <= 0 or _memory_cap["bytes"] == max_bytes or not available():
             return
+        ort = runtime()
         info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
                                  ort.OrtMemType.DEFAULT)
         # kSameAsRequested (1): grow by what is asked, so the arena never rounds past the cap.
@@ -77,9 +110,8 @@ def memory_cap() -> int:
 
 def providers() -> list:
     """CUDA first when this onnxruntime build has it, CPU always (and as the fallback)."""
-    available = ort.get_available_providers()
     chosen: list = []
-    if "CUDAExecutionProvider" in available:
+    if "CUDAExecutionProvider" in runtime().get_available_providers():
         cap = memory_cap()
         chosen.append(("CUDAExecutionProvider", {"gpu_mem_limit": str(cap)})
                       if cap else "CUDAExecutionProvider")
@@ -94,8 +126,9 @@ def make_session(model: bytes, *, threads: int,
     Raises ``InvalidInput`` when onnxruntime cannot load the model (an operator
     or type it does not implement), since a checked model that does not load is
     still the client's to fix; ``ResourceExhausted`` when building it needs more
-    memory than the cap.
+    memory than the cap; ``FailedPrecondition`` without onnxruntime (``runtime``).
     """
+    ort = runtime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -149,7 +182,7 @@ def default_batch_size(item_bytes: int) -> int:
 
 def run_options() -> ort.RunOptions:
     """Options of every run: quiet, and the arena hands back what the run freed."""
-    options = ort.RunOptions()
+    options = runtime().RunOptions()
     options.log_severity_level = 3
     if memory_cap():
         options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")

@@ -165,7 +165,9 @@ def default_opset(model: onnx.ModelProto) -> int:
 def _runtime_domains() -> frozenset[str]:
     """Domains onnxruntime implements operators in: those of its operator schemas and
     kernels and of ONNX's own schemas, plus the ones it is known to register."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as capi
+    from .onnx_runner import runtime
+
+    capi = runtime().capi.onnxruntime_pybind11_state
 
     domains = {"", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft",
                "com.microsoft.nchwc", "com.microsoft.experimental", "com.ms.internal.nhwc",

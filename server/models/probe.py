@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 from assay.vocab.errors import AssayError, InvalidInput, ResourceExhausted
 
+from .onnx_runner import available, runtime
+
 #: Session builds running at once: each may take ``memory_bytes``, so they are few.
 MAX_PROBES = 2
 _EXIT_REFUSED, _EXIT_MEMORY = 3, 4
@@ -48,6 +50,8 @@ def _spawn() -> subprocess.Popen:
 def prepare() -> None:
     """Start a spare child now: it imports onnxruntime (a second or so on a busy machine)
     while nothing waits, and the next registration hands it the model at once."""
+    if not available():  # no onnxruntime: model registrations are refused before a probe
+        return
     with _spare_lock:
         if not _spare or _spare[0].poll() is not None:
             _spare[:] = [_spawn()]
@@ -77,8 +81,9 @@ def probe_session(data: bytes, *, seconds: float, memory_bytes: int,
     ``memory_bytes``, ``MODEL_LOAD_FAILED`` when onnxruntime refuses the model),
     ``ResourceExhausted`` when ``MAX_PROBES`` builds are already running, and
     whatever ``check`` raises (the request's deadline or cancellation), the
-    child killed in every case.
+    child killed in every case; ``FailedPrecondition`` without onnxruntime.
     """
+    runtime()
     if not _slots.acquire(blocking=False):
         raise ResourceExhausted(
             f"{MAX_PROBES} model registrations are being checked already; retry shortly",
@@ -180,6 +185,7 @@ def main() -> int:
     exited before handing over a model) ends it quietly."""
     from .onnx_runner import is_out_of_memory, make_session
 
+    runtime()  # imported now, while no model waits
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return 0
