@@ -2,6 +2,7 @@
 # Assay images, two targets from one file:
 #   docker build --target cpu -t assay:cpu .   # slim Python base, CPU wheels only (default)
 #   docker build --target gpu -t assay:gpu .   # NVIDIA CUDA runtime base, `gpu` extra
+# (the CPU image installs the `cpu` extra: faiss-cpu, onnxruntime)
 # Both run as an unprivileged user, keep all state under the /data volume (so the root
 # filesystem can be mounted read-only), and probe themselves with `assay health`.
 
@@ -15,8 +16,10 @@ FROM python-base AS build-cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
+# The client distribution (clients/python) and the server in one command: pip takes the
+# local assay-client for the server's pin.
 RUN python -m venv /opt/assay \
-    && /opt/assay/bin/pip install --no-cache-dir . \
+    && /opt/assay/bin/pip install --no-cache-dir ./clients/python ".[cpu]" \
     && /opt/assay/bin/assay serve --help > /dev/null
 
 # ---- build: the GPU wheel set (CUDA libraries come as pip wheels) ----------------------------
@@ -30,14 +33,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# faiss-cpu / onnxruntime (core dependencies) and faiss-gpu-cu12 / onnxruntime-gpu provide
-# the same modules (`faiss`, `onnxruntime`): drop the CPU builds and reinstall the GPU ones
-# so their files are the ones left in place.
+# The gpu extra alone provides `faiss` and `onnxruntime` (faiss-gpu-cu12, onnxruntime-gpu):
+# the CPU builds are in the cpu extra, which this image does not install.
 RUN python3 -m venv /opt/assay \
-    && /opt/assay/bin/pip install --no-cache-dir ".[gpu]" \
-    && /opt/assay/bin/pip uninstall -y faiss-cpu onnxruntime \
-    && /opt/assay/bin/pip install --no-cache-dir --no-deps --force-reinstall \
-       "faiss-gpu-cu12>=1.8" "onnxruntime-gpu>=1.20" \
+    && /opt/assay/bin/pip install --no-cache-dir ./clients/python ".[gpu]" \
     && /opt/assay/bin/assay serve --help > /dev/null
 
 # ---- runtime: GPU --------------------------------------------------------------------------
