@@ -160,7 +160,11 @@ class CompactingPoolStore(PoolStore):
                 return  # e.g. the disk filled up meanwhile: this read concatenates
             name = f"seg-{uuid.uuid4().hex[:12]}"
             final = self.pools_dir / uid / name
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except FileNotFoundError:  # the pool was deleted meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
             fsync_dir(final.parent)
             last = segs[-1][0]
             with self._lock:
