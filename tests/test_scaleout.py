@@ -29,7 +29,9 @@ from assay.v1 import assay_pb2, assay_pb2_grpc
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
 
-from assay.server.pools.sharded import ShardedPools  # noqa: E402
+from assay.server.acquisition import sharded as sharded_acquisition  # noqa: E402
+from assay.server.pools.sharded import ShardedBackend  # noqa: E402
+from assay.server.pools.store import NotFound, PoolStore  # noqa: E402
 from assay.server.scaleout import knn as sharded_knn  # noqa: E402
 
 
@@ -43,6 +45,46 @@ def local_ray():
              configure_logging=False)
     yield
     ray.shutdown()
+
+
+class ShardedPools:
+    """A pool store whose pools are all sharded, with the calls these tests make."""
+
+    def __init__(self, data_dir: str, **backend):
+        self.backend = ShardedBackend(f"{data_dir}/shards", **backend)
+        self.store = PoolStore(data_dir, sharded=self.backend)
+
+    def create_pool(self, pool_id: str, shards: int):
+        return self.store.create_pool(pool_id, shards)
+
+    def append_arrays(self, pool_id: str, arrays: dict):
+        return self.store.append_arrays(pool_id, arrays)
+
+    def label(self, pool_id: str, indices, labels):
+        return self.store.label(pool_id, indices, labels)
+
+    def select(self, pool_id: str, strategy: str, budget: int, params=None, **kw):
+        return sharded_acquisition.select(self.backend, self.store.sharded_pool(pool_id),
+                                          strategy, budget, params, **kw)
+
+    def session(self, pool_id: str, exclude):
+        return self.backend.session(self.store.sharded_pool(pool_id), exclude)
+
+    def list_pools(self, limit: int = 100):
+        return self.store.list_pools(limit=limit)
+
+    def delete_pool(self, pool_id: str):
+        self.store.delete_pool(pool_id)
+
+    def owns(self, pool_id: str) -> bool:
+        try:
+            return self.store.get_pool(pool_id).shards > 0
+        except NotFound:
+            return False
+
+    def close(self):
+        self.backend.close()
+        self.store.close()
 
 
 @pytest.fixture
@@ -376,7 +418,8 @@ def test_killed_shard_fails_the_select_then_the_retry_succeeds(local_ray, server
             client.append("f", **_slice(arrays, lo, hi))
         request = assay_pb2.SelectRequest(strategy="coreset", budget=1000, pool_id="f", seed=4,
                                           request_id=str(uuid.uuid4()))
-        group = server.sharded.group("f")
+        pool = server.store.sharded_pool("f")
+        group = server.sharded.group(pool.uid, pool.info.shards)
         pid = ray.get(group.actors[1].pid.remote())
         outcome = {}
 

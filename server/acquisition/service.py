@@ -13,7 +13,7 @@ and encoding lives here, in order:
 4. the model step (registered ONNX models over raw inputs), then the strategy.
 
 Sharded pools take the same slot and answer the same ``Selection``; only where
-the rows live differs (``ShardedPools.select``).
+the rows live differs (``acquisition.sharded``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +32,8 @@ from ..models.inference import ModelRun, ModelRuntime, needed_roles
 from ..models.onnx_runner import Terminator
 from ..pools.store import PoolData, PoolStore
 from ..strategies import registry
-from . import selection
+from . import selection, sharded
 from .selection import SelectResult
-
-if TYPE_CHECKING:
-    from ..pools.sharded import ShardedPools
 
 
 @dataclass(frozen=True)
@@ -159,17 +156,15 @@ class AcquisitionService:
 
     Parameters
     ----------
-    pools : the single-machine pool store.
-    sharded : pools split over shards (None without a cluster).
+    pools : the pool store (pools on this machine and sharded ones).
     models : the ONNX model runtime (None: the server runs no models).
     max_inline_bytes : the largest inline ``inputs`` accepted; larger belong in a pool.
     slots : the bound on concurrent and queued selections.
     """
 
-    def __init__(self, pools: PoolStore, *, sharded: ShardedPools | None = None,
-                 models: ModelRuntime | None = None, max_inline_bytes: int,
-                 slots: SelectSlots):
-        self.pools, self.sharded, self.models = pools, sharded, models
+    def __init__(self, pools: PoolStore, *, models: ModelRuntime | None = None,
+                 max_inline_bytes: int, slots: SelectSlots):
+        self.pools, self.models = pools, models
         self.max_inline_bytes = max_inline_bytes
         self.slots = slots
 
@@ -177,7 +172,8 @@ class AcquisitionService:
         if not call.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         registry.get(call.strategy)
-        if call.pool_id and self.sharded is not None and self.sharded.owns(call.pool_id):
+        if call.pool_id and self.pools.sharded is not None and self.pools.get_pool(
+                call.pool_id).shards:
             return self._select_sharded(call, caller)
         seed = call.seed
         if not call.model_ids and (call.mc_samples or call.batch_size):
@@ -233,13 +229,13 @@ class AcquisitionService:
             raise FailedPrecondition("models run on unsharded pools only", field="model_ids")
         self.slots.acquire(caller.check)
         try:
-            version = self.sharded.get_pool(call.pool_id).version
-            result = self.sharded.select(call.pool_id, call.strategy, call.budget,
-                                         dict(call.params), seed=call.seed,
-                                         exclude=call.exclude, check_cancelled=caller.check)
+            pool = self.pools.sharded_pool(call.pool_id)
+            result = sharded.select(self.pools.sharded, pool, call.strategy, call.budget,
+                                    dict(call.params), seed=call.seed, exclude=call.exclude,
+                                    check_cancelled=caller.check)
         finally:
             self.slots.release()
-        return Selection(result, version, dict(result.metrics))
+        return Selection(result, pool.info.version, dict(result.metrics))
 
     def _run_models(self, call: SelectCall, arrays: dict[str, np.ndarray], seed: int,
                     pool_key: tuple | None, labeled: np.ndarray | None, caller: Caller,

@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -23,7 +22,6 @@ from assay.client.tensors import DTYPES, check_shape, from_proto, numpy_dtype
 from assay.v1 import assay_pb2, assay_pb2_grpc
 from assay.vocab.dtypes import stored_name
 from assay.vocab.errors import (
-    AlreadyExists,
     Cancelled,
     DeadlineExceeded,
     FailedPrecondition,
@@ -37,14 +35,10 @@ from ..strategies import registry
 from ..strategies.validation import validate_array
 from ..wiring.config import ServerConfig
 from ..wiring.metrics import Metrics
-from . import sharded as sharded_rpc
 from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
 from .streams import stream_chunks, stream_header
-
-if TYPE_CHECKING:
-    from ..pools.sharded import ShardedPools
 
 _PARAM_TYPES = {
     float: assay_pb2.PARAM_TYPE_DOUBLE,
@@ -76,7 +70,21 @@ def pool_to_proto(info: PoolInfo) -> assay_pb2.Pool:
         create_time=_timestamp(info.create_time),
         update_time=_timestamp(info.update_time),
         size_bytes=info.size_bytes,
+        shards=info.shards,
     )
+
+
+def shards_for(request: assay_pb2.CreatePoolRequest, config: ServerConfig) -> int:
+    """Shards a new pool gets: as asked, or one per ``auto_shard_items`` of its expected
+    size when that exceeds the threshold; 0 means an ordinary, unsharded pool."""
+    if request.shards < 0:
+        raise InvalidInput(f"shards must be >= 0, got {request.shards}", field="shards")
+    if request.shards:
+        return int(request.shards)
+    auto = config.auto_shard_items
+    if auto and request.expected_items > auto:
+        return -(-int(request.expected_items) // auto)
+    return 0
 
 
 def param_from_proto(value: assay_pb2.ParamValue, name: str):
@@ -140,12 +148,11 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     service, encodes."""
 
     def __init__(self, store: PoolStore, acquisition: AcquisitionService, config: ServerConfig,
-                 metrics: Metrics, sharded: ShardedPools | None = None):
+                 metrics: Metrics):
         self.store = store
         self.acquisition = acquisition
         self.config = config
         self.metrics = metrics
-        self.sharded = sharded  # pools split over Ray actors; None without --ray-address
         self._flights = SingleFlight()
 
     @contextlib.contextmanager
@@ -177,42 +184,26 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
 
     def _pool_uid(self, pool_id: str, field: str) -> str:
         """The identity of the pool under ``pool_id`` (NOT_FOUND when there is none)."""
-        if self._is_sharded(pool_id):
-            return "sharded:" + self.sharded.uid(pool_id)
         return self.store.pool_uid(pool_id, field)
 
     # -- pools -------------------------------------------------------------------------
 
-    def _is_sharded(self, pool_id: str) -> bool:
-        return self.sharded is not None and self.sharded.owns(pool_id)
-
     def CreatePool(self, request, context):
-        shards = sharded_rpc.shards_for(request, self.config)
-        if shards:
-            return sharded_rpc.create_pool(self, request, shards)
-        if self._is_sharded(request.pool_id):
-            raise AlreadyExists(f"pool {request.pool_id!r} already exists", field="pool_id")
-        return assay_pb2.CreatePoolResponse(pool=pool_to_proto(
-            self.store.create_pool(request.pool_id)))
+        info = self.store.create_pool(request.pool_id, shards_for(request, self.config))
+        return assay_pb2.CreatePoolResponse(pool=pool_to_proto(info))
 
     def GetPool(self, request, context):
-        if self._is_sharded(request.pool_id):
-            return sharded_rpc.get_pool(self, request)
         return assay_pb2.GetPoolResponse(pool=pool_to_proto(self.store.get_pool(request.pool_id)))
 
     def ListPools(self, request, context):
         after, size = page_start(request.page_size, request.page_token, check_pool_id,
                                  "ListPools")
-        pools = self.store.list_pools(after, size + 1)
-        if self.sharded is not None:
-            pools = sharded_rpc.merge_lists(self, pools, after, size + 1)
-        pools, token = page_end(pools, size, lambda p: p.pool_id)
-        return assay_pb2.ListPoolsResponse(pools=[sharded_rpc.pool_proto(self, p) for p in pools],
+        pools, token = page_end(self.store.list_pools(after, size + 1), size,
+                                lambda p: p.pool_id)
+        return assay_pb2.ListPoolsResponse(pools=[pool_to_proto(p) for p in pools],
                                            next_page_token=token)
 
     def DeletePool(self, request, context):
-        if self._is_sharded(request.pool_id):
-            return sharded_rpc.delete_pool(self, request)
         self.store.delete_pool(request.pool_id)
         return assay_pb2.DeletePoolResponse()
 
@@ -223,8 +214,6 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             return self._label(request, key)
 
     def _label(self, request, key: RequestKey | None):
-        if self._is_sharded(request.pool_id):
-            return sharded_rpc.label(self, request, key)
         info = self.store.label(
             request.pool_id, np.asarray(request.indices, dtype=np.int64),
             np.asarray(request.labels, dtype=np.int64), key,
@@ -297,11 +286,6 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
 
     def _append(self, header, specs: list[ArraySpec], request_iterator: Iterator, context,
                 key: RequestKey | None, digest: StreamDigest | None):
-        if self._is_sharded(header.pool_id):
-            return sharded_rpc.append(self, header.pool_id, specs, request_iterator, key,
-                                      context, cancellation_check(context,
-                                                             self.config.max_deadline_seconds),
-                                      digest)
         writer = self.store.begin_append(header.pool_id, specs)
         committed = False
         check = cancellation_check(context, self.config.max_deadline_seconds)

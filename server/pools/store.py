@@ -34,10 +34,12 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from assay.vocab.dtypes import BFLOAT16, from_stored
+from assay.vocab import roles
+from assay.vocab.dtypes import BFLOAT16, from_stored, stored_name
 from assay.vocab.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -46,15 +48,17 @@ from assay.vocab.errors import (
     ResourceExhausted,
 )
 
-from ..strategies.registry import INPUT_ROLES, LABELED_ROLES
 from ..strategies.validation import check_consistency, rank_fits, shape_doc, validate_array
 from .chunks import ChunkCursor
 from .labels import check_labels
 from .request_records import RequestKey, RequestRecords, Retention, StoredResponse
 
+if TYPE_CHECKING:
+    from .sharded import ShardedBackend
+
 POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-#: Roles the servicer derives from a pool's labels; never stored as pool arrays.
-_DERIVED_ROLES = (*LABELED_ROLES, "labels")
+#: The pools table's columns, in the order ``_row`` returns them.
+_COLUMNS = "pool_id, uid, item_count, version, create_time, update_time, arrays, shards"
 #: Directory of a pool's recorded epochs, beside its segments.
 _HISTORY = "history"
 
@@ -75,6 +79,15 @@ CREATE TABLE IF NOT EXISTS segments (
     item_count INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL,
     PRIMARY KEY (pool_id, seq)
+);
+CREATE TABLE IF NOT EXISTS shard_segments (
+    pool_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    shard INTEGER NOT NULL,
+    first INTEGER NOT NULL,
+    item_count INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    PRIMARY KEY (pool_id, seq, shard)
 );
 CREATE TABLE IF NOT EXISTS labels (
     pool_id TEXT NOT NULL,
@@ -102,7 +115,7 @@ class ArraySpec:
 
     @property
     def item_axis(self) -> int:
-        return INPUT_ROLES[self.name][1]
+        return roles.item_axis(self.name)
 
     def trailing(self) -> tuple[int, ...]:
         """The shape without its item axis: must match across appends."""
@@ -121,6 +134,23 @@ class PoolInfo:
     create_time: float
     update_time: float
     size_bytes: int
+    #: 0 for a pool on this machine's disk, else the shards its rows are split over.
+    shards: int = 0
+
+
+@dataclass(frozen=True)
+class ShardedPool:
+    """A sharded pool at one version: its metadata, its identity (``uid``, which names
+    its shards), where its rows live and its labeled items.
+
+    ``segments[k]`` lists shard k's slices of the pool as ``(seq, first, count)``:
+    append ``seq`` put items ``[first, first + count)`` on that shard.
+    """
+
+    info: PoolInfo
+    uid: str
+    segments: tuple[tuple[tuple[int, int, int], ...], ...]
+    labeled: np.ndarray  # int64[L], sorted
 
 
 @dataclass(frozen=True)
@@ -140,11 +170,6 @@ _WRITEBACK_BYTES = 1 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 #: Chunks an upload may have waiting for its checker thread.
 _CHECK_QUEUE = 4
-#: Roles whose ``validate_array`` checks look at one last-axis row or one element at a
-#: time, so an upload can be checked chunk by chunk. Others are validated whole at commit.
-_ROW_LOCAL_ROLES = frozenset({"probs", "samples", "embeddings", "scores", "loss",
-                              "discriminator", "predictions", "labeled_probs", "labels",
-                              "model_inputs"})
 #: Longest row checked chunk by chunk; a row split across chunks is buffered until whole.
 _MAX_ROW_BYTES = 1 << 20
 
@@ -220,7 +245,8 @@ class PoolStore:
 
     def __init__(self, data_dir: str | os.PathLike, *, max_pool_bytes: int = 0,
                  max_pools: int = 0, cache_entries: int = 4, max_pool_items: int = 0,
-                 min_free_bytes: int = 64 << 20, retention: Retention | None = None):
+                 min_free_bytes: int = 64 << 20, retention: Retention | None = None,
+                 sharded: ShardedBackend | None = None):
         self.data_dir = Path(data_dir)
         self.pools_dir = self.data_dir / "pools"
         self.tmp_dir = self.data_dir / "tmp"
@@ -236,6 +262,12 @@ class PoolStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        if "shards" not in {r[1] for r in self._db.execute("PRAGMA table_info(pools)")}:
+            self._db.execute("ALTER TABLE pools ADD COLUMN shards INTEGER NOT NULL DEFAULT 0")
+        #: Where sharded pools keep their rows (None: no cluster, no sharded pools).
+        self.sharded = sharded
+        #: Serialises the commits of one sharded pool: its shards write before SQLite commits.
+        self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
         self.requests = RequestRecords(self._db, self._lock, retention)
         self._cache: OrderedDict[tuple[str, int], PoolData] = OrderedDict()
@@ -278,27 +310,38 @@ class PoolStore:
     # -- metadata ----------------------------------------------------------------------
 
     def _row(self, pool_id: str) -> tuple:
-        row = self._db.execute(
-            "SELECT pool_id, uid, item_count, version, create_time, update_time, arrays "
-            "FROM pools WHERE pool_id = ?", (pool_id,)).fetchone()
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM pools WHERE pool_id = ?",
+                               (pool_id,)).fetchone()
         if row is None:
             raise NotFound(f"pool {pool_id!r} does not exist; create it with CreatePool",
                            field="pool_id", reason="POOL_NOT_FOUND")
         return row
 
     def _info(self, row: tuple) -> PoolInfo:
-        pool_id, _, item_count, version, ctime, utime, arrays_json = row
+        pool_id, _, item_count, version, ctime, utime, arrays_json, shards = row
         specs = tuple(
             ArraySpec(a["name"], a["dtype"], tuple(a["shape"])) for a in json.loads(arrays_json)
         )
         labeled = self._db.execute("SELECT COUNT(*) FROM labels WHERE pool_id = ?",
                                    (pool_id,)).fetchone()[0]
-        size = self._db.execute("SELECT COALESCE(SUM(size_bytes), 0) FROM segments "
+        table = "shard_segments" if shards else "segments"
+        size = self._db.execute(f"SELECT COALESCE(SUM(size_bytes), 0) FROM {table} "
                                 "WHERE pool_id = ?", (pool_id,)).fetchone()[0]
-        return PoolInfo(pool_id, item_count, labeled, version, specs, ctime, utime, size)
+        return PoolInfo(pool_id, item_count, labeled, version, specs, ctime, utime, size,
+                        shards)
 
-    def create_pool(self, pool_id: str) -> PoolInfo:
+    def create_pool(self, pool_id: str, shards: int = 0) -> PoolInfo:
+        """A new, empty pool; ``shards`` > 0 splits its rows over that many shards."""
         check_pool_id(pool_id)
+        if shards < 0:
+            raise InvalidInput(f"shards must be >= 0, got {shards}", field="shards")
+        if shards:
+            if self.sharded is None:
+                raise FailedPrecondition("sharded pools need a Ray cluster: start the server "
+                                         "with --ray-address", field="shards", reason="NO_RAY")
+            # Placed before the pool exists: a cluster without room for its shards fails
+            # the create at once, not the first append after minutes.
+            self.sharded.place(shards)
         with self._lock:
             if self.max_pools:
                 count = self._db.execute("SELECT COUNT(*) FROM pools").fetchone()[0]
@@ -308,8 +351,8 @@ class PoolStore:
             now = time.time()
             try:
                 self._db.execute(
-                    "INSERT INTO pools VALUES (?, ?, 0, 0, ?, ?, '[]')",
-                    (pool_id, uuid.uuid4().hex, now, now))
+                    f"INSERT INTO pools ({_COLUMNS}) VALUES (?, ?, 0, 0, ?, ?, '[]', ?)",
+                    (pool_id, uuid.uuid4().hex, now, now, shards))
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id") from None
             return self._info(self._row(pool_id))
@@ -328,17 +371,18 @@ class PoolStore:
     def list_pools(self, after: str = "", limit: int = 100) -> list[PoolInfo]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT pool_id, uid, item_count, version, create_time, update_time, arrays "
-                "FROM pools WHERE pool_id > ? ORDER BY pool_id LIMIT ?", (after, limit)).fetchall()
+                f"SELECT {_COLUMNS} FROM pools WHERE pool_id > ? ORDER BY pool_id LIMIT ?",
+                (after, limit)).fetchall()
             return [self._info(r) for r in rows]
 
     def delete_pool(self, pool_id: str) -> None:
         check_pool_id(pool_id)
         with self._lock:
-            uid = self._row(pool_id)[1]
+            row = self._row(pool_id)
+            uid, shards = row[1], row[7]
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for table in ("pools", "segments", "labels", "epochs"):
+                for table in ("pools", "segments", "shard_segments", "labels", "epochs"):
                     self._db.execute(f"DELETE FROM {table} WHERE pool_id = ?", (pool_id,))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -346,6 +390,8 @@ class PoolStore:
                 raise
             self._drop_cache(pool_id)
         shutil.rmtree(self.pools_dir / uid, ignore_errors=True)
+        if shards and self.sharded is not None:
+            self.sharded.drop(uid, shards)
 
     def _drop_cache(self, pool_id: str) -> None:
         for key in [k for k in self._cache if k[0] == pool_id]:
@@ -364,8 +410,8 @@ class PoolStore:
         counts = set()
         for i, spec in enumerate(specs):
             where = f"header.arrays[{i}]"
-            if spec.name not in INPUT_ROLES or spec.name in _DERIVED_ROLES:
-                allowed = ", ".join(r for r in INPUT_ROLES if r not in _DERIVED_ROLES)
+            if spec.name not in roles.stored_roles():
+                allowed = ", ".join(roles.stored_roles())
                 raise InvalidInput(f"{where}.name {spec.name!r} is not a pool array; use one of "
                                    f"{allowed}", field=f"{where}.name")
             if not rank_fits(spec.name, len(spec.shape)):
@@ -402,7 +448,7 @@ class PoolStore:
             raise ResourceExhausted(f"the data directory has {free} bytes free; this append "
                                     f"needs {total} and {self.min_free_bytes} must stay free",
                                     reason="DISK_FULL")
-        return AppendWriter(self, pool_id, uid, specs)
+        return AppendWriter(self, pool_id, uid, specs, info.shards)
 
     @staticmethod
     def _check_schema(info: PoolInfo, specs: list[ArraySpec]) -> None:
@@ -426,6 +472,8 @@ class PoolStore:
     def _commit_append(self, writer: AppendWriter, request: RequestKey | None,
                        make_response) -> tuple[PoolInfo, int, int]:
         """Make a fully written segment part of its pool, atomically."""
+        if writer.shards:
+            return self._commit_sharded(writer, request, make_response)
         specs = writer.specs
         added = specs[0].shape[specs[0].item_axis]
         seg_name = f"seg-{uuid.uuid4().hex[:12]}"
@@ -436,11 +484,7 @@ class PoolStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._row(writer.pool_id)
-                if row[1] != writer.uid:
-                    raise NotFound(f"pool {writer.pool_id!r} was deleted during the upload",
-                                   field="pool_id", reason="POOL_NOT_FOUND")
-                info = self._info(row)
+                info = self._info(self._live_row(writer))
                 self._check_schema(info, specs)
                 first = info.item_count
                 merged = [
@@ -466,6 +510,67 @@ class PoolStore:
                 shutil.rmtree(final, ignore_errors=True)
                 raise
         return new_info, first, added
+
+    def _commit_sharded(self, writer: AppendWriter, request: RequestKey | None,
+                        make_response) -> tuple[PoolInfo, int, int]:
+        """Split a fully written append over the pool's shards, then commit it.
+
+        The append was received, checked and fsync'd like any other (in ``tmp``);
+        each shard then writes and fsyncs its slice, and one SQLite transaction
+        makes the slices part of the pool, so a failure at any point leaves the
+        previous pool. Commits of one pool are serialised: its next rows start where
+        the last commit ended.
+        """
+        specs = writer.specs
+        added = specs[0].shape[specs[0].item_axis]
+        with self._lock:
+            lock = self._shard_commits.setdefault(writer.uid, threading.Lock())
+        try:
+            with lock:
+                with self._lock:
+                    info = self._info(self._live_row(writer))
+                    self._check_schema(info, specs)
+                    seq = self._db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM shard_segments WHERE pool_id = ?",
+                        (writer.pool_id,)).fetchone()[0]
+                arrays = {s.name: self._open(writer.tmp / f"{s.name}.npy", s) for s in specs}
+                written = self.sharded.write(writer.uid, writer.shards, seq, arrays, added)
+                del arrays
+                first = info.item_count
+                with self._lock:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._live_row(writer)
+                        self._db.executemany(
+                            "INSERT INTO shard_segments VALUES (?, ?, ?, ?, ?, ?)",
+                            ((writer.pool_id, seq, k, first + off, count, size)
+                             for k, (off, count, size) in enumerate(written)))
+                        self._db.execute(
+                            "UPDATE pools SET item_count = ?, version = version + 1, "
+                            "update_time = ?, arrays = ? WHERE pool_id = ?",
+                            (first + added, time.time(), json.dumps(
+                                [{"name": s.name, "dtype": s.dtype,
+                                  "shape": list(self._grown(info, s, added))} for s in specs]),
+                             writer.pool_id))
+                        new_info = self._info(self._row(writer.pool_id))
+                        if request is not None:
+                            self.requests.put(request, make_response(new_info, first, added),
+                                              pool_uid=writer.uid)
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+        finally:
+            shutil.rmtree(writer.tmp, ignore_errors=True)
+        return new_info, first, added
+
+    def _live_row(self, writer: AppendWriter) -> tuple:
+        """The row of the pool an upload writes to, unless it was deleted meanwhile."""
+        row = self._row(writer.pool_id)
+        if row[1] != writer.uid:
+            raise NotFound(f"pool {writer.pool_id!r} was deleted during the upload",
+                           field="pool_id", reason="POOL_NOT_FOUND")
+        return row
 
     @staticmethod
     def _grown(info: PoolInfo, spec: ArraySpec, added: int) -> tuple[int, ...]:
@@ -601,6 +706,9 @@ class PoolStore:
                 self._cache.move_to_end(key)
                 return self._cache[key]
             info = self._info(row)
+            if info.shards:
+                raise FailedPrecondition(f"pool {pool_id!r} is sharded: its rows stay on its "
+                                         "shards", field="pool_id", reason="NOT_SHARDABLE")
             segs = [r[0] for r in self._db.execute(
                 "SELECT dir FROM segments WHERE pool_id = ? ORDER BY seq", (pool_id,))]
             lab = np.array(self._db.execute(
@@ -618,6 +726,40 @@ class PoolStore:
             while len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)
         return data
+
+    def sharded_pool(self, pool_id: str) -> ShardedPool:
+        """A sharded pool as its selections see it: metadata, where its rows live, labels."""
+        check_pool_id(pool_id)
+        with self._lock:
+            row = self._row(pool_id)
+            info = self._info(row)
+            if not info.shards:
+                raise FailedPrecondition(f"pool {pool_id!r} is not sharded", field="pool_id")
+            segments = [[] for _ in range(info.shards)]
+            for seq, shard, first, count in self._db.execute(
+                    "SELECT seq, shard, first, item_count FROM shard_segments "
+                    "WHERE pool_id = ? AND item_count > 0 ORDER BY seq", (pool_id,)):
+                segments[shard].append((seq, first, count))
+            labeled = np.array([r[0] for r in self._db.execute(
+                "SELECT item FROM labels WHERE pool_id = ? ORDER BY item", (pool_id,))],
+                dtype=np.int64)
+        return ShardedPool(info, row[1], tuple(tuple(s) for s in segments), labeled)
+
+    def append_arrays(self, pool_id: str,
+                      arrays: dict[str, np.ndarray]) -> tuple[PoolInfo, int, int]:
+        """Append in-process arrays through the same path, checks and commit as a stream."""
+        specs = [ArraySpec(name, stored_name(a.dtype), tuple(a.shape))
+                 for name, a in arrays.items()]
+        writer = self.begin_append(pool_id, specs)
+        try:
+            for index, a in enumerate(arrays.values()):
+                data = np.ascontiguousarray(a).tobytes()
+                for offset in range(0, len(data), 1 << 22):
+                    writer.write(index, offset, data[offset:offset + (1 << 22)])
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
 
     @staticmethod
     def _open(path: Path, spec: ArraySpec) -> np.ndarray:
@@ -652,11 +794,13 @@ class AppendWriter:
     upload costs little more than receiving it.
     """
 
-    def __init__(self, store: PoolStore, pool_id: str, uid: str, specs: list[ArraySpec]):
+    def __init__(self, store: PoolStore, pool_id: str, uid: str, specs: list[ArraySpec],
+                 shards: int = 0):
         self.store = store
         self.pool_id = pool_id
         self.uid = uid
         self.specs = specs
+        self.shards = shards
         self.tmp = store.tmp_dir / uuid.uuid4().hex
         self.tmp.mkdir()
         self.expected = [int(np.prod(s.shape)) * from_stored(s.dtype).itemsize for s in specs]
@@ -669,7 +813,7 @@ class AppendWriter:
         self._partial = [b""] * len(specs)  # the start of a row split across chunks
         # False once a check failed, or when chunks cannot be checked alone (no data, a
         # role whose checks span rows, rows too long to buffer): validate in full at commit.
-        self._rows_ok = [want > 0 and s.name in _ROW_LOCAL_ROLES and row <= _MAX_ROW_BYTES
+        self._rows_ok = [want > 0 and s.name in roles.row_local_roles() and row <= _MAX_ROW_BYTES
                          for s, want, row in zip(specs, self.expected, self._row_bytes,
                                                  strict=True)]
         self._unflushed = [0] * len(specs)

@@ -9,6 +9,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,7 +31,7 @@ from ..models.store import ModelStore
 from ..pools.request_records import Retention
 from ..pools.store import PoolStore
 from . import warmup
-from .config import ServerConfig
+from .config import IN_PROCESS, ServerConfig
 from .metrics import Metrics
 
 log = logging.getLogger("assay.server")
@@ -155,21 +156,22 @@ def start(config: ServerConfig) -> RunningServer:
     health_server, health_port = (None, 0)
     if config.health_address:
         health_server, health_port = _health_only_server(config.health_address, health_servicer)
+    sharded = _shard_backend(config) if config.ray_address else None
     store = PoolStore(config.data_dir, max_pool_bytes=config.max_pool_bytes,
                       max_pools=config.max_pools, max_pool_items=config.max_pool_items,
                       min_free_bytes=config.min_free_disk_bytes,
                       retention=Retention(config.request_retention_seconds,
-                                          config.max_request_records, config.max_request_bytes))
+                                          config.max_request_records, config.max_request_bytes),
+                      sharded=sharded)
     models = ModelStore(config.data_dir, min_free_bytes=config.min_free_disk_bytes,
                         max_model_bytes=config.max_model_bytes)
     runtime = ModelRuntime(models, limits=ModelLimits(
         config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
-    sharded = _sharded_pools(config) if config.ray_address else None
     acquisition = AcquisitionService(
-        store, sharded=sharded, models=runtime, max_inline_bytes=config.max_inline_bytes,
+        store, models=runtime, max_inline_bytes=config.max_inline_bytes,
         slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects))
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
-        AssayServicer(store, acquisition, config, metrics, sharded), server)
+        AssayServicer(store, acquisition, config, metrics), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
                       lambda context: cancellation_check(context, config.max_deadline_seconds)),
@@ -193,15 +195,19 @@ def start(config: ServerConfig) -> RunningServer:
                          lanes)
 
 
-def _sharded_pools(config: ServerConfig):
-    """Join the Ray cluster and open the sharded pools; Ray is imported only here."""
-    from ..pools.sharded import ShardedPools
-    from ..scaleout import cluster
+def _shard_backend(config: ServerConfig):
+    """Where sharded pools' rows live: shards in this process (``--ray-address
+    in-process``), or actors on the Ray cluster joined here; Ray is imported only then."""
+    from ..pools.sharded import ShardedBackend
 
-    cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
-    return ShardedPools(config.data_dir, config.shard_dir, threads=config.shard_threads,
-                        actor_cpus=config.shard_cpus,
-                        start_timeout=config.shard_start_timeout_seconds)
+    local = config.ray_address == IN_PROCESS
+    if not local:
+        from ..scaleout import cluster
+
+        cluster.connect(config.ray_address, num_cpus=config.ray_num_cpus)
+    return ShardedBackend(config.shard_dir or Path(config.data_dir) / "shards",
+                          threads=config.shard_threads, actor_cpus=config.shard_cpus,
+                          local_shards=local, start_timeout=config.shard_start_timeout_seconds)
 
 
 def _is_socket(address: str) -> bool:

@@ -40,6 +40,9 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(f"{raw!r} is not a boolean; use one of {sorted(_TRUE | _FALSE - {''})}")
 
 
+#: ``ray_address`` value that runs sharded pools' shards inside the server, without Ray.
+IN_PROCESS = "in-process"
+
 @dataclass
 class ServerConfig:
     address: str = field(default="127.0.0.1:50051", metadata={
@@ -138,7 +141,9 @@ class ServerConfig:
                 "127.0.0.1 when listening on sockets only)"})
     ray_address: str = field(default="", metadata={
         "help": "Ray cluster for sharded pools: auto, ray://host:port, host:port, or local (a "
-                "private single-node instance); empty: no sharding, Ray is never imported"})
+                "private single-node instance); in-process: shards run inside the server, "
+                "without Ray (one machine; tests and trials); empty: no sharding, Ray is never "
+                "imported"})
     auto_shard_items: int = field(default=0, metadata={
         "help": "with --ray-address: a pool created with expected_items above this is sharded, "
                 "one shard per this many items (0: only when CreatePool asks for shards)"})
