@@ -18,6 +18,9 @@ entropy; ``--appends`` appends of ``--mb`` MB each, written through the
 3. five label rounds (label ``--label`` items, load, select again): the RSS
    held after them, and the peak over all of it.
 
+The wall time of the first load (with the compaction, for ``compact``) is shown
+too: compacting writes the pool once more and fsyncs it.
+
 Figures are ratios to the pool's data bytes; best and median over ``--repeats``
 children, each on its own copy of the pool (hard links), so every run starts from
 the uncompacted segments. ``concat`` is the store that concatenates; ``compact``
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -274,7 +278,9 @@ def child(data_dir: Path, case: str, mode: str, budget: int, label: int) -> dict
     pool_bytes = store.get_pool(POOL).size_bytes
     _reset_peak()
     base = _status("VmRSS")
+    started = time.perf_counter()
     data = store.load(POOL)
+    load_s = time.perf_counter() - started
     run(data.arrays, data.labeled)
     first = _status("VmHWM") - base
     n = store.get_pool(POOL).item_count
@@ -287,7 +293,7 @@ def child(data_dir: Path, case: str, mode: str, budget: int, label: int) -> dict
     segments = store._db.execute("SELECT COUNT(*) FROM segments").fetchone()[0]
     store.close()
     return {"first": first / pool_bytes, "held": held / pool_bytes, "peak": peak / pool_bytes,
-            "segments": segments}
+            "segments": segments, "load_s": load_s}
 
 
 # -- driver ----------------------------------------------------------------------------
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.repeats} runs each; compact = {store_name}; load {_load()}")
     print("RSS above the baseline, as a multiple of the pool's data bytes (best / median):")
     print(f"{'case':<20} {'store':<8} {'first select':>14} {'after 5 label rounds':>22} "
-          f"{'peak':>14}  segments")
+          f"{'peak':>14}  segments  first load s")
     results = {}
     with tempfile.TemporaryDirectory(prefix="assay-pool-memory-") as tmp:
         for case in CASES:
@@ -337,7 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
             for mode in MODES:
                 cells = [_cell([r[k] for r in runs[mode]]) for k in ("first", "held", "peak")]
                 print(f"{case:<20} {mode:<8} {cells[0]:>14} {cells[1]:>22} {cells[2]:>14}  "
-                      f"{runs[mode][-1]['segments']}")
+                      f"{runs[mode][-1]['segments']:>8}  "
+                      f"{_cell([r['load_s'] for r in runs[mode]])}")
                 results[(case, mode)] = runs[mode]
             print(f"{'':<20} pool {size / MB:.0f} MB")
     print(f"load {_load()}")
