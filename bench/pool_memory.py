@@ -50,6 +50,7 @@ import numpy as np
 
 from assay.server.pools.compaction import compact
 from assay.server.pools.store import ArraySpec, PoolData, PoolStore, check_pool_id, fsync_dir
+from assay.vocab.errors import FailedPrecondition
 
 MB = 1e6
 CHUNK = 1 << 20
@@ -111,6 +112,9 @@ class CompactingPoolStore(PoolStore):
                 self._cache.move_to_end(pool_id)
                 return cached[1]
             info = self._info(row)
+            if info.shards:
+                raise FailedPrecondition(f"pool {pool_id!r} is sharded: its rows stay on its "
+                                         "shards", field="pool_id", reason="NOT_SHARDABLE")
             # Opened under the lock: a compaction commits under it too, and only then
             # removes the merged directories (a mapped file outlives its removal).
             arrays = (cached[1].arrays if cached is not None and cached[0] == key
