@@ -24,8 +24,8 @@ too: compacting writes the pool once more and fsyncs it.
 Figures are ratios to the pool's data bytes; best and median over ``--repeats``
 children, each on its own copy of the pool (hard links), so every run starts from
 the uncompacted segments. ``concat`` is the store that concatenates; ``compact``
-is the store that compacts on first read: ``PoolStore`` itself once it does, else
-``CompactingPoolStore`` below, the same code as a subclass.
+is ``PoolStore``, which compacts on first read; "concat" is the reference,
+``ConcatenatingPoolStore`` below, which concatenates per version as the store did.
 
     python bench/pool_memory.py                  # 10 x 20 MB per pool, 2 repeats
     python bench/pool_memory.py --mb 2 --repeats 1
@@ -41,16 +41,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from assay.server.pools.compaction import compact
-from assay.server.pools.store import ArraySpec, PoolData, PoolStore, check_pool_id, fsync_dir
-from assay.vocab.errors import FailedPrecondition
+from assay.server.pools.store import ArraySpec, PoolData, PoolStore, check_pool_id
 
 MB = 1e6
 CHUNK = 1 << 20
@@ -63,147 +60,29 @@ CASES = {
 MODES = ("concat", "compact")
 
 
-class CompactingPoolStore(PoolStore):
-    """``PoolStore`` whose ``load`` compacts a pool of several segments into one.
-
-    The store-side code of ``compaction``: ``load``, ``_compact``, ``_segments``,
-    ``_map`` and ``_drop_cache`` are written to move into ``PoolStore`` as they are
-    (with ``_compacting`` created in its ``__init__``). The cache holds one entry
-    per pool, keyed by the segments it maps, so a new version with the same data
-    (a label round, a recorded epoch) reuses the mapped arrays.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        #: One compaction at a time: a second reader of the same pool waits for the
-        #: first, then finds a single segment.
-        self._compacting = threading.Lock()
-
-    def _drop_cache(self, pool_id: str) -> None:
-        self._cache.pop(pool_id, None)
-
-    def _segments(self, pool_id: str) -> list[tuple]:
-        """(seq, dir, item_count, size_bytes) of the pool's segments, in order (caller
-        holds the lock)."""
-        return self._db.execute(
-            "SELECT seq, dir, item_count, size_bytes FROM segments WHERE pool_id = ? "
-            "ORDER BY seq", (pool_id,)).fetchall()
+class ConcatenatingPoolStore(PoolStore):
+    """The reference: a pool of several segments read as one ``np.concatenate`` per
+    new version, the last four versions cached (what the store did before it
+    compacted; a label round is a new version)."""
 
     def load(self, pool_id: str) -> PoolData:
-        """The pool's arrays: memory-mapped views of one file per role, never copied.
-
-        A pool whose data spans several segments is first compacted into one (once
-        per new append, see ``_compact``). If that could not happen (an append
-        landed meanwhile, or the disk is too full), this read concatenates, as a
-        fallback; the next read compacts again.
-        """
         check_pool_id(pool_id)
         with self._lock:
-            self._row(pool_id)
-            several = len(self._segments(pool_id)) > 1
-        if several:
-            self._compact(pool_id)
-        with self._lock:
             row = self._row(pool_id)
-            segs = self._segments(pool_id)
-            key = (row[1], tuple(s[1] for s in segs))
-            cached = self._cache.get(pool_id)
-            if cached is not None and cached[0] == key and cached[1].info.version == row[3]:
-                self._cache.move_to_end(pool_id)
-                return cached[1]
+            versions = self.__dict__.setdefault("_versions", OrderedDict())
+            if (pool_id, row[3]) in versions:
+                return versions[(pool_id, row[3])]
             info = self._info(row)
-            if info.shards:
-                raise FailedPrecondition(f"pool {pool_id!r} is sharded: its rows stay on its "
-                                         "shards", field="pool_id", reason="NOT_SHARDABLE")
-            # Opened under the lock: a compaction commits under it too, and only then
-            # removes the merged directories (a mapped file outlives its removal).
-            arrays = (cached[1].arrays if cached is not None and cached[0] == key
-                      else self._map(info, segs))
+            segs = self._segments(pool_id)
             lab = np.array(self._db.execute(
                 "SELECT item, label FROM labels WHERE pool_id = ? ORDER BY item",
                 (pool_id,)).fetchall(), dtype=np.int64).reshape(-1, 2)
-            history = self._history(pool_id, info.item_count)
-            data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy(), history)
-            self._cache[pool_id] = (key, data)
-            self._cache.move_to_end(pool_id)
-            while len(self._cache) > self._cache_entries:
-                self._cache.popitem(last=False)
+        data = PoolData(info, self._map(info, segs), lab[:, 0].copy(), lab[:, 1].copy())
+        with self._lock:
+            versions[(pool_id, row[3])] = data
+            while len(versions) > self._cache_entries:
+                versions.popitem(last=False)
         return data
-
-    def _map(self, info, segs: list[tuple]) -> dict[str, np.ndarray]:
-        """Each role memory-mapped; concatenated only when several segments remain."""
-        arrays = {}
-        for spec in info.arrays:
-            parts = [self._open(self.pools_dir / s[1] / f"{spec.name}.npy", spec) for s in segs]
-            arrays[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(
-                parts, axis=spec.item_axis)
-        return arrays
-
-    def _compact(self, pool_id: str) -> None:
-        """Replace the pool's segments by one holding their concatenation.
-
-        The copy is written outside the store lock (it reads and writes the whole
-        pool) and published like an append: renamed into the pool's directory, then
-        swapped for the merged rows in one transaction, which first checks that the
-        pool and those rows are unchanged. The new row takes the last merged ``seq``,
-        so appends committed meanwhile stay after it; the pool's version does not
-        change (its data does not). The merged directories are removed after the
-        commit. A crash before the commit leaves an unreferenced new directory, one
-        after it unreferenced old ones: the start-up sweep removes either.
-        """
-        with self._compacting:
-            with self._lock:
-                row = self._row(pool_id)
-                segs = self._segments(pool_id)
-                info = self._info(row)
-            if len(segs) < 2:
-                return  # another reader compacted it while this one waited
-            uid, size = row[1], sum(s[3] for s in segs)
-            if shutil.disk_usage(self.data_dir).free < size + self.min_free_bytes:
-                return
-            tmp = self.tmp_dir / uuid.uuid4().hex
-            try:
-                compact([self.pools_dir / s[1] for s in segs], info.arrays, tmp)
-            except OSError:
-                return  # e.g. the disk filled up meanwhile: this read concatenates
-            name = f"seg-{uuid.uuid4().hex[:12]}"
-            final = self.pools_dir / uid / name
-            try:
-                os.rename(tmp, final)
-            except FileNotFoundError:  # the pool was deleted meanwhile
-                shutil.rmtree(tmp, ignore_errors=True)
-                return
-            fsync_dir(final.parent)
-            last = segs[-1][0]
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    now = self._db.execute("SELECT uid FROM pools WHERE pool_id = ?",
-                                           (pool_id,)).fetchone()
-                    merged = self._db.execute(
-                        "SELECT seq, dir, item_count, size_bytes FROM segments "
-                        "WHERE pool_id = ? AND seq <= ? ORDER BY seq", (pool_id, last)).fetchall()
-                    if now is None or now[0] != uid or merged != segs:
-                        self._db.execute("ROLLBACK")
-                        shutil.rmtree(final, ignore_errors=True)
-                        return
-                    self._db.execute("DELETE FROM segments WHERE pool_id = ? AND seq <= ?",
-                                     (pool_id, last))
-                    self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                                     (pool_id, last, f"{uid}/{name}",
-                                      sum(s[2] for s in segs), size))
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    shutil.rmtree(final, ignore_errors=True)
-                    raise
-            for s in segs:
-                shutil.rmtree(self.pools_dir / s[1], ignore_errors=True)
-
-
-def compacting_store() -> type[PoolStore]:
-    """The store that compacts: ``PoolStore`` once it does itself, else the subclass."""
-    return PoolStore if hasattr(PoolStore, "_compact") else CompactingPoolStore
 
 
 # -- building the pools ----------------------------------------------------------------
@@ -278,7 +157,7 @@ def child(data_dir: Path, case: str, mode: str, budget: int, label: int) -> dict
     tiny = {role: _rows(np.random.default_rng(1), role, 6 * label + budget, width)}
     for r in range(6):
         run(tiny, np.arange(r * label, dtype=np.int64))
-    store = (PoolStore if mode == "concat" else compacting_store())(data_dir, min_free_bytes=0)
+    store = (ConcatenatingPoolStore if mode == "concat" else PoolStore)(data_dir, min_free_bytes=0)
     pool_bytes = store.get_pool(POOL).size_bytes
     _reset_peak()
     base = _status("VmRSS")
@@ -320,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(child(Path(data_dir), case, mode, args.budget, args.label)))
         return {}
 
-    store_name = compacting_store().__name__
+    store_name = PoolStore.__name__
     print(f"pools of {args.appends} appends x {args.mb:g} MB (float32); budget {args.budget}; "
           f"{args.repeats} runs each; compact = {store_name}; load {_load()}")
     print("RSS above the baseline, as a multiple of the pool's data bytes (best / median):")

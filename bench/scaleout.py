@@ -40,8 +40,8 @@ def main() -> None:
     import ray
 
     from assay.kernels.kcenter import kcenter_greedy
-    from assay.server.pools.sharded import ShardedPools
     from assay.server.scaleout import cluster
+    from assay.server.scaleout.backend import ShardedPools
     from assay.server.scaleout.kcenter import kcenter
 
     rng = np.random.default_rng(0)

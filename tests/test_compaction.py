@@ -4,7 +4,6 @@ store that reads its pools in place through it."""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import tracemalloc
 from pathlib import Path
@@ -194,18 +193,6 @@ def test_item_counts_must_add_up_to_the_metadata(tmp_path):
 # -- the store, reading in place --------------------------------------------------------
 
 
-def _compacting_store() -> type[PoolStore]:
-    """``PoolStore`` once it compacts by itself; until then the subclass that the
-    memory benchmark measures (the same code)."""
-    if hasattr(PoolStore, "_compact"):
-        return PoolStore
-    path = Path(__file__).resolve().parents[1] / "bench" / "pool_memory.py"
-    spec = importlib.util.spec_from_file_location("assay_bench_pool_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.CompactingPoolStore
-
-
 def _append(store: PoolStore, pool_id: str, arrays: dict[str, np.ndarray]) -> None:
     specs = [ArraySpec(name, stored_name(a.dtype), a.shape) for name, a in arrays.items()]
     writer = store.begin_append(pool_id, specs)
@@ -230,7 +217,7 @@ def _segment_dirs(store: PoolStore, pool_id: str) -> list[str]:
 
 @pytest.fixture
 def store(tmp_path):
-    s = _compacting_store()(tmp_path / "data", min_free_bytes=0)
+    s = PoolStore(tmp_path / "data", min_free_bytes=0)
     yield s
     s.close()
 
@@ -291,7 +278,7 @@ def test_appends_after_a_compaction_compact_again(store, tmp_path):
     # still mapped.
     np.testing.assert_array_equal(held.arrays["samples"], want[:, :5])
     store.close()
-    reopened = _compacting_store()(tmp_path / "data", min_free_bytes=0)
+    reopened = PoolStore(tmp_path / "data", min_free_bytes=0)
     try:
         np.testing.assert_array_equal(reopened.load("p").arrays["samples"], want)
         (seg,) = _segment_dirs(reopened, "p")

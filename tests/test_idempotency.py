@@ -501,8 +501,8 @@ def test_sharded_pools_bind_identity_and_data_and_run_once(local_ray, server_fac
         _refused(lambda: c.append("sh", probs=other, request_id="sh-app"),
                  grpc.StatusCode.FAILED_PRECONDITION, "REQUEST_ID_REUSED")
         assert c.get_pool("sh").item_count == 90
-        slow = _Slow(server.sharded.label, 0.5)
-        monkeypatch.setattr(server.sharded, "label", slow)
+        slow = _Slow(server.store.label, 0.5)
+        monkeypatch.setattr(server.store, "label", slow)
         out = _together(4, lambda i: c.label("sh", [1, 2], [0, 1], request_id="sh-lab"))
         assert all(not isinstance(r, Exception) for r in out), out
         assert slow.calls == 1 and len({r.version for r in out}) == 1

@@ -30,9 +30,9 @@ from assay.v1 import assay_pb2, assay_pb2_grpc
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
 
 from assay.server.acquisition import sharded as sharded_acquisition  # noqa: E402
-from assay.server.pools.sharded import ShardedBackend  # noqa: E402
 from assay.server.pools.store import NotFound, PoolStore  # noqa: E402
 from assay.server.scaleout import knn as sharded_knn  # noqa: E402
+from assay.server.scaleout.backend import ShardedBackend  # noqa: E402
 
 
 @pytest.fixture(scope="module")

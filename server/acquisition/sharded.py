@@ -20,8 +20,8 @@ from assay.vocab import roles
 from assay.vocab.errors import AssayError, FailedPrecondition, InvalidInput
 from assay.vocab.ties import tiebreak_generator
 
-from ..pools.sharded import ShardedBackend
 from ..pools.store import ShardedPool
+from ..scaleout.backend import ShardedBackend
 from ..scaleout.coresets import composable_kcenter
 from ..scaleout.kcenter import kcenter
 from ..scaleout.kmeanspp import kmeanspp

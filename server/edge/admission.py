@@ -33,8 +33,8 @@ import grpc
 
 from assay.vocab.errors import ResourceExhausted
 
-from ..wiring.metrics import Metrics
 from .interceptors import abort_with
+from .metrics import Metrics
 
 #: Method prefixes that are never counted nor refused.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)

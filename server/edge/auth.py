@@ -14,16 +14,28 @@ import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
-
-from ..wiring.config import ServerConfig
 
 #: Methods callable without a token (the standard health service).
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 #: Shorter tokens are refused at start-up: they can be guessed.
 MIN_TOKEN_CHARS = 16
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+class TransportSettings(Protocol):
+    """The settings these checks read (``ServerConfig`` has them): how the API listens
+    and how it authenticates its callers."""
+
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+    auth_token_file: str
+    insecure: bool
+
+    def addresses(self) -> list[str]: ...
 
 
 class ConfigError(ValueError):
@@ -62,7 +74,7 @@ def _read(path: str, what: str) -> bytes:
     return data
 
 
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+def server_credentials(config: TransportSettings) -> grpc.ServerCredentials | None:
     """TLS credentials from the config (client certificates required when a client CA is
     set), or None for plaintext."""
     if not config.tls_cert:
@@ -88,7 +100,7 @@ def is_local(address: str) -> bool:
         return False
 
 
-def check_exposure(config: ServerConfig) -> None:
+def check_exposure(config: TransportSettings) -> None:
     """Refuse to serve the API on a reachable address that authenticates no client.
 
     A bearer token or mutual TLS (``--tls-client-ca``) says who is calling; TLS with a

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 
 from assay.vocab.errors import DOMAIN, AssayError, InvalidInput
 
-from ..wiring.metrics import Metrics
+from .metrics import Metrics
 
 log = logging.getLogger("assay.server")
 

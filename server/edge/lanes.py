@@ -33,8 +33,8 @@ import grpc
 
 from assay.vocab.errors import AssayError, ResourceExhausted
 
-from ..wiring.metrics import Metrics
 from .interceptors import abort_with
+from .metrics import Metrics
 from .streams import BoundedStream
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

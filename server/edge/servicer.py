@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 
 import grpc
 import numpy as np
@@ -33,9 +33,8 @@ from ..pools.request_records import RequestKey, StoredResponse
 from ..pools.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from ..strategies import registry
 from ..strategies.validation import validate_array
-from ..wiring.config import ServerConfig
-from ..wiring.metrics import Metrics
 from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
+from .metrics import Metrics
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
 from .streams import stream_chunks, stream_header
@@ -74,14 +73,33 @@ def pool_to_proto(info: PoolInfo) -> assay_pb2.Pool:
     )
 
 
-def shards_for(request: assay_pb2.CreatePoolRequest, config: ServerConfig) -> int:
+@dataclass(frozen=True)
+class EdgeLimits:
+    """The settings the edge enforces itself (``ServerConfig`` has the same names)."""
+
+    #: Ceiling on any request's run time, whatever its deadline (0: none).
+    max_deadline_seconds: float = 600.0
+    #: Largest message sent or received: a Select whose answer could not fit is refused.
+    max_message_bytes: int = 64 << 20
+    #: Largest inline ``inputs`` of a Select.
+    max_inline_bytes: int = 32 << 20
+    #: A pool created with ``expected_items`` above this is sharded (0: never by size).
+    auto_shard_items: int = 0
+
+    @classmethod
+    def of(cls, config) -> EdgeLimits:
+        """The limits of a ``ServerConfig`` (or anything with the same attributes)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def shards_for(request: assay_pb2.CreatePoolRequest, limits: EdgeLimits) -> int:
     """Shards a new pool gets: as asked, or one per ``auto_shard_items`` of its expected
     size when that exceeds the threshold; 0 means an ordinary, unsharded pool."""
     if request.shards < 0:
         raise InvalidInput(f"shards must be >= 0, got {request.shards}", field="shards")
     if request.shards:
         return int(request.shards)
-    auto = config.auto_shard_items
+    auto = limits.auto_shard_items
     if auto and request.expected_items > auto:
         return -(-int(request.expected_items) // auto)
     return 0
@@ -147,11 +165,11 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     """Implements ``assay.v1.AssayService``: decodes, calls the pools or the acquisition
     service, encodes."""
 
-    def __init__(self, store: PoolStore, acquisition: AcquisitionService, config: ServerConfig,
+    def __init__(self, store: PoolStore, acquisition: AcquisitionService, limits: EdgeLimits,
                  metrics: Metrics):
         self.store = store
         self.acquisition = acquisition
-        self.config = config
+        self.limits = limits
         self.metrics = metrics
         self._flights = SingleFlight()
 
@@ -176,7 +194,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             return
         check_request_id(request_id, field)
         with self._flights.hold(request_id,
-                                cancellation_check(context, self.config.max_deadline_seconds)):
+                                cancellation_check(context, self.limits.max_deadline_seconds)):
             uid = self._pool_uid(pool_id, pool_field) if pool_id else ""
             key = RequestKey(request_id, method, fingerprint(message), uid, field=field)
             stored = self.store.get_request(key)
@@ -189,7 +207,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     # -- pools -------------------------------------------------------------------------
 
     def CreatePool(self, request, context):
-        info = self.store.create_pool(request.pool_id, shards_for(request, self.config))
+        info = self.store.create_pool(request.pool_id, shards_for(request, self.limits))
         return assay_pb2.CreatePoolResponse(pool=pool_to_proto(info))
 
     def GetPool(self, request, context):
@@ -273,7 +291,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         (checked and CRC'd, not written) before it is answered: the stored answer
         may only go to a retry that sent the same bytes.
         """
-        check = cancellation_check(context, self.config.max_deadline_seconds)
+        check = cancellation_check(context, self.limits.max_deadline_seconds)
         for chunk in stream_chunks(messages, context, check):
             self.metrics.add_bytes(len(chunk.data))
         digest.check_complete()
@@ -288,7 +306,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 key: RequestKey | None, digest: StreamDigest | None):
         writer = self.store.begin_append(header.pool_id, specs)
         committed = False
-        check = cancellation_check(context, self.config.max_deadline_seconds)
+        check = cancellation_check(context, self.limits.max_deadline_seconds)
         try:
             for chunk in stream_chunks(request_iterator, context, check):
                 writer.write(chunk.array_index, chunk.offset, chunk.data)
@@ -320,7 +338,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
 
     def _select(self, request, context, key: RequestKey | None):
         call = self._select_call(request)
-        selected = self.acquisition.select(call, caller(context, self.config.max_deadline_seconds))
+        selected = self.acquisition.select(call, caller(context, self.limits.max_deadline_seconds))
         result = selected.result
         self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
         response = assay_pb2.SelectResponse(
@@ -332,7 +350,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         if result.pseudo_label_indices is not None:
             response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
             response.pseudo_labels.extend(result.pseudo_labels.tolist())
-        check_encoded(response.ByteSize(), request.budget, self.config.max_message_bytes)
+        check_encoded(response.ByteSize(), request.budget, self.limits.max_message_bytes)
         if key is not None:
             self.store.put_request(key, response.SerializeToString())
         return response
@@ -344,13 +362,13 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         strategy = registry.get(request.strategy)
         check_budget(strategy.name, strategy.kind, request.budget,
-                     self.config.max_message_bytes)
+                     self.limits.max_message_bytes)
         params = {k: param_from_proto(v, k) for k, v in request.params.items()}
         source = request.WhichOneof("source")
         inputs = None
         if source == "inputs":
             inputs = {name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
-                                       max_bytes=self.config.max_inline_bytes)
+                                       max_bytes=self.limits.max_inline_bytes)
                       for name in _INPUT_FIELDS if request.inputs.HasField(name)}
         elif source != "pool_id":
             raise InvalidInput("set either inputs or pool_id", field="source")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from assay.vocab.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted
 
-from ..pools.store import fsync_dir
+from ..pools.durable import fsync_dir
 from .onnx_safety import ModelSignature
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .durable import fsync_dir
+
 if TYPE_CHECKING:
     from .store import ArraySpec
 
@@ -78,7 +80,7 @@ def compact(segment_dirs: Sequence[Path], specs: Sequence[ArraySpec], out_dir: P
     try:
         written = sum(_compact_array([Path(d) / f"{s.name}.npy" for d in segment_dirs], s,
                                      out_dir / f"{s.name}.npy") for s in specs)
-        _fsync_path(out_dir)
+        fsync_dir(out_dir)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)
         raise
@@ -179,16 +181,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a directory, so the files created in it survive a crash.
-
-    The store's ``fsync_dir`` does the same; it is not imported because the store
-    imports this module.
-    """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

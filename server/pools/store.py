@@ -34,7 +34,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -50,11 +50,10 @@ from assay.vocab.errors import (
 
 from ..strategies.validation import check_consistency, rank_fits, shape_doc, validate_array
 from .chunks import ChunkCursor
+from .compaction import compact
+from .durable import fsync_dir
 from .labels import check_labels
 from .request_records import RequestKey, RequestRecords, Retention, StoredResponse
-
-if TYPE_CHECKING:
-    from .sharded import ShardedBackend
 
 POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 #: The pools table's columns, in the order ``_row`` returns them.
@@ -136,6 +135,24 @@ class PoolInfo:
     size_bytes: int
     #: 0 for a pool on this machine's disk, else the shards its rows are split over.
     shards: int = 0
+
+
+class ShardRows(Protocol):
+    """Where a sharded pool's rows live (``scaleout.backend.ShardedBackend``).
+
+    The store keeps every pool's metadata and makes every check and commit; a
+    sharded pool's rows alone go to its shards through these calls.
+    """
+
+    def place(self, shards: int) -> None:
+        """Fail now when ``shards`` shards cannot be placed."""
+
+    def write(self, uid: str, shards: int, seq: int, arrays: dict[str, np.ndarray],
+              added: int) -> list[tuple[int, int, int]]:
+        """Write append ``seq``, one slice per shard: ``(offset, items, bytes)`` each."""
+
+    def drop(self, uid: str, shards: int) -> None:
+        """Delete a deleted pool's rows."""
 
 
 @dataclass(frozen=True)
@@ -220,15 +237,6 @@ def _disk_full_is_exhausted():
         raise
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_pool_id(pool_id: str, field: str = "pool_id") -> str:
     """Raise ``InvalidInput`` unless ``pool_id`` has the documented form."""
     if not POOL_ID.match(pool_id or ""):
@@ -246,7 +254,7 @@ class PoolStore:
     def __init__(self, data_dir: str | os.PathLike, *, max_pool_bytes: int = 0,
                  max_pools: int = 0, cache_entries: int = 4, max_pool_items: int = 0,
                  min_free_bytes: int = 64 << 20, retention: Retention | None = None,
-                 sharded: ShardedBackend | None = None):
+                 sharded: ShardRows | None = None):
         self.data_dir = Path(data_dir)
         self.pools_dir = self.data_dir / "pools"
         self.tmp_dir = self.data_dir / "tmp"
@@ -270,7 +278,13 @@ class PoolStore:
         self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
         self.requests = RequestRecords(self._db, self._lock, retention)
-        self._cache: OrderedDict[tuple[str, int], PoolData] = OrderedDict()
+        #: pool id -> ((uid, segment dirs), its data): one entry per pool, keyed by the
+        #: segments it maps, so a new version with the same rows (a label round, an
+        #: epoch) reuses the mapped arrays.
+        self._cache: OrderedDict[str, tuple[tuple, PoolData]] = OrderedDict()
+        #: One compaction at a time: a second reader of the same pool waits for the
+        #: first, then finds a single segment.
+        self._compacting = threading.Lock()
         self._cache_entries = cache_entries
         self._sweep()
 
@@ -392,10 +406,6 @@ class PoolStore:
         shutil.rmtree(self.pools_dir / uid, ignore_errors=True)
         if shards and self.sharded is not None:
             self.sharded.drop(uid, shards)
-
-    def _drop_cache(self, pool_id: str) -> None:
-        for key in [k for k in self._cache if k[0] == pool_id]:
-            del self._cache[key]
 
     # -- appends -----------------------------------------------------------------------
 
@@ -696,36 +706,126 @@ class PoolStore:
 
     # -- reads -------------------------------------------------------------------------
 
+    def _drop_cache(self, pool_id: str) -> None:
+        self._cache.pop(pool_id, None)
+
+    def _segments(self, pool_id: str) -> list[tuple]:
+        """(seq, dir, item_count, size_bytes) of the pool's segments, in order (caller
+        holds the lock)."""
+        return self._db.execute(
+            "SELECT seq, dir, item_count, size_bytes FROM segments WHERE pool_id = ? "
+            "ORDER BY seq", (pool_id,)).fetchall()
+
     def load(self, pool_id: str) -> PoolData:
-        """The pool's arrays (memory-mapped; concatenated when it has several segments)."""
+        """The pool's arrays: memory-mapped views of one file per role, never copied.
+
+        A pool whose data spans several segments is first compacted into one (once
+        per new append, see ``_compact``). If that could not happen (an append
+        landed meanwhile, or the disk is too full), this read concatenates, as a
+        fallback; the next read compacts again.
+        """
         check_pool_id(pool_id)
         with self._lock:
+            self._row(pool_id)
+            several = len(self._segments(pool_id)) > 1
+        if several:
+            self._compact(pool_id)
+        with self._lock:
             row = self._row(pool_id)
-            key = (pool_id, row[3])
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            segs = self._segments(pool_id)
+            key = (row[1], tuple(s[1] for s in segs))
+            cached = self._cache.get(pool_id)
+            if cached is not None and cached[0] == key and cached[1].info.version == row[3]:
+                self._cache.move_to_end(pool_id)
+                return cached[1]
             info = self._info(row)
             if info.shards:
                 raise FailedPrecondition(f"pool {pool_id!r} is sharded: its rows stay on its "
                                          "shards", field="pool_id", reason="NOT_SHARDABLE")
-            segs = [r[0] for r in self._db.execute(
-                "SELECT dir FROM segments WHERE pool_id = ? ORDER BY seq", (pool_id,))]
+            # Opened under the lock: a compaction commits under it too, and only then
+            # removes the merged directories (a mapped file outlives its removal).
+            arrays = (cached[1].arrays if cached is not None and cached[0] == key
+                      else self._map(info, segs))
             lab = np.array(self._db.execute(
                 "SELECT item, label FROM labels WHERE pool_id = ? ORDER BY item",
                 (pool_id,)).fetchall(), dtype=np.int64).reshape(-1, 2)
             history = self._history(pool_id, info.item_count)
-        arrays = {}
-        for spec in info.arrays:
-            parts = [self._open(self.pools_dir / d / f"{spec.name}.npy", spec) for d in segs]
-            arrays[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(
-                parts, axis=spec.item_axis)
-        data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy(), history)
-        with self._lock:
-            self._cache[key] = data
+            data = PoolData(info, arrays, lab[:, 0].copy(), lab[:, 1].copy(), history)
+            self._cache[pool_id] = (key, data)
+            self._cache.move_to_end(pool_id)
             while len(self._cache) > self._cache_entries:
                 self._cache.popitem(last=False)
         return data
+
+    def _map(self, info, segs: list[tuple]) -> dict[str, np.ndarray]:
+        """Each role memory-mapped; concatenated only when several segments remain."""
+        arrays = {}
+        for spec in info.arrays:
+            parts = [self._open(self.pools_dir / s[1] / f"{spec.name}.npy", spec) for s in segs]
+            arrays[spec.name] = parts[0] if len(parts) == 1 else np.concatenate(
+                parts, axis=spec.item_axis)
+        return arrays
+
+    def _compact(self, pool_id: str) -> None:
+        """Replace the pool's segments by one holding their concatenation.
+
+        The copy is written outside the store lock (it reads and writes the whole
+        pool) and published like an append: renamed into the pool's directory, then
+        swapped for the merged rows in one transaction, which first checks that the
+        pool and those rows are unchanged. The new row takes the last merged ``seq``,
+        so appends committed meanwhile stay after it; the pool's version does not
+        change (its data does not). The merged directories are removed after the
+        commit. A crash before the commit leaves an unreferenced new directory, one
+        after it unreferenced old ones: the start-up sweep removes either.
+        """
+        with self._compacting:
+            with self._lock:
+                row = self._row(pool_id)
+                segs = self._segments(pool_id)
+                info = self._info(row)
+            if len(segs) < 2:
+                return  # another reader compacted it while this one waited
+            uid, size = row[1], sum(s[3] for s in segs)
+            if shutil.disk_usage(self.data_dir).free < size + self.min_free_bytes:
+                return
+            tmp = self.tmp_dir / uuid.uuid4().hex
+            try:
+                compact([self.pools_dir / s[1] for s in segs], info.arrays, tmp)
+            except OSError:
+                return  # e.g. the disk filled up meanwhile: this read concatenates
+            name = f"seg-{uuid.uuid4().hex[:12]}"
+            final = self.pools_dir / uid / name
+            try:
+                os.rename(tmp, final)
+            except FileNotFoundError:  # the pool was deleted meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            fsync_dir(final.parent)
+            last = segs[-1][0]
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    now = self._db.execute("SELECT uid FROM pools WHERE pool_id = ?",
+                                           (pool_id,)).fetchone()
+                    merged = self._db.execute(
+                        "SELECT seq, dir, item_count, size_bytes FROM segments "
+                        "WHERE pool_id = ? AND seq <= ? ORDER BY seq", (pool_id, last)).fetchall()
+                    if now is None or now[0] != uid or merged != segs:
+                        self._db.execute("ROLLBACK")
+                        shutil.rmtree(final, ignore_errors=True)
+                        return
+                    self._db.execute("DELETE FROM segments WHERE pool_id = ? AND seq <= ?",
+                                     (pool_id, last))
+                    self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                                     (pool_id, last, f"{uid}/{name}",
+                                      sum(s[2] for s in segs), size))
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+            for s in segs:
+                shutil.rmtree(self.pools_dir / s[1], ignore_errors=True)
 
     def sharded_pool(self, pool_id: str) -> ShardedPool:
         """A sharded pool as its selections see it: metadata, where its rows live, labels."""

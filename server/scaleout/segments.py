@@ -18,7 +18,7 @@ import numpy as np
 
 from assay.vocab.dtypes import BFLOAT16
 
-from ..pools.store import fsync_dir
+from ..pools.durable import fsync_dir
 
 
 def write_segment(root: Path, seq: int, arrays: dict[str, np.ndarray]) -> int:

@@ -23,8 +23,9 @@ from ..edge.admission import AdmissionGate
 from ..edge.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from ..edge.interceptors import ErrorInterceptor
 from ..edge.lanes import Lanes
+from ..edge.metrics import Metrics
 from ..edge.model_servicer import ModelServicer
-from ..edge.servicer import AssayServicer, cancellation_check
+from ..edge.servicer import AssayServicer, EdgeLimits, cancellation_check
 from ..models.inference import ModelRuntime
 from ..models.onnx_cost import ModelLimits
 from ..models.store import ModelStore
@@ -32,7 +33,6 @@ from ..pools.request_records import Retention
 from ..pools.store import PoolStore
 from . import warmup
 from .config import IN_PROCESS, ServerConfig
-from .metrics import Metrics
 
 log = logging.getLogger("assay.server")
 SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
@@ -171,7 +171,7 @@ def start(config: ServerConfig) -> RunningServer:
         store, models=runtime, max_inline_bytes=config.max_inline_bytes,
         slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects))
     assay_pb2_grpc.add_AssayServiceServicer_to_server(
-        AssayServicer(store, acquisition, config, metrics), server)
+        AssayServicer(store, acquisition, EdgeLimits.of(config), metrics), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
                       lambda context: cancellation_check(context, config.max_deadline_seconds)),
@@ -198,7 +198,7 @@ def start(config: ServerConfig) -> RunningServer:
 def _shard_backend(config: ServerConfig):
     """Where sharded pools' rows live: shards in this process (``--ray-address
     in-process``), or actors on the Ray cluster joined here; Ray is imported only then."""
-    from ..pools.sharded import ShardedBackend
+    from ..scaleout.backend import ShardedBackend
 
     local = config.ray_address == IN_PROCESS
     if not local:

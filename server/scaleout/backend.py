@@ -19,13 +19,13 @@ import numpy as np
 
 from assay.vocab import roles
 
-from ..scaleout import cluster
-from ..scaleout.layout import Layout, Session, split
-from .store import ShardedPool
+from ..pools.store import ShardedPool
+from . import cluster
+from .layout import Layout, Session, split
 
 
 class ShardedBackend:
-    """The shards of every sharded pool.
+    """The shards of every sharded pool (the store's ``ShardRows``).
 
     Parameters
     ----------
