@@ -497,23 +497,12 @@ class PoolStore:
                 info = self._info(self._live_row(writer))
                 self._check_schema(info, specs)
                 first = info.item_count
-                merged = [
-                    {"name": s.name, "dtype": s.dtype,
-                     "shape": list(self._grown(info, s, added))} for s in specs
-                ]
                 seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM segments "
                                        "WHERE pool_id = ?", (writer.pool_id,)).fetchone()[0]
                 self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
                                  (writer.pool_id, seq, f"{writer.uid}/{seg_name}", added,
                                   writer.total_bytes))
-                self._db.execute(
-                    "UPDATE pools SET item_count = ?, version = version + 1, update_time = ?, "
-                    "arrays = ? WHERE pool_id = ?",
-                    (first + added, time.time(), json.dumps(merged), writer.pool_id))
-                new_info = self._info(self._row(writer.pool_id))
-                if request is not None:
-                    self.requests.put(request, make_response(new_info, first, added),
-                                      pool_uid=writer.uid)
+                new_info = self._grow(writer, info, added, request, make_response)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -555,17 +544,7 @@ class PoolStore:
                             "INSERT INTO shard_segments VALUES (?, ?, ?, ?, ?, ?)",
                             ((writer.pool_id, seq, k, first + off, count, size)
                              for k, (off, count, size) in enumerate(written)))
-                        self._db.execute(
-                            "UPDATE pools SET item_count = ?, version = version + 1, "
-                            "update_time = ?, arrays = ? WHERE pool_id = ?",
-                            (first + added, time.time(), json.dumps(
-                                [{"name": s.name, "dtype": s.dtype,
-                                  "shape": list(self._grown(info, s, added))} for s in specs]),
-                             writer.pool_id))
-                        new_info = self._info(self._row(writer.pool_id))
-                        if request is not None:
-                            self.requests.put(request, make_response(new_info, first, added),
-                                              pool_uid=writer.uid)
+                        new_info = self._grow(writer, info, added, request, make_response)
                         self._db.execute("COMMIT")
                     except BaseException:
                         self._db.execute("ROLLBACK")
@@ -573,6 +552,22 @@ class PoolStore:
         finally:
             shutil.rmtree(writer.tmp, ignore_errors=True)
         return new_info, first, added
+
+    def _grow(self, writer: AppendWriter, info: PoolInfo, added: int,
+              request: RequestKey | None, make_response) -> PoolInfo:
+        """In an append's transaction: grow the pool by its ``added`` items (a new version)
+        and store the request's response with it; returns the pool's new metadata."""
+        first = info.item_count
+        shapes = [{"name": s.name, "dtype": s.dtype, "shape": list(self._grown(info, s, added))}
+                  for s in writer.specs]
+        self._db.execute("UPDATE pools SET item_count = ?, version = version + 1, "
+                         "update_time = ?, arrays = ? WHERE pool_id = ?",
+                         (first + added, time.time(), json.dumps(shapes), writer.pool_id))
+        new_info = self._info(self._row(writer.pool_id))
+        if request is not None:
+            self.requests.put(request, make_response(new_info, first, added),
+                              pool_uid=writer.uid)
+        return new_info
 
     def _live_row(self, writer: AppendWriter) -> tuple:
         """The row of the pool an upload writes to, unless it was deleted meanwhile."""
