@@ -303,3 +303,80 @@ def test_the_sharded_side_is_sharded(both):
                                                        pool_id="x"))
         assert pool.shards == shards
         assert ("shards" in selected.metrics) == bool(shards)
+
+
+def test_request_ids_replay_alike(both):
+    arrays = _data(9, n=60)
+    other = _data(10, n=60)
+
+    def case(stub, shards):
+        app, sel = str(uuid.UUID(int=21)), str(uuid.UUID(int=22))
+
+        def select(request_id):
+            return lambda: stub.Select(assay_pb2.SelectRequest(
+                strategy="entropy", budget=4, pool_id="r", request_id=request_id))
+        return [
+            _create(stub, "r", shards),
+            _append(stub, "r", request_id=app, **arrays),
+            _append(stub, "r", request_id=app, chunk=333, **arrays),   # a retry: same answer
+            _append(stub, "r", request_id=app, **other),                # other data: refused
+            select(sel), select(sel),
+            lambda: stub.GetPool(assay_pb2.GetPoolRequest(pool_id="r")),
+        ]
+
+    outcomes = _run(both, case)
+    assert outcomes[1] == outcomes[2] and outcomes[3][2] == "REQUEST_ID_REUSED"
+    assert outcomes[-1][1][1] == 60
+
+
+@pytest.mark.parametrize("queued", [0, 1])
+def test_selects_on_both_kinds_of_pool_share_the_bounded_queue(server_factory, tmp_path,
+                                                               monkeypatch, queued):
+    """With the one select slot held: a Select on a plain or a sharded pool waits in the
+    queue (and its deadline passes there) when there is room, else is refused at once."""
+    import threading
+
+    from assay.server.strategies import registry
+    from assay.server.strategies.registry import Selection, Strategy
+
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(inputs, budget, params, ctx):
+        entered.set()
+        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
+        return Selection(indices=ctx.candidates[:budget])
+
+    monkeypatch.setitem(registry._REGISTRY, "hold",
+                        Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
+    server = server_factory(data_dir=str(tmp_path / "q"), ray_address="in-process",
+                            max_concurrent_selects=1, max_queued_selects=queued)
+    arrays = _data(11, n=40)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = assay_pb2_grpc.AssayServiceStub(channel)
+        for pool_id, shards in (("plain", 0), ("sharded", SHARDS)):
+            _create(stub, pool_id, shards)()
+            _append(stub, pool_id, **arrays)()
+        holder = threading.Thread(target=lambda: stub.Select(assay_pb2.SelectRequest(
+            strategy="hold", budget=1, inputs=assay_pb2.Inputs(probs=to_proto(arrays["probs"])))))
+        holder.start()
+        try:
+            assert entered.wait(30)
+            got = [_queued_select(stub, p, queued) for p in ("plain", "sharded")]
+        finally:
+            gate.set()
+            holder.join()
+    want = "DEADLINE_EXCEEDED" if queued else "RESOURCE_EXHAUSTED"
+    for outcome in got:
+        assert outcome[0] == "error" and outcome[1] == want, got
+
+
+def _queued_select(stub, pool_id: str, queued: int):
+    """A Select that finds the slot held. The queue place of an earlier call whose
+    deadline passed frees within a poll of the server's queue; until it has, a refusal
+    says someone is waiting, and the call is sent again."""
+    for _ in range(200):
+        outcome = _outcome(lambda: stub.Select(assay_pb2.SelectRequest(
+            strategy="entropy", budget=2, pool_id=pool_id), timeout=0.5))
+        if not (queued and outcome[1] == "RESOURCE_EXHAUSTED"):
+            return outcome
+    return outcome
