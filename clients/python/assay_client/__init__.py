@@ -33,6 +33,7 @@ import numpy as np
 from assay.client.errors import error_details
 from assay.client.tensors import enum_of, to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
+from assay.vocab import roles
 
 __all__ = ["AssayError", "Client", "Model", "Pool", "Selection", "StrategyInfo"]
 
@@ -137,7 +138,6 @@ class StrategyInfo:
     params: dict[str, dict[str, Any]]
 
 
-_INPUT_NAMES = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields]
 #: Wire tags (field number << 3 | length-delimited) of AppendPoolItemsRequest.chunk and
 #: AppendChunk.data, for encoding chunk messages around the array's buffer.
 _CHUNK_TAG = bytes([assay_pb2.AppendPoolItemsRequest.CHUNK_FIELD_NUMBER << 3 | 2])
@@ -420,9 +420,10 @@ class Client:
         Returns (pool, first_index, appended_count). Nothing is stored unless the
         whole stream arrives.
         """
-        unknown = set(arrays) - set(_INPUT_NAMES)
+        unknown = set(arrays) - set(roles.stored_roles())
         if unknown:
-            raise ValueError(f"unknown pool arrays {sorted(unknown)}; use {_INPUT_NAMES}")
+            raise ValueError(f"{sorted(unknown)} are not pool arrays; a pool stores "
+                             f"{', '.join(roles.stored_roles())}")
         prepared = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
         header = assay_pb2.AppendHeader(pool_id=pool_id, request_id=request_id or str(uuid.uuid4()))
         for name, a in prepared.items():
