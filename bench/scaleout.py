@@ -3,10 +3,15 @@ overhead of the Ray round trip.
 
 Run: ``python bench/scaleout.py [--n 4000000] [--d 128] [--b 100] [--cpus 2]``.
 One local Ray instance (loopback, no dashboard, ``--cpus`` CPUs); the pool is
-appended once per shard count (1, 2 and 4 shards). For each, the same selection
-runs three ways and must agree: the single-process ``kcenter_greedy``, the
-distributed driver over in-process shards (no Ray: the cost of the protocol
-alone), and the distributed driver over Ray actors. The Ray overhead per step is
+created in a ``PoolStore`` and appended once per shard count (1, 2 and 4 shards),
+as the server does it: the store checks and commits each append, the
+``ShardedBackend`` writes its slices to the shards. For each shard count the same
+selection runs three ways and must agree: the single-process ``kcenter_greedy``,
+``acquisition.sharded.select`` (``coreset``, exact) over in-process shards
+(``local_shards``, as ``--ray-address in-process``: no Ray, the cost of the
+protocol alone), and the same call over Ray actors. ``total_s`` is the wall time
+of that call; a step is one round trip of the exact driver, timed between the
+calls it makes to ``check_cancelled`` once per pick. The Ray overhead per step is
 measured directly as the round trip of an empty call to every shard, and
 indirectly as (Ray step time - in-process step time). Prints one JSON object.
 """
@@ -17,14 +22,10 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def main() -> None:
@@ -37,12 +38,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import numba
-    import ray
 
     from assay.kernels.kcenter import kcenter_greedy
     from assay.server.scaleout import cluster
-    from assay.server.scaleout.backend import ShardedPools
-    from assay.server.scaleout.kcenter import kcenter
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.n, args.d), dtype=np.float32)
@@ -60,41 +58,57 @@ def main() -> None:
             # they were started with.
             cluster.connect("local", num_cpus=args.cpus, object_store_bytes=1 << 30)
             try:
-                out["runs"].append(_run(x, args, shards, tmp, single, kcenter,
-                                        ShardedPools, ray))
+                out["runs"].append(_run(x, args, shards, tmp, single))
             finally:
                 cluster.shutdown()
     print(json.dumps(out, indent=2))
 
 
-def _run(x, args, shards, tmp, single, kcenter, ShardedPools, ray) -> dict:
-    results = {"shards": shards}
+def _run(x: np.ndarray, args, shards: int, tmp: str, single) -> dict:
+    from assay.server.acquisition import sharded
+    from assay.server.pools.store import PoolStore
+    from assay.server.scaleout.backend import ShardedBackend
+
+    results: dict = {"shards": shards}
     for mode in ("in-process", "ray"):
         # Ray actors share the CPUs: each gets its share of threads, not all of them.
         threads = 0 if mode == "in-process" else max(1, args.cpus // shards)
-        pools = ShardedPools(f"{tmp}/{mode}-{shards}", threads=threads, actor_cpus=0,
-                             local_shards=mode == "in-process")
-        pid = f"bench-{shards}"
-        pools.create_pool(pid, shards)
-        step = 1 << 19  # appends of 256 MiB at d = 128
-        for lo in range(0, args.n, step):
-            pools.append_arrays(pid, {"embeddings": x[lo:lo + step]})
-        with pools.session(pid, np.empty(0, np.int64)) as s:
-            kcenter(s, 2, labeled=None, rng=np.random.default_rng(1))  # compile in the shards
+        root = f"{tmp}/{mode}-{shards}"
+        backend = ShardedBackend(f"{root}/shards", threads=threads, actor_cpus=0,
+                                 local_shards=mode == "in-process")
+        store = PoolStore(root, sharded=backend)
+        try:
+            pid = f"bench-{shards}"
+            store.create_pool(pid, shards)
+            step = 1 << 19  # appends of 256 MiB at d = 128
+            for lo in range(0, args.n, step):
+                store.append_arrays(pid, {"embeddings": x[lo:lo + step]})
+            pool = store.sharded_pool(pid)
+            sharded.select(backend, pool, "coreset", 2, seed=1)  # compile in the shards
+            ticks: list[float] = []
             t = time.perf_counter()
-            r = kcenter(s, args.b, labeled=None, rng=np.random.default_rng(1))
+            r = sharded.select(backend, pool, "coreset", args.b, seed=1,
+                               check_cancelled=lambda ticks=ticks: ticks.append(
+                                   time.perf_counter()))
             total = time.perf_counter() - t
+            # One tick before the driver starts, one per pick, one after the session:
+            # the b - 1 gaps between the per-pick ticks are whole round trips.
+            assert len(ticks) == args.b + 2, f"{len(ticks)} ticks for {args.b} picks"
+            steps = np.diff(ticks[1:args.b + 1])
             if mode == "ray":
-                group = s.group
+                group = backend.group(pool.uid, shards)
                 t = time.perf_counter()
                 for _ in range(200):
                     group.map("pid")
                 results["empty_round_trip_ms"] = 1e3 * (time.perf_counter() - t) / 200
-        assert np.array_equal(r.indices, single.indices), f"{mode} {shards}: picks differ"
-        results[mode] = {"total_s": total, "step_ms_median": 1e3 * float(np.median(
-            r.step_seconds)), "step_ms_mean": 1e3 * float(np.mean(r.step_seconds))}
-        pools.delete_pool(pid)
-        pools.close()
+            assert np.array_equal(r.indices, single.indices), f"{mode} {shards}: picks differ"
+            results[mode] = {"total_s": total,
+                             "step_ms_median": 1e3 * float(np.median(steps)),
+                             "step_ms_mean": 1e3 * float(np.mean(steps))}
+            store.delete_pool(pid)
+        finally:
+            backend.close()
+            store.close()
     results["ray_overhead_per_step_ms"] = (results["ray"]["step_ms_median"]
                                            - results["in-process"]["step_ms_median"])
     return results
