@@ -530,6 +530,21 @@ class PrunedStepper:
         """Times a full member list was rebuilt during a step."""
         return int(self.meta[2])
 
+    def _reserve(self, ids: int) -> None:
+        """Room for centre ids below ``ids`` in the per-centre tables, which the kernels
+        index without bounds checks: a stepper driven past its budget (a shard steps
+        on the driver's word) grows them, keeping their contents."""
+        cap = self.cvec.shape[0]
+        if ids <= cap:
+            return
+        old = (*self.centres[:7], self.cvec)
+        new = [np.zeros((max(ids, 2 * cap), *a.shape[1:]), dtype=a.dtype) for a in old]
+        for a, b in zip(new, old, strict=True):
+            a[:cap] = b
+        self.live, self.rad, self.bval, self.bpos, self.active = new[2:7]
+        self.centres = (*new[:7], self.meta)
+        self.cvec = new[7]
+
     def _bounds(self, ub: np.ndarray, su: np.ndarray) -> None:
         """Per-row and per-slot bound arrays (the Delta arrays themselves unless a
         start from elsewhere needs separate bounds)."""
@@ -551,6 +566,8 @@ class PrunedStepper:
         """Delta and assignment to a small labeled set, by the fused loop."""
         from . import config
 
+        self._reserve(centres.shape[0] + 1)
+        self.next_id = max(self.next_id, centres.shape[0])
         self.cvec[:centres.shape[0]] = centres
         with config.parallel_section():
             self.k.init(self.x, self.rows, self.identity, centres, self.delta, self.assign,
@@ -563,6 +580,8 @@ class PrunedStepper:
         pruning test safe whatever rounding that Delta carries."""
         from . import config
 
+        self._reserve(centres.shape[0] + 1)
+        self.next_id = max(self.next_id, centres.shape[0])
         self.cvec[:centres.shape[0]] = centres
         self.delta[:] = delta
         self.assign[:] = nearest
@@ -580,6 +599,7 @@ class PrunedStepper:
 
         k = self.next_id
         self.next_id += 1
+        self._reserve(k + 1)
         if self.dense_left > 0:
             self.dense_left -= 1
             self.cvec[k] = centre

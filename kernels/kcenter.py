@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numba
 import numpy as np
@@ -98,6 +99,72 @@ class CpuStepper:
         self.delta[pos] = CHOSEN
 
 
+class Stepper(Protocol):
+    """What ``kcenter_greedy`` and a shard drive: ``CpuStepper``, ``PrunedStepper`` or
+    the CUDA stepper. Each holds Delta over its candidate rows and every call answers
+    the new (max Delta, its position), ties to the lower position."""
+
+    name: str
+
+    def init(self, centres: np.ndarray) -> tuple[float, int]:
+        """Delta to a small set of initial centres."""
+
+    def step(self, centre: np.ndarray) -> tuple[float, int]:
+        """Fold one more centre into Delta (any number of times, one at a time)."""
+
+    def mark(self, pos: int) -> None:
+        """Retire a pick: it never wins again."""
+
+
+def make_stepper(x: np.ndarray, rows: np.ndarray, identity: bool, *, initial: int = 0,
+                 budget: int = 0, backend: str = dispatch.AUTO, prune: bool = True) -> Stepper:
+    """The stepper ``kcenter_greedy`` runs over these candidate rows.
+
+    Parameters
+    ----------
+    x : float32/float64/float16/bfloat16 [N, d]
+        The pool, validated (``kcenter_greedy`` checks it; a shard holds checked rows).
+    rows : int64[M]
+        Sorted unique candidate rows; ``identity`` when they are all of [0, N).
+    initial : int
+        Number of initial (labeled) centres, 0 for none.
+    budget : int
+        Steps to come: sizes the pruned stepper's centre tables (they grow past it).
+    backend : str
+        ``auto``, ``numba-cpu`` or ``numba-cuda``.
+    prune : bool
+        On the CPU, the pruned stepper (the same picks; far fewer rows read on
+        clustered embeddings) rather than the plain fused pass.
+    """
+    chosen = dispatch.choose(backend, BACKENDS, rows.size * x.shape[1])
+    view, kind = storage(x)
+    if chosen == dispatch.NUMBA_CUDA:
+        from ._kcenter_cuda import CudaStepper
+
+        return CudaStepper(view, kind, rows, identity)
+    if prune:
+        return PrunedStepper(view, kind, rows, identity, initial, budget, compute_dtype(x))
+    return CpuStepper(view, kind, rows, identity)
+
+
+def start_stepper(stepper: Stepper, x: np.ndarray, rows: np.ndarray,
+          centres: np.ndarray) -> tuple[float, int, bool]:
+    """Fold a non-empty set of initial centres into a fresh stepper: the fused pass
+    when the set is small, FAISS exact search when it is large (and FAISS is here).
+
+    Returns (max Delta, its position, whether FAISS computed the distances).
+    """
+    if centres.shape[0] >= config.FAISS_LABELED_MIN and dispatch.faiss_available():
+        dist, nearest = _faiss_nearest(x, rows, centres)
+        if isinstance(stepper, PrunedStepper):
+            top, pos = stepper.load(dist, nearest, rows_compute(centres, slice(None)))
+        else:
+            top, pos = stepper.load(dist)
+        return top, pos, True
+    top, pos = stepper.init(np.asarray(centres, dtype=rows_compute(x, 0).dtype))
+    return top, pos, False
+
+
 def kcenter_greedy(
     embeddings: np.ndarray,
     budget: int,
@@ -149,30 +216,15 @@ def kcenter_greedy(
                                field="labeled_embeddings")
         centres = _validate.bounded(lab, "labeled_embeddings")
     check = check_cancelled or (lambda: None)
-    chosen = dispatch.choose(backend, BACKENDS, rows.size * d)
-    view, kind = storage(x)
-    if chosen == dispatch.NUMBA_CUDA:
-        from ._kcenter_cuda import CudaStepper
-
-        stepper = CudaStepper(view, kind, rows, identity)
-    elif prune:
-        initial = 0 if centres is None else centres.shape[0]
-        stepper = PrunedStepper(view, kind, rows, identity, initial, b, compute_dtype(x))
-    else:
-        stepper = CpuStepper(view, kind, rows, identity)
+    stepper = make_stepper(x, rows, identity, initial=0 if centres is None else centres.shape[0],
+                           budget=b, backend=backend, prune=prune)
     name = dispatch.report_name(stepper.name)
     if centres is None:
         gen = rng if rng is not None else np.random.default_rng()
         top, pos = np.inf, int(gen.integers(rows.size))
-    elif centres.shape[0] >= config.FAISS_LABELED_MIN and dispatch.faiss_available():
-        dist, nearest = _faiss_nearest(x, rows, centres)
-        if isinstance(stepper, PrunedStepper):
-            top, pos = stepper.load(dist, nearest, rows_compute(centres, slice(None)))
-        else:
-            top, pos = stepper.load(dist)
-        name += "+faiss-cpu"
     else:
-        top, pos = stepper.init(np.asarray(centres, dtype=rows_compute(x, 0).dtype))
+        top, pos, by_faiss = start_stepper(stepper, x, rows, centres)
+        name += "+faiss-cpu" if by_faiss else ""
     picks = np.empty(b, dtype=np.int64)
     dists = np.empty(b, dtype=np.float64)
     for s in range(b):

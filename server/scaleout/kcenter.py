@@ -1,11 +1,13 @@
 """Exact distributed k-center greedy: b round trips of O(d) bytes.
 
 Per step, every shard folds the newest centre into its running minimum with the
-single-machine fused pass and answers its local (max Delta, global id, vector);
-the driver keeps the largest (ties to the lower global id, as ``np.argmax`` over
-the whole pool does) and broadcasts that vector as the next centre. Shards run
-the same compiled pass on the same rows, so every Delta is bit-identical to the
-single-machine one and so is the selection.
+single-machine stepper (``assay.kernels.kcenter.make_stepper``: on the CPU the
+pruned pass, which skips the rows the triangle inequality proves unaffected) and
+answers its local (max Delta, global id, vector); the driver keeps the largest
+(ties to the lower global id, as ``np.argmax`` over the whole pool does) and
+broadcasts that vector as the next centre. Shards run the same compiled passes on
+the same rows, so every Delta is bit-identical to the single-machine one and so
+is the selection.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def kcenter(session: Session, budget: int, *, labeled: np.ndarray | None,
 
     group, sid = session.group, session.sid
     centres = labeled if labeled is not None and labeled.shape[0] > 0 else None
-    answers = group.map("kc_start", sid, centres, backend)
+    answers = group.map("kc_start", sid, centres, backend, budget)
     name = answers[0][3]
     if centres is None:
         k, seg, offset = session.locate(int(rng.integers(session.total)))

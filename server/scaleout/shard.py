@@ -10,8 +10,9 @@ excluded ones), their global item ids, and where each segment's candidates
 start. Sessions are what make a step cheap to call: the driver sends only a
 centre vector and gets back a (value, global id, vector) triple, O(d) bytes each
 way. The per-shard halves call the same compiled kernels as a single machine
-(``CpuStepper``/``CpuBadge`` steps, FAISS ``knn``, ``kcenter_greedy``), so every
-distance is computed exactly as the single-machine strategy computes it.
+(``make_stepper``'s k-center stepper, pruned on the CPU as in ``kcenter_greedy``;
+``CpuBadge`` steps; FAISS ``knn``; ``kcenter_greedy``), so every distance is
+computed exactly as the single-machine strategy computes it.
 """
 
 from __future__ import annotations
@@ -25,12 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from assay.kernels import config as kconfig
 from assay.kernels import dispatch
 from assay.kernels.badge import CpuBadge, gradient_factors
-from assay.kernels.bits import compute_dtype, rows_compute, rows_float32, storage
-from assay.kernels.kcenter import BACKENDS as KCENTER_BACKENDS
-from assay.kernels.kcenter import CpuStepper, kcenter_greedy
+from assay.kernels.bits import compute_dtype, rows_compute, storage
+from assay.kernels.kcenter import kcenter_greedy, make_stepper, start_stepper
 from assay.kernels.knn import knn
 from assay.vocab.errors import InvalidInput
 
@@ -182,32 +181,24 @@ class Shard:
 
     # -- k-center --------------------------------------------------------------------
 
-    def kc_start(self, sid: str, centres: np.ndarray | None,
-                 backend: str = dispatch.AUTO) -> tuple[float, int, np.ndarray | None, str]:
-        """Running minimum against the labeled centres (or +inf); local (max, id, vector)."""
+    def kc_start(self, sid: str, centres: np.ndarray | None, backend: str = dispatch.AUTO,
+                 budget: int = 0) -> tuple[float, int, np.ndarray | None, str]:
+        """Running minimum against the labeled centres (or +inf) in the stepper
+        ``kcenter_greedy`` would use here, sized for ``budget`` steps; local (max, id,
+        vector)."""
         s = self._session(sid)
         x = s.arrays["embeddings"]
-        view, kind = storage(x)
-        identity = s.rows.size == x.shape[0]
-        chosen = dispatch.choose(backend, KCENTER_BACKENDS, max(s.rows.size, 1) * x.shape[1])
-        if chosen == dispatch.NUMBA_CUDA:
-            from assay.kernels._kcenter_cuda import CudaStepper
-
-            stepper = CudaStepper(view, kind, s.rows, identity)
-        else:
-            stepper = CpuStepper(view, kind, s.rows, identity)
+        initial = 0 if centres is None else centres.shape[0]
+        stepper = make_stepper(x, s.rows, s.rows.size == x.shape[0], initial=initial,
+                               budget=budget, backend=backend)
         name = dispatch.report_name(stepper.name)
         s.state["stepper"] = stepper
         if s.rows.size == 0:
             return -np.inf, -1, None, name
-        if centres is None or centres.shape[0] == 0:
+        if initial == 0:
             return np.inf, -1, None, name
-        if centres.shape[0] >= kconfig.FAISS_LABELED_MIN and dispatch.faiss_available():
-            top, pos = stepper.load(_faiss_min_sqdist(x, s.rows, centres))
-            name += "+faiss-cpu"
-        else:
-            top, pos = stepper.init(np.asarray(centres, dtype=rows_compute(x, 0).dtype))
-        return (*self._kc_best(s, top, pos), name)
+        top, pos, by_faiss = start_stepper(stepper, x, s.rows, centres)
+        return (*self._kc_best(s, top, pos), name + ("+faiss-cpu" if by_faiss else ""))
 
     def _kc_best(self, s: Session, top: float, pos: int) -> tuple[float, int, np.ndarray | None]:
         if pos < 0:
@@ -363,19 +354,6 @@ class Shard:
                              metric=metric)
         gids = np.where(idx >= 0, s.gids[np.maximum(idx, 0)], -1)
         return values, gids
-
-
-def _faiss_min_sqdist(x: np.ndarray, rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Squared distance of each candidate to its nearest labeled centre by FAISS exact
-    search, block by block as the single-machine kernel does for large labeled sets."""
-    out = np.empty(rows.size, dtype=np.float32)
-    step = kconfig.FAISS_BLOCK_ROWS
-    base = rows_float32(centres, slice(None))
-    for lo in range(0, rows.size, step):
-        values, _, _ = knn(rows_float32(x, rows[lo:lo + step]), base, 1,
-                           backend=dispatch.FAISS_CPU)
-        out[lo:lo + step] = values[:, 0]
-    return out
 
 
 class Worker:

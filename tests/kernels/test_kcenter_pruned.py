@@ -16,7 +16,9 @@ import pytest
 import seeding
 
 from assay.kernels import _kcenter_pruned, config
-from assay.kernels.kcenter import kcenter_greedy
+from assay.kernels._kcenter_pruned import PrunedStepper
+from assay.kernels.bits import rows_compute
+from assay.kernels.kcenter import kcenter_greedy, make_stepper, start_stepper
 
 DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16]
 
@@ -169,3 +171,69 @@ def test_many_steps_repack_the_member_lists(monkeypatch):
     assert_same(pruned, plain)
     assert steppers[0].repacks > 0
     assert (pruned.rows_read < 700).any()
+
+
+def split_greedy(x, budget, parts, labeled, seed, prune, budget_hint):
+    """k-center greedy as the sharded driver runs it: candidates split over ``parts``
+    (each a sorted array of rows), one stepper per part, every centre told to every
+    part one at a time, a pick marked only by the part that holds it."""
+    steppers = [make_stepper(x, rows, False, initial=labeled.shape[0], budget=budget_hint,
+                             prune=prune) for rows in parts]
+    answers = []
+    for stepper, rows in zip(steppers, parts, strict=True):
+        top, pos = (np.inf, -1) if labeled.shape[0] == 0 else \
+            start_stepper(stepper, x, rows, labeled)[:2]
+        answers.append((top, pos))
+    everything = np.sort(np.concatenate(parts))
+    if labeled.shape[0] == 0:
+        pick = int(everything[np.random.default_rng(seed).integers(everything.size)])
+        top = np.inf
+    picks, dists = [], []
+
+    def best():
+        top, row = -np.inf, -1
+        for (v, p), rows in zip(answers, parts, strict=True):
+            if p >= 0 and (row < 0 or v > top or (v == top and rows[p] < row)):
+                top, row = v, int(rows[p])
+        return top, row
+
+    if labeled.shape[0]:
+        top, pick = best()
+    for _ in range(budget):
+        picks.append(pick)
+        dists.append(np.sqrt(max(top, 0.0)))
+        centre = rows_compute(x, pick)
+        for i, (stepper, rows) in enumerate(zip(steppers, parts, strict=True)):
+            at = int(np.searchsorted(rows, pick))
+            if at < rows.size and rows[at] == pick:
+                stepper.mark(at)
+            answers[i] = stepper.step(centre.copy())
+        top, pick = best()
+    return np.array(picks), np.array(dists), steppers
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=lambda t: np.dtype(t).name)
+@pytest.mark.parametrize("labeled_size", [0, 3, config.FAISS_LABELED_MIN + 4])
+@pytest.mark.parametrize("grid", [False, True])
+def test_centres_told_one_at_a_time_match_one_pass(setting, dtype, labeled_size, grid):
+    """A sharded pool drives one stepper per shard from outside: centres that are not
+    its rows, marks only of its own picks, more steps than the budget it was sized for
+    (the centre tables grow). The picks equal ``kcenter_greedy``'s, ties included."""
+    rng = fresh_rng()
+    n, d = int(rng.integers(300, 900)), int(rng.integers(2, 12))
+    x = (grid_pool(rng, n, d) if grid else clustered(rng, n, d, 12)).astype(dtype)
+    labeled = (grid_pool(rng, labeled_size, d) if grid
+               else clustered(rng, labeled_size, d, 3)).astype(dtype)
+    cand = np.sort(rng.choice(n, size=n - 7, replace=False))
+    owner = rng.integers(3, size=n)  # rows scattered over three parts
+    parts = [cand[owner[cand] == k] for k in range(3)]
+    budget = int(rng.integers(1, min(cand.size, 200) + 1))
+    seed = int(rng.integers(2**32))
+    want = kcenter_greedy(x, budget, labeled=labeled, candidates=cand,
+                          rng=np.random.default_rng(seed))
+    for prune in (True, False):
+        picks, dists, steppers = split_greedy(x, budget, parts, labeled, seed, prune,
+                                              budget_hint=budget // 3)
+        np.testing.assert_array_equal(picks, want.indices)
+        np.testing.assert_array_equal(dists, want.distances)
+        assert isinstance(steppers[0], PrunedStepper) == prune
