@@ -479,3 +479,27 @@ def test_without_ray_address_ray_is_never_imported(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["FAILED_PRECONDITION", "2", "False"]
+
+
+def test_shard_kcenter_runs_the_single_machine_stepper(tmp_path):
+    """A shard's exact k-center runs the stepper ``kcenter_greedy`` runs (the pruned one
+    on the CPU), and keeps stepping past the budget it was sized for."""
+    from assay.kernels._kcenter_pruned import PrunedStepper
+    from assay.kernels.kcenter import kcenter_greedy
+    from assay.server.scaleout.shard import Shard
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((200, 6)).astype(np.float32)
+    shard = Shard(str(tmp_path / "s"), threads=1)
+    shard.write(0, {"embeddings": x})
+    shard.begin("s", [(0, 0, 200)], {"embeddings": "float32"}, np.empty(0, np.int64))
+    top, gid, vec, name = shard.kc_start("s", x[:3], "auto", 2)
+    assert isinstance(shard._session("s").state["stepper"], PrunedStepper)
+    picks, dists = [], []
+    for _ in range(10):
+        picks.append(gid)
+        dists.append(np.sqrt(max(top, 0.0)))
+        top, gid, vec = shard.kc_step("s", vec, gid)
+    want = kcenter_greedy(x, 10, labeled=x[:3])
+    assert picks == want.indices.tolist() and name == want.backend
+    np.testing.assert_array_equal(dists, want.distances)
