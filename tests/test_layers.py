@@ -269,6 +269,17 @@ def test_no_new_cross_layer_import():
     assert not gone, f"fixed: remove these from KNOWN_VIOLATIONS in tests/test_layers.py: {gone}"
 
 
+def test_private_modules_stay_inside_their_package():
+    """``_name`` modules are a package's own (``assay.kernels._kcenter_cuda``, say): other
+    packages go through the public module that wraps them."""
+    leaks = sorted(f"{a} -> {b}" for a, b in import_graph(_modules_on_disk())
+                   if any(part.startswith("_") and not part.startswith("__")
+                          for part in b.split("."))
+                   and not a.startswith(b.rsplit(".", 1)[0] + ".")
+                   and a != b.rsplit(".", 1)[0])
+    assert not leaks, f"imports of another package's private module: {leaks}"
+
+
 def report(modules: Modules, flat_server: bool = False) -> str:
     """The import graph as text: per layer what it imports, then the crossing edges."""
     edges = import_graph(modules)

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from assay.kernels import _validate, rowwise
+import assay.kernels as kernels
+from assay.kernels import rowwise
 from assay.vocab.dtypes import BFLOAT16
 from assay.vocab.errors import InvalidInput
 from assay.vocab.roles import is_role, names, roles_with
@@ -106,7 +107,7 @@ def validate_array(role: str, array: np.ndarray, field: str | None = None) -> No
                     field=field, reason="NOT_PROBABILITIES",
                 )
     if spec.geometric:
-        _validate.bounded(array, field)
+        kernels.bounded(array, field)
 
 
 def _check_axes(role: str, array: np.ndarray, field: str) -> None:
