@@ -380,3 +380,47 @@ def _queued_select(stub, pool_id: str, queued: int):
         if not (queued and outcome[1] == "RESOURCE_EXHAUSTED"):
             return outcome
     return outcome
+
+
+def test_model_settings_without_models_are_refused_alike(both):
+    arrays = _data(12, n=30)
+
+    def case(stub, shards):
+        return [_create(stub, "mc", shards), _append(stub, "mc", **arrays),
+                lambda: stub.Select(assay_pb2.SelectRequest(strategy="entropy", budget=2,
+                                                            pool_id="mc", mc_samples=4)),
+                lambda: stub.Select(assay_pb2.SelectRequest(strategy="entropy", budget=2,
+                                                            pool_id="mc", batch_size=8))]
+
+    outcomes = _run(both, case)
+    assert outcomes[2][1:4] == ("INVALID_ARGUMENT", "INVALID_INPUT", "model_ids")
+
+
+def test_a_sharded_pool_on_a_server_without_shards(server_factory, tmp_path):
+    """Restarted without --ray-address, a sharded pool stays listed, labelled and deletable;
+    what needs its rows answers FAILED_PRECONDITION NO_RAY, before any upload is read."""
+    data_dir = str(tmp_path / "restart")
+    arrays = _data(13, n=30)
+    first = server_factory(data_dir=data_dir, ray_address="in-process")
+    with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        stub = assay_pb2_grpc.AssayServiceStub(channel)
+        _create(stub, "kept", SHARDS)()
+        _append(stub, "kept", **arrays)()
+    first.stop(0)
+    second = server_factory(data_dir=data_dir)
+    with grpc.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        stub = assay_pb2_grpc.AssayServiceStub(channel)
+        pool = stub.GetPool(assay_pb2.GetPoolRequest(pool_id="kept")).pool
+        assert (pool.item_count, pool.shards) == (30, SHARDS)
+        refused = [_outcome(_append(stub, "kept", **arrays)),
+                   _outcome(lambda: stub.Select(assay_pb2.SelectRequest(
+                       strategy="entropy", budget=2, pool_id="kept")))]
+        assert [o[1:3] for o in refused] == [("FAILED_PRECONDITION", "NO_RAY")] * 2, refused
+        labelled = stub.LabelPoolItems(assay_pb2.LabelPoolItemsRequest(
+            pool_id="kept", indices=[1], labels=[0])).pool
+        assert labelled.labeled_count == 1
+        stub.DeletePool(assay_pb2.DeletePoolRequest(pool_id="kept"))
+    third = server_factory(data_dir=data_dir, ray_address="in-process")
+    assert not any((tmp_path / "restart" / "shards").iterdir()), \
+        "a deleted pool's shard rows are swept when shards are back"
+    third.stop(0)

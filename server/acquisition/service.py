@@ -172,13 +172,12 @@ class AcquisitionService:
         if not call.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         registry.get(call.strategy)
-        if call.pool_id and self.pools.sharded is not None and self.pools.get_pool(
-                call.pool_id).shards:
-            return self._select_sharded(call, caller)
-        seed = call.seed
         if not call.model_ids and (call.mc_samples or call.batch_size):
             raise InvalidInput("mc_samples and batch_size apply to models: name them in "
                                "model_ids", field="model_ids")
+        if call.pool_id and call.inputs is None and self.pools.get_pool(call.pool_id).shards:
+            return self._select_sharded(call, caller)
+        seed = call.seed
         if call.mc_samples and seed is None:
             # MC passes and the strategy share the reported seed, so it replays both.
             seed = secrets.randbits(63)

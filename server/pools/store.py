@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import errno
 import json
+import logging
 import os
 import queue
 import re
@@ -54,6 +55,8 @@ from .compaction import compact
 from .durable import fsync_dir
 from .labels import check_labels
 from .request_records import RequestKey, RequestRecords, Retention, StoredResponse
+
+log = logging.getLogger(__name__)
 
 POOL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 #: The pools table's columns, in the order ``_row`` returns them.
@@ -282,13 +285,44 @@ class PoolStore:
         #: segments it maps, so a new version with the same rows (a label round, an
         #: epoch) reuses the mapped arrays.
         self._cache: OrderedDict[str, tuple[tuple, PoolData]] = OrderedDict()
-        #: One compaction at a time: a second reader of the same pool waits for the
-        #: first, then finds a single segment.
-        self._compacting = threading.Lock()
+        #: One compaction at a time per pool (by uid): a second reader of the same pool
+        #: waits for the first, then finds a single segment; other pools go on.
+        self._compactions: dict[str, threading.Lock] = {}
         self._cache_entries = cache_entries
+        self._adopt_sharded_catalogue()
         self._sweep()
+        if sharded is not None:
+            sharded.sweep({r[0] for r in self._db.execute(
+                "SELECT uid FROM pools WHERE shards > 0")})
 
     # -- housekeeping -------------------------------------------------------------------
+
+    def _adopt_sharded_catalogue(self) -> None:
+        """Take over the sharded pools of a data directory written before sharded pools
+        shared this catalogue (their own ``scaleout.sqlite``), once; their shards keep
+        their rows where they were (``<shard-dir>/<uid>``)."""
+        old = self.data_dir / "scaleout.sqlite"
+        if not old.exists():
+            return
+        with self._lock:
+            self._db.execute("ATTACH DATABASE ? AS old", (str(old),))
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    f"INSERT OR IGNORE INTO pools ({_COLUMNS}) SELECT pool_id, uid, item_count, "
+                    "version, create_time, update_time, arrays, shards FROM old.sharded_pools")
+                self._db.execute(
+                    "INSERT OR IGNORE INTO shard_segments SELECT pool_id, seq, shard, first, "
+                    "count, size_bytes FROM old.sharded_segments")
+                self._db.execute("INSERT OR IGNORE INTO labels SELECT pool_id, item, label "
+                                 "FROM old.sharded_labels")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._db.execute("DETACH DATABASE old")
+        old.rename(old.with_name("scaleout.sqlite.adopted"))
 
     def _sweep(self) -> None:
         """Remove what a crash left behind: temp uploads and epoch files, unreferenced
@@ -349,19 +383,15 @@ class PoolStore:
         check_pool_id(pool_id)
         if shards < 0:
             raise InvalidInput(f"shards must be >= 0, got {shards}", field="shards")
+        with self._lock:
+            self._check_room(pool_id)
         if shards:
-            if self.sharded is None:
-                raise FailedPrecondition("sharded pools need a Ray cluster: start the server "
-                                         "with --ray-address", field="shards", reason="NO_RAY")
+            self._shard_rows("shards")
             # Placed before the pool exists: a cluster without room for its shards fails
             # the create at once, not the first append after minutes.
             self.sharded.place(shards)
         with self._lock:
-            if self.max_pools:
-                count = self._db.execute("SELECT COUNT(*) FROM pools").fetchone()[0]
-                if count >= self.max_pools:
-                    raise ResourceExhausted(f"the server holds its maximum of {self.max_pools} "
-                                            "pools; delete one first")
+            self._check_room(pool_id)
             now = time.time()
             try:
                 self._db.execute(
@@ -370,6 +400,26 @@ class PoolStore:
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id") from None
             return self._info(self._row(pool_id))
+
+    def _check_room(self, pool_id: str) -> None:
+        """Refuse a create whose id is taken, or that would pass ``max_pools``."""
+        if self._db.execute("SELECT 1 FROM pools WHERE pool_id = ?", (pool_id,)).fetchone():
+            raise AlreadyExists(f"pool {pool_id!r} already exists", field="pool_id")
+        if self.max_pools:
+            count = self._db.execute("SELECT COUNT(*) FROM pools").fetchone()[0]
+            if count >= self.max_pools:
+                raise ResourceExhausted(f"the server holds its maximum of {self.max_pools} "
+                                        "pools; delete one first")
+
+    def _shard_rows(self, field: str = "pool_id") -> ShardRows:
+        """Where sharded pools' rows live, or FAILED_PRECONDITION when this server has none
+        (started without ``--ray-address``; a sharded pool created earlier stays listed,
+        labelled and deletable, but its rows cannot be reached)."""
+        if self.sharded is None:
+            raise FailedPrecondition("sharded pools need a Ray cluster: start the server with "
+                                     "--ray-address (or --ray-address in-process)",
+                                     field=field, reason="NO_RAY")
+        return self.sharded
 
     def get_pool(self, pool_id: str) -> PoolInfo:
         check_pool_id(pool_id)
@@ -403,9 +453,17 @@ class PoolStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._drop_cache(pool_id)
+            commits = self._shard_commits.pop(uid, None)
+            self._compactions.pop(uid, None)
         shutil.rmtree(self.pools_dir / uid, ignore_errors=True)
         if shards and self.sharded is not None:
-            self.sharded.drop(uid, shards)
+            # After any commit of this pool in flight: its rows are on the shards by then.
+            with commits or contextlib.nullcontext():
+                try:
+                    self.sharded.drop(uid, shards)
+                except Exception:  # the pool is gone; its shards are swept at next start
+                    log.warning("could not drop the shards of deleted pool %r", pool_id,
+                                exc_info=True)
 
     # -- appends -----------------------------------------------------------------------
 
@@ -441,6 +499,8 @@ class PoolStore:
         with self._lock:
             info = self._info(self._row(pool_id))
             uid = self._row(pool_id)[1]
+        if info.shards:
+            self._shard_rows()
         self._check_schema(info, specs)
         total = sum(int(np.prod(s.shape)) * from_stored(s.dtype).itemsize for s in specs)
         if self.max_pool_bytes and info.size_bytes + total > self.max_pool_bytes:
@@ -773,7 +833,9 @@ class PoolStore:
         commit. A crash before the commit leaves an unreferenced new directory, one
         after it unreferenced old ones: the start-up sweep removes either.
         """
-        with self._compacting:
+        with self._lock:
+            lock = self._compactions.setdefault(self._row(pool_id)[1], threading.Lock())
+        with lock:
             with self._lock:
                 row = self._row(pool_id)
                 segs = self._segments(pool_id)
@@ -825,6 +887,7 @@ class PoolStore:
     def sharded_pool(self, pool_id: str) -> ShardedPool:
         """A sharded pool as its selections see it: metadata, where its rows live, labels."""
         check_pool_id(pool_id)
+        self._shard_rows()
         with self._lock:
             row = self._row(pool_id)
             info = self._info(row)

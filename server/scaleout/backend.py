@@ -11,6 +11,7 @@ for both kinds of pool.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,16 @@ class ShardedBackend:
     def close(self) -> None:
         with self._lock:
             self._groups.clear()
+
+    def sweep(self, live: set[str]) -> None:
+        """Remove the rows of pools that no longer exist (deleted while their shards were
+        unreachable, or mid-append): every ``<shard_dir>/<uid>`` not in ``live``. On a
+        cluster this sees the driver's disk; each node's shard directory is its own."""
+        if not self.shard_dir.is_dir():
+            return
+        for entry in self.shard_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink() and entry.name not in live:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def place(self, shards: int) -> None:
         """Fail now (RESOURCE_EXHAUSTED) when the cluster cannot place ``shards`` actors."""
