@@ -4,7 +4,7 @@ What it answers: how much does serving cost over calling the strategy directly,
 and how close does a durable pool upload come to what the transport and the disk
 allow? Every figure is measured in the same run on the same machine:
 
-(a)  ``acquisition.select`` in-process on an in-memory array (the strategy, the
+(a)  ``selection.select`` in-process on an in-memory array (the strategy, the
      candidate set and the top-b; ``validated=True``, as for a stored pool), and
      the same call with input validation (what an in-process user pays);
 (b)  ``Select`` with the probabilities inline over loopback gRPC (the server is
@@ -49,7 +49,7 @@ import grpc
 import numpy as np
 
 from assay.client import Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.wiring.app import start
 from assay.server.wiring.config import ServerConfig
 
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           flush=True)
 
     arrays = {"probs": probs}
-    expected = acquisition.select("entropy", args.budget, arrays, seed=0).indices
+    expected = selection.select("entropy", args.budget, arrays, seed=0).indices
     servers = Servers(data_dir, limit, in_process=args.in_process)
     try:
         raw_port, port = servers.start()
@@ -339,13 +339,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
             def select_pool(pool_id: str, name: str) -> None:
                 started = time.perf_counter()
-                selection = client.select("entropy", args.budget, pool=pool_id, seed=0)
+                answer = client.select("entropy", args.budget, pool=pool_id, seed=0)
                 wall = time.perf_counter() - started
-                check(selection.indices, "Select by pool")
+                check(answer.indices, "Select by pool")
                 results.setdefault(name, []).append(wall)
                 # What serving adds around the strategy, free of the strategy's own noise.
                 results.setdefault(f"{name}_overhead", []).append(
-                    wall - selection.compute_seconds)
+                    wall - answer.compute_seconds)
 
             def upload_round(pool_id: str) -> None:
                 # Each round uploads a new pool, so every upload writes fresh files and
@@ -358,9 +358,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 client.delete_pool(pool_id)
 
             measurements = {
-                "a": lambda: acquisition.select("entropy", args.budget, arrays, seed=0,
+                "a": lambda: selection.select("entropy", args.budget, arrays, seed=0,
                                                 validated=True),
-                "a_validated": lambda: acquisition.select("entropy", args.budget, arrays,
+                "a_validated": lambda: selection.select("entropy", args.budget, arrays,
                                                           seed=0),
                 "disk": lambda: disk_write(chunks, data_dir),
                 "raw_stream": lambda: raw_upload(iter(chunks)),

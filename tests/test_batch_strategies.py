@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from assay.kernels.facility import facility_location_greedy
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.strategies import registry
 from assay.vocab.errors import FailedPrecondition, InvalidInput
 
@@ -62,7 +62,7 @@ def test_cal_matches_sklearn_reference(n, n_lab, k, budget):
     p = _dirichlet(rng, n, 4)
     pl = _dirichlet(rng, n_lab, 4)
     inputs = {"embeddings": h, "probs": p, "labeled_embeddings": hl, "labeled_probs": pl}
-    r = acquisition.select("cal", budget, inputs, {"k": k})
+    r = selection.select("cal", budget, inputs, {"k": k})
     ref = _cal_reference(h, p, hl, pl, k, np.arange(n))
     assert r.indices.tolist() == _top(ref, budget)
     np.testing.assert_allclose(r.scores, ref[r.indices], rtol=1e-9)
@@ -80,7 +80,7 @@ def test_cal_honours_exclusions_duplicates_and_infinite_divergence():
     p[11] = p[10]
     exclude = np.array([0, 2, 5])
     inputs = {"embeddings": h, "probs": p, "labeled_embeddings": hl, "labeled_probs": pl}
-    r = acquisition.select("cal", 17, inputs, {"k": 3}, exclude=exclude)
+    r = selection.select("cal", 17, inputs, {"k": 3}, exclude=exclude)
     ref = _cal_reference(h, p, hl, pl, 3, np.setdiff1d(np.arange(20), exclude))
     assert r.indices.tolist() == _top(ref, 17, np.setdiff1d(np.arange(20), exclude))
     assert r.indices[0] == 7 and np.isinf(r.scores[0])
@@ -91,21 +91,21 @@ def test_cal_errors():
     rng = np.random.default_rng(0)
     base = {"embeddings": rng.normal(size=(5, 2)), "probs": _dirichlet(rng, 5, 3)}
     with pytest.raises(FailedPrecondition, match="cal needs labeled items"):
-        acquisition.select("cal", 1, {**base, "labeled_embeddings": np.zeros((0, 2)),
+        selection.select("cal", 1, {**base, "labeled_embeddings": np.zeros((0, 2)),
                                       "labeled_probs": np.zeros((0, 3))})
     with pytest.raises(InvalidInput, match=r"needs input 'labeled_probs' \[L, C\]"):
-        acquisition.select("cal", 1, {**base, "labeled_embeddings": np.zeros((2, 2))})
+        selection.select("cal", 1, {**base, "labeled_embeddings": np.zeros((2, 2))})
     with pytest.raises(InvalidInput, match="same labeled items"):
-        acquisition.select("cal", 1, {**base, "labeled_embeddings": np.zeros((2, 2)),
+        selection.select("cal", 1, {**base, "labeled_embeddings": np.zeros((2, 2)),
                                       "labeled_probs": _dirichlet(rng, 3, 3)})
     with pytest.raises(InvalidInput, match="same class count"):
-        acquisition.select("cal", 1, {**base, "labeled_embeddings": np.zeros((2, 2)),
+        selection.select("cal", 1, {**base, "labeled_embeddings": np.zeros((2, 2)),
                                       "labeled_probs": _dirichlet(rng, 2, 4)})
     with pytest.raises(InvalidInput, match="labeled_probs row 0 sums to"):
-        acquisition.select("cal", 1, {**base, "labeled_embeddings": np.zeros((1, 2)),
+        selection.select("cal", 1, {**base, "labeled_embeddings": np.zeros((1, 2)),
                                       "labeled_probs": np.full((1, 3), 0.5)})
     with pytest.raises(InvalidInput, match=r"params.k must be >= 1"):
-        acquisition.select("cal", 1, {**base, "labeled_embeddings": np.zeros((1, 2)),
+        selection.select("cal", 1, {**base, "labeled_embeddings": np.zeros((1, 2)),
                                       "labeled_probs": _dirichlet(rng, 1, 3)}, {"k": 0})
 
 
@@ -145,9 +145,9 @@ def test_suggestive_annotation_matches_plain_greedy_reference(n, budget, top_k):
     shortlist = sorted(_top(variance, k, cand))
     want, objective = _facility_reference(h, shortlist, cand.tolist(), budget)
     inputs = {"samples": samples, "embeddings": h}
-    lazy = acquisition.select("suggestive_annotation", budget, inputs, {"top_k": top_k},
+    lazy = selection.select("suggestive_annotation", budget, inputs, {"top_k": top_k},
                               exclude=exclude)
-    plain = acquisition.select("suggestive_annotation", budget, inputs,
+    plain = selection.select("suggestive_annotation", budget, inputs,
                                {"top_k": top_k, "lazy": False}, exclude=exclude)
     assert lazy.indices.tolist() == want
     assert plain.indices.tolist() == want
@@ -171,21 +171,21 @@ def test_suggestive_annotation_with_a_named_score_and_errors():
     rng = np.random.default_rng(2)
     p = _dirichlet(rng, 40, 4)
     h = rng.normal(size=(40, 3))
-    r = acquisition.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
+    r = selection.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
                            {"uncertainty": "margin", "top_k": 9})
     margin = -np.sort(p, axis=1)[:, -1] + np.sort(p, axis=1)[:, -2]
     want, _ = _facility_reference(h, sorted(_top(margin, 9)), list(range(40)), 3)
     assert r.indices.tolist() == want
     with pytest.raises(InvalidInput, match="'variance' needs input 'samples'"):
-        acquisition.select("suggestive_annotation", 3, {"probs": p, "embeddings": h})
+        selection.select("suggestive_annotation", 3, {"probs": p, "embeddings": h})
     with pytest.raises(InvalidInput, match="must name a score strategy; 'kmeans' is a batch"):
-        acquisition.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
+        selection.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
                            {"uncertainty": "kmeans"})
     with pytest.raises(InvalidInput, match=r"params.top_k 2 is smaller than the budget 3"):
-        acquisition.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
+        selection.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
                            {"uncertainty": "entropy", "top_k": 2})
     with pytest.raises(InvalidInput, match="'loss_prediction' needs input 'loss'"):
-        acquisition.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
+        selection.select("suggestive_annotation", 3, {"probs": p, "embeddings": h},
                            {"uncertainty": "loss_prediction"})
 
 
@@ -205,7 +205,7 @@ def test_diverse_minibatch_single_cluster_is_the_member_nearest_the_weighted_mea
     n = 80
     p = _dirichlet(rng, n, 3)
     h = rng.normal(size=(n, 2)) * np.array([3.0, 0.5])
-    r = acquisition.select("diverse_minibatch", 1, {"probs": p, "embeddings": h},
+    r = selection.select("diverse_minibatch", 1, {"probs": p, "embeddings": h},
                            {"beta": 20}, seed=1)
     phi = _margin(p)
     short = _top(phi, 20)
@@ -222,14 +222,14 @@ def test_diverse_minibatch_picks_one_per_separated_group_from_the_shortlist():
     h = np.concatenate([c + rng.normal(size=(30, 2)) for c in centres])
     p = _dirichlet(rng, 60, 3)
     for seed in range(3):
-        r = acquisition.select("diverse_minibatch", 2, {"probs": p, "embeddings": h},
+        r = selection.select("diverse_minibatch", 2, {"probs": p, "embeddings": h},
                                {"beta": 10}, seed=seed)
         shortlist = _top(_margin(p), 20)
         assert set(r.indices.tolist()) <= set(shortlist)
         assert sorted(int(i) // 30 for i in r.indices) == [0, 1]
         assert list(r.scores) == sorted(r.scores, reverse=True)
         assert r.backend == "faiss-cpu"
-        again = acquisition.select("diverse_minibatch", 2, {"probs": p, "embeddings": h},
+        again = selection.select("diverse_minibatch", 2, {"probs": p, "embeddings": h},
                                    {"beta": 10}, seed=seed)
         assert again.indices.tolist() == r.indices.tolist()
 
@@ -241,17 +241,17 @@ def test_diverse_minibatch_edges_and_errors():
     h[5] = h[4]
     p[5] = p[4]
     # beta * b covers every candidate and b = n: the whole shortlist, most informative first
-    r = acquisition.select("diverse_minibatch", 12, {"probs": p, "embeddings": h}, {"beta": 1})
+    r = selection.select("diverse_minibatch", 12, {"probs": p, "embeddings": h}, {"beta": 1})
     assert r.indices.tolist() == _top(_margin(p), 12)
-    r = acquisition.select("diverse_minibatch", 4, {"probs": p, "embeddings": h}, seed=3)
+    r = selection.select("diverse_minibatch", 4, {"probs": p, "embeddings": h}, seed=3)
     assert len(set(r.indices.tolist())) == 4
-    one = acquisition.select("diverse_minibatch", 1, {"probs": p[:1], "embeddings": h[:1]})
+    one = selection.select("diverse_minibatch", 1, {"probs": p[:1], "embeddings": h[:1]})
     assert one.indices.tolist() == [0]
     with pytest.raises(InvalidInput, match=r"margin.*needs at least 2 classes|needs input"):
-        acquisition.select("diverse_minibatch", 2, {"embeddings": h})
+        selection.select("diverse_minibatch", 2, {"embeddings": h})
     with pytest.raises(InvalidInput, match=r"params.beta must be >= 1"):
-        acquisition.select("diverse_minibatch", 2, {"probs": p, "embeddings": h}, {"beta": 0})
-    s = acquisition.select("diverse_minibatch", 2, {"probs": p, "embeddings": h},
+        selection.select("diverse_minibatch", 2, {"probs": p, "embeddings": h}, {"beta": 0})
+    s = selection.select("diverse_minibatch", 2, {"probs": p, "embeddings": h},
                            {"informativeness": "entropy", "beta": 3}, seed=1)
     ent = -(p * np.log(p)).sum(axis=1)
     assert set(s.indices.tolist()) <= set(_top(ent, 6))
@@ -273,7 +273,7 @@ def test_ceal_reference(round_, budget):
     p[12] = [0.5, 0.5, 0.0]  # argmax tie: the lower class
     exclude = np.array([3, 4])
     delta0, decay = 0.3, 0.005
-    r = acquisition.select("ceal", budget, {"probs": p},
+    r = selection.select("ceal", budget, {"probs": p},
                            {"delta0": delta0, "decay": decay, "round": round_}, exclude=exclude)
     cand = [i for i in range(n) if i not in exclude]
     h = np.array([_entropy(row) for row in p])
@@ -292,16 +292,16 @@ def test_ceal_reference(round_, budget):
 def test_ceal_threshold_decays_to_nothing_and_caps():
     rng = np.random.default_rng(1)
     p = _dirichlet(rng, 50, 4, alpha=0.1)
-    counts = [acquisition.select("ceal", 2, {"probs": p}, {"delta0": 0.5, "decay": 0.1,
+    counts = [selection.select("ceal", 2, {"probs": p}, {"delta0": 0.5, "decay": 0.1,
                                                          "round": t}).pseudo_label_indices.size
               for t in range(7)]
     assert counts == sorted(counts, reverse=True) and counts[-1] == 0 and counts[0] > 0
-    capped = acquisition.select("ceal", 2, {"probs": p}, {"delta0": 0.5, "max_pseudo_labels": 3})
+    capped = selection.select("ceal", 2, {"probs": p}, {"delta0": 0.5, "max_pseudo_labels": 3})
     assert capped.pseudo_label_indices.size == 3
-    m = acquisition.select("ceal", 4, {"probs": p}, {"uncertainty": "margin"})
+    m = selection.select("ceal", 4, {"probs": p}, {"uncertainty": "margin"})
     assert m.indices.tolist() == _top(_margin(p), 4)
     with pytest.raises(InvalidInput, match=r"params.round must be >= 0"):
-        acquisition.select("ceal", 1, {"probs": p}, {"round": -1})
+        selection.select("ceal", 1, {"probs": p}, {"round": -1})
 
 
 # -- discoverable and usable through the service ---------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from assay.kernels.batchbald import batchbald_greedy, joint_entropies
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.vocab.errors import Cancelled, InvalidInput
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the peer prints progress bars otherwise
@@ -179,7 +179,7 @@ def test_through_acquisition_honours_candidates_and_seed():
     rng = np.random.default_rng(8)
     p = _samples(rng, 5, 30, 3).astype(np.float32)
     exclude = np.arange(0, 30, 3)
-    r = acquisition.select("batchbald", 6, {"samples": p}, {"num_samples": 200,
+    r = selection.select("batchbald", 6, {"samples": p}, {"num_samples": 200,
                                                           "max_exact_configs": 9},
                            seed=4, exclude=exclude)
     assert not set(r.indices.tolist()) & set(exclude.tolist())
@@ -191,14 +191,14 @@ def test_through_acquisition_honours_candidates_and_seed():
     assert r.metrics["batchbald_exact_steps"] == 3
     assert r.metrics["batchbald_configurations"] == 200
     assert r.backend == "numba-cpu"
-    again = acquisition.select("batchbald", 6, {"samples": p}, {"num_samples": 200,
+    again = selection.select("batchbald", 6, {"samples": p}, {"num_samples": 200,
                                                               "max_exact_configs": 9},
                                seed=4, exclude=exclude)
     assert again.indices.tolist() == r.indices.tolist()
     # budget = all selectable items, and n = 1
-    full = acquisition.select("batchbald", 20, {"samples": p}, seed=1, exclude=exclude)
+    full = selection.select("batchbald", 20, {"samples": p}, seed=1, exclude=exclude)
     assert sorted(full.indices.tolist()) == keep.tolist()
-    one = acquisition.select("batchbald", 1, {"samples": p[:, :1]}, seed=1)
+    one = selection.select("batchbald", 1, {"samples": p[:, :1]}, seed=1)
     assert one.indices.tolist() == [0]
 
 
@@ -207,16 +207,16 @@ def test_errors_are_precise():
     with pytest.raises(InvalidInput, match="budget 5 must be between 1 and 4"):
         batchbald_greedy(p, 5)
     with pytest.raises(InvalidInput, match="exceeds the 2 selectable items"):
-        acquisition.select("batchbald", 3, {"samples": p}, exclude=np.array([0, 1]))
+        selection.select("batchbald", 3, {"samples": p}, exclude=np.array([0, 1]))
     with pytest.raises(InvalidInput, match=r"needs input 'samples' \[S, N, C\]"):
-        acquisition.select("batchbald", 1, {"probs": p[0]})
+        selection.select("batchbald", 1, {"probs": p[0]})
     with pytest.raises(InvalidInput, match="precision must be one of float32, float64"):
-        acquisition.select("batchbald", 1, {"samples": p}, {"precision": "half"})
+        selection.select("batchbald", 1, {"samples": p}, {"precision": "half"})
     with pytest.raises(InvalidInput, match="num_samples must be >= 1"):
-        acquisition.select("batchbald", 1, {"samples": p}, {"num_samples": 0})
+        selection.select("batchbald", 1, {"samples": p}, {"num_samples": 0})
     big = np.full((128, 3, 2), 0.5)
     with pytest.raises(InvalidInput, match=r"joint state.*lower it to at most 1048576"):
-        acquisition.select("batchbald", 1, {"samples": big}, {"num_samples": 1 << 24})
+        selection.select("batchbald", 1, {"samples": big}, {"num_samples": 1 << 24})
     with pytest.raises(InvalidInput, match="backend 'numba-cuda' does not run this strategy"):
         batchbald_greedy(p, 1, backend="numba-cuda")
     with pytest.raises(InvalidInput, match="samples must have shape"):

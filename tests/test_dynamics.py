@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.pools.store import PoolStore
 from assay.vocab.errors import InvalidInput
 
@@ -51,12 +51,12 @@ def test_forgetting_events_match_reference(t, n):
     labels[0] = preds[0, 0]  # at least one labeled item
     ref = _forgetting_reference(preds, labels)
     budget = len(ref)
-    r = acquisition.select("forgetting_events", budget, {"predictions": preds, "labels": labels})
+    r = selection.select("forgetting_events", budget, {"predictions": preds, "labels": labels})
     assert r.indices.tolist() == _ranked(ref, budget)
     assert r.scores.tolist() == [ref[i] for i in r.indices]
     assert r.metrics["never_learned"] == sum(np.isinf(v) for v in ref.values())
     unforgettable = {i: float(sum(preds[:, i] == labels[i])) for i, v in ref.items() if v == 0}
-    u = acquisition.select("forgetting_events", budget, {"predictions": preds, "labels": labels},
+    u = selection.select("forgetting_events", budget, {"predictions": preds, "labels": labels},
                            {"mode": "unforgettable"})
     assert u.indices.tolist() == _ranked(unforgettable, budget)
     assert u.scores.tolist() == [unforgettable[i] for i in u.indices]
@@ -67,23 +67,23 @@ def test_forgetting_events_cases_by_hand():
     # item 0: learned, forgotten twice; 1: never learned; 2: unforgettable; 3: unlabeled
     preds = np.array([[1, 0, 2, 0], [0, 0, 2, 0], [1, 0, 2, 0], [0, 0, 2, 0]])
     labels = np.array([1, 1, 2, -1])
-    r = acquisition.select("forgetting_events", 4, {"predictions": preds, "labels": labels})
+    r = selection.select("forgetting_events", 4, {"predictions": preds, "labels": labels})
     assert r.indices.tolist() == [1, 0, 2]  # fewer than the budget: only labeled items count
     assert r.scores.tolist() == [np.inf, 2.0, 0.0]
-    u = acquisition.select("forgetting_events", 2, {"predictions": preds, "labels": labels},
+    u = selection.select("forgetting_events", 2, {"predictions": preds, "labels": labels},
                            {"mode": "unforgettable"})
     assert u.indices.tolist() == [2]
     with pytest.raises(InvalidInput, match="marks none"):
-        acquisition.select("forgetting_events", 1, {"predictions": preds,
+        selection.select("forgetting_events", 1, {"predictions": preds,
                                                     "labels": np.full(4, -1)})
     with pytest.raises(InvalidInput, match="labels below -1"):
-        acquisition.select("forgetting_events", 1, {"predictions": preds,
+        selection.select("forgetting_events", 1, {"predictions": preds,
                                                     "labels": np.array([1, -2, 0, 0])})
     with pytest.raises(InvalidInput, match="INT32 or INT64 class labels"):
-        acquisition.select("forgetting_events", 1, {"predictions": preds,
+        selection.select("forgetting_events", 1, {"predictions": preds,
                                                     "labels": np.ones(4)})
     with pytest.raises(InvalidInput, match="disagree on the number of items"):
-        acquisition.select("forgetting_events", 1, {"predictions": preds,
+        selection.select("forgetting_events", 1, {"predictions": preds,
                                                     "labels": np.array([1, 0])})
 
 

@@ -12,7 +12,7 @@ import seeding
 
 from assay.client import AssayError
 from assay.kernels import dispatch
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.strategies import registry
 from assay.vocab.errors import FailedPrecondition, InvalidInput
 
@@ -43,19 +43,19 @@ def test_contract(name):
     arrays = pool(rng, int(rng.integers(30, 200)))
     n = arrays["embeddings"].shape[0]
     exclude = rng.choice(n, size=5, replace=False)
-    a = acquisition.select(name, 10, arrays, seed=11, exclude=exclude)
-    b = acquisition.select(name, 10, arrays, seed=11, exclude=exclude)
+    a = selection.select(name, 10, arrays, seed=11, exclude=exclude)
+    b = selection.select(name, 10, arrays, seed=11, exclude=exclude)
     np.testing.assert_array_equal(a.indices, b.indices)
     assert len(set(a.indices.tolist())) == 10
     assert not set(a.indices.tolist()) & set(exclude.tolist())
     assert a.indices.min() >= 0 and a.indices.max() < n
     assert a.backend in ("numba-cpu", "faiss-cpu")
-    one = acquisition.select(name, 1, {k: v[:1] for k, v in arrays.items()}, seed=1)
+    one = selection.select(name, 1, {k: v[:1] for k, v in arrays.items()}, seed=1)
     assert one.indices.tolist() == [0]
-    everything = acquisition.select(name, n - 5, arrays, seed=2, exclude=exclude)
+    everything = selection.select(name, n - 5, arrays, seed=2, exclude=exclude)
     assert sorted(everything.indices.tolist()) == sorted(set(range(n)) - set(exclude.tolist()))
     with pytest.raises(InvalidInput, match="exceeds"):
-        acquisition.select(name, n, arrays, exclude=exclude)
+        selection.select(name, n, arrays, exclude=exclude)
 
 
 def test_listed_with_backend_parameter():
@@ -71,7 +71,7 @@ def test_coreset_with_labeled_set_matches_twin():
     arrays = pool(rng, 300, d=5)
     labeled = rng.choice(300, size=20, replace=False)
     arrays["labeled_embeddings"] = arrays["embeddings"][labeled]
-    got = acquisition.select("coreset", 15, arrays, seed=4, exclude=labeled)
+    got = selection.select("coreset", 15, arrays, seed=4, exclude=labeled)
     cand = np.setdiff1d(np.arange(300), labeled)
     picks, dists, radius = kernel_naive.kcenter(arrays["embeddings"], 15,
                                                 arrays["labeled_embeddings"], cand)
@@ -83,7 +83,7 @@ def test_coreset_with_labeled_set_matches_twin():
 def test_entropy_prefilter_then_coreset_end_to_end():
     rng = seeding.rng()
     arrays = pool(rng, 500)
-    got = acquisition.select("coreset", 8, arrays, {"prefilter": "entropy", "prefilter_k": 60},
+    got = selection.select("coreset", 8, arrays, {"prefilter": "entropy", "prefilter_k": 60},
                              seed=9)
     # independent reference: float64 entropy top 60 (ties to the seeded order are
     # irrelevant for continuous random inputs), then k-center greedy among them.
@@ -100,7 +100,7 @@ def test_badge_and_kmeans_through_prefilter():
     arrays = pool(rng, 400)
     top = set(np.argsort(-entropy64(arrays["probs"]))[:50].tolist())
     for name in ("badge", "kmeans"):
-        got = acquisition.select(name, 6, arrays, {"prefilter": "entropy", "prefilter_k": 50},
+        got = selection.select(name, 6, arrays, {"prefilter": "entropy", "prefilter_k": 50},
                                  seed=3)
         assert set(got.indices.tolist()) <= top
 
@@ -110,7 +110,7 @@ def test_badge_matches_twin_through_acquisition():
     arrays = pool(rng, 250)
     exclude = np.arange(0, 250, 7)
     cand = np.setdiff1d(np.arange(250), exclude)
-    got = acquisition.select("badge", 12, arrays, seed=5, exclude=exclude)
+    got = selection.select("badge", 12, arrays, seed=5, exclude=exclude)
     ref = kernel_naive.badge(arrays["probs"], arrays["embeddings"], 12,
                              np.random.default_rng(5), cand)
     np.testing.assert_array_equal(got.indices, ref)
@@ -119,10 +119,10 @@ def test_badge_matches_twin_through_acquisition():
 def test_backend_errors(monkeypatch):
     arrays = pool(seeding.rng(), 20)
     with pytest.raises(InvalidInput, match=r"params\.backend"):
-        acquisition.select("coreset", 2, arrays, {"backend": "faiss-gpu"})
+        selection.select("coreset", 2, arrays, {"backend": "faiss-gpu"})
     monkeypatch.setattr(dispatch, "numba_cuda_available", lambda: False)
     with pytest.raises(FailedPrecondition, match="numba-cuda"):
-        acquisition.select("badge", 2, arrays, {"backend": "numba-cuda"})
+        selection.select("badge", 2, arrays, {"backend": "numba-cuda"})
 
 
 def test_service_coreset_and_badge_on_a_pool_with_labeled_items(client):

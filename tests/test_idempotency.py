@@ -23,7 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.edge.idempotency import MAX_REQUEST_ID, StreamDigest
 from assay.server.pools.request_records import RequestKey, RequestRecords, Retention
 from assay.server.pools.store import PoolStore
@@ -236,8 +236,8 @@ def test_concurrent_duplicates_of_label_bump_the_version_once(server, monkeypatc
 
 def test_concurrent_duplicates_of_an_unseeded_select_get_the_same_picks(server, monkeypatch):
     rng = np.random.default_rng(SEED + 6)
-    slow = _Slow(acquisition.select, 0.5)
-    monkeypatch.setattr(acquisition, "select", slow)
+    slow = _Slow(selection.select, 0.5)
+    monkeypatch.setattr(selection, "select", slow)
     probs = _probs(rng, 2000)
     with _connect(server) as c:
         c.create_pool("p")

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.pools.request_records import RequestKey
 from assay.server.wiring.config import PROTOBUF_LIMIT, ServerConfig
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
@@ -81,13 +81,13 @@ def _expect(code: grpc.StatusCode, call, *args, **kwargs) -> AssayError:
 
 def test_message_over_the_transport_limit(server_factory, monkeypatch):
     calls = []
-    real = acquisition.select
+    real = selection.select
 
     def spy(strategy_name, *args, **kwargs):
         calls.append(strategy_name)
         return real(strategy_name, *args, **kwargs)
 
-    monkeypatch.setattr(acquisition, "select", spy)
+    monkeypatch.setattr(selection, "select", spy)
     srv = server_factory(max_message_bytes=1 << 20)
     with _connect(srv) as c:
         error = _expect(grpc.StatusCode.RESOURCE_EXHAUSTED, c.select, "entropy", 1,
@@ -176,14 +176,14 @@ def test_free_disk_floor(server_factory):
 def held_select(monkeypatch):
     """Selections block until ``release`` is set; ``entered`` says one is computing."""
     entered, release = threading.Event(), threading.Event()
-    real = acquisition.select
+    real = selection.select
 
     def blocking(*args, **kwargs):
         entered.set()
         assert release.wait(30), "test never released the held selection"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(acquisition, "select", blocking)
+    monkeypatch.setattr(selection, "select", blocking)
     yield entered, release
     release.set()
 
@@ -228,7 +228,7 @@ def test_select_is_stopped_at_the_deadline_ceiling(server_factory, monkeypatch):
             time.sleep(0.01)
         raise AssertionError("the ceiling never stopped the selection")
 
-    monkeypatch.setattr(acquisition, "select", slow)
+    monkeypatch.setattr(selection, "select", slow)
     srv = server_factory(max_deadline_seconds=0.3)
     with _connect(srv) as c:
         started = time.perf_counter()
@@ -274,7 +274,7 @@ def test_a_select_without_a_client_deadline_is_stopped_at_the_ceiling(server_fac
             time.sleep(0.01)
         raise AssertionError("the ceiling never stopped the selection")
 
-    monkeypatch.setattr(acquisition, "select", slow)
+    monkeypatch.setattr(selection, "select", slow)
     srv = server_factory(max_deadline_seconds=0.5)
     request = assay_pb2.SelectRequest(strategy="entropy", budget=1, inputs=assay_pb2.Inputs(
         probs=tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FP32, shape=[10, 4],

@@ -22,7 +22,7 @@ from onnx_builders import ALL_OUTPUTS, endless_loop, mlp, slow_model
 from test_onnx_safety import reason_of
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.models import inference as model_inference
 from assay.server.models.inference import ModelRun, ModelRuntime
 from assay.server.models.onnx_runner import default_threads, make_session
@@ -357,7 +357,7 @@ def test_a_committee_feeds_suggestive_annotation(client, rng):
     client.label("p", [0, 5], [1, 2])
     sel = client.select("suggestive_annotation", 5, pool="p", models=["c0", "c1", "c2"],
                         seed=4, timeout=300)  # room for compiling the kernel on a first use
-    want = acquisition.select(
+    want = selection.select(
         "suggestive_annotation", 5,
         {"samples": np.stack([m.probs(x) for m in members]).astype(np.float32),
          "embeddings": members[0].hidden(x).astype(np.float32)},
@@ -373,7 +373,7 @@ def test_mc_dropout_feeds_batchbald(server, client, rng):
     sel = client.select("batchbald", 4, model_inputs=x, models=["m"], mc_samples=8, seed=9,
                         batch_size=10, timeout=300)  # room for compiling the kernel
     samples = _mc_samples(server, x, "m", 8, 9, 10)
-    want = acquisition.select("batchbald", 4, {"samples": samples}, seed=9)
+    want = selection.select("batchbald", 4, {"samples": samples}, seed=9)
     np.testing.assert_array_equal(sel.indices, want.indices)
     np.testing.assert_allclose(sel.scores, want.scores, rtol=1e-6)
 

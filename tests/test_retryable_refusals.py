@@ -16,7 +16,7 @@ import pytest
 from google.rpc import error_details_pb2
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.edge.interceptors import to_status
 from assay.server.scaleout.cluster import ShardUnavailable
 from assay.vocab.errors import REASONS
@@ -36,14 +36,14 @@ def _refused(call, *args, **kwargs) -> AssayError:
 
 def test_a_full_select_queue_carries_retry_info(server_factory, monkeypatch):
     entered, release = threading.Event(), threading.Event()
-    real = acquisition.select
+    real = selection.select
 
     def held(*args, **kwargs):
         entered.set()
         assert release.wait(60), "the test never released the held selection"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(acquisition, "select", held)
+    monkeypatch.setattr(selection, "select", held)
     # No warm-up: its selections would be held too.
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     probs = _probs(40)

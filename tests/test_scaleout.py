@@ -2,7 +2,7 @@
 
 One Ray instance serves the whole module (2 CPUs, loopback, no dashboard; shard
 actors reserve no CPU and run one Numba thread each, so CI stays within two
-cores). Every comparison runs the single-machine path (``acquisition.select`` on
+cores). Every comparison runs the single-machine path (``selection.select`` on
 the same arrays) on fresh random pools with ties and duplicate rows.
 """
 
@@ -23,16 +23,17 @@ import pytest
 from scaleout_data import appends, pool_arrays
 
 from assay.kernels.knn import knn
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.strategies.registry import INPUT_ROLES
 from assay.v1 import assay_pb2, assay_pb2_grpc
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'assay[ray]'")
 
 from assay.server.acquisition import sharded as sharded_acquisition  # noqa: E402
-from assay.server.pools.store import NotFound, PoolStore  # noqa: E402
+from assay.server.pools.store import PoolStore  # noqa: E402
 from assay.server.scaleout import knn as sharded_knn  # noqa: E402
 from assay.server.scaleout.backend import ShardedBackend  # noqa: E402
+from assay.vocab.errors import NotFound  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def local_ray():
     ray.shutdown()
 
 
-class ShardedPools:
+class ShardedStore:
     """A pool store whose pools are all sharded, with the calls these tests make."""
 
     def __init__(self, data_dir: str, **backend):
@@ -89,7 +90,7 @@ class ShardedPools:
 
 @pytest.fixture
 def pools(local_ray, tmp_path):
-    p = ShardedPools(str(tmp_path), threads=1, actor_cpus=0)
+    p = ShardedStore(str(tmp_path), threads=1, actor_cpus=0)
     yield p
     for info in p.list_pools(limit=1000):
         p.delete_pool(info.pool_id)
@@ -100,7 +101,7 @@ def _slice(arrays: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndar
     return {n: np.take(a, np.arange(lo, hi), axis=INPUT_ROLES[n][1]) for n, a in arrays.items()}
 
 
-def _sharded(pools: ShardedPools, rng, arrays, shards: int, parts: int,
+def _sharded(pools: ShardedStore, rng, arrays, shards: int, parts: int,
              labeled: np.ndarray) -> str:
     pool_id = f"p-{uuid.uuid4().hex[:12]}"
     pools.create_pool(pool_id, shards)
@@ -118,7 +119,7 @@ def _single(strategy, budget, arrays, labeled, exclude, seed, params=None):
     arrays = dict(arrays)
     if labeled.size:
         arrays["labeled_embeddings"] = arrays["embeddings"][labeled]
-    return acquisition.select(strategy, budget, arrays, params or {}, seed=seed,
+    return selection.select(strategy, budget, arrays, params or {}, seed=seed,
                               exclude=np.union1d(exclude, labeled).astype(np.int64))
 
 
@@ -290,7 +291,7 @@ def test_more_shards_than_the_cluster_can_place_fail_the_create_at_once(private_
     """The issue's case: 3 shards of 1 CPU each on a 2-CPU cluster."""
     from assay.vocab.errors import FailedPrecondition
 
-    pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
+    pools = ShardedStore(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
     started = time.monotonic()
     with pytest.raises(FailedPrecondition, match=r"3 shards need 3 CPUs .* has 2"):
         pools.create_pool("p", 3)
@@ -316,7 +317,7 @@ def test_shards_that_cannot_be_placed_in_time_are_refused_then_placed(private_wo
 
     hog = Hog.remote()
     ray.get(hog.ping.remote(), timeout=120)
-    pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=2.0)
+    pools = ShardedStore(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=2.0)
     started = time.monotonic()
     with pytest.raises(ResourceExhausted) as err:
         pools.create_pool("p", 2)
@@ -333,13 +334,13 @@ def test_shards_that_cannot_be_placed_in_time_are_refused_then_placed(private_wo
     while ray.available_resources().get("CPU", 0.0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     pools.close()
-    pools = ShardedPools(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
+    pools = ShardedStore(str(tmp_path), threads=1, actor_cpus=1.0, start_timeout=60)
     rng = np.random.default_rng(23)
     arrays = pool_arrays(rng, 200, 4, 3, grid=False)
     pools.create_pool("p", 2)
     pools.append_arrays("p", arrays)
     got = pools.select("p", "coreset", 10, {}, seed=3)
-    want = acquisition.select("coreset", 10, arrays, {}, seed=3)
+    want = selection.select("coreset", 10, arrays, {}, seed=3)
     np.testing.assert_array_equal(got.indices, want.indices)
     pools.delete_pool("p")
     pools.close()
@@ -445,7 +446,7 @@ def test_killed_shard_fails_the_select_then_the_retry_succeeds(local_ray, server
                 assert error.code() == grpc.StatusCode.UNAVAILABLE
                 time.sleep(0.5)
         assert ray.get(group.actors[1].pid.remote()) != pid
-        want = acquisition.select("coreset", 1000, arrays, {}, seed=4)
+        want = selection.select("coreset", 1000, arrays, {}, seed=4)
         np.testing.assert_array_equal(np.array(response.indices), want.indices)
         assert stub.Select(request, timeout=60) == response  # the stored answer
         assert stub.GetPool(assay_pb2.GetPoolRequest(pool_id="f")).pool.item_count == 4000

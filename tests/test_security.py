@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.edge.auth import (
     MIN_TOKEN_CHARS,
     ConfigError,
@@ -139,13 +139,13 @@ def _creds(ca: Issued, client: Issued | None = None) -> grpc.ChannelCredentials:
 def selections(monkeypatch) -> list[str]:
     """Names of strategies the acquisition layer was asked to run."""
     calls: list[str] = []
-    real = acquisition.select
+    real = selection.select
 
     def spy(strategy_name, *args, **kwargs):
         calls.append(strategy_name)
         return real(strategy_name, *args, **kwargs)
 
-    monkeypatch.setattr(acquisition, "select", spy)
+    monkeypatch.setattr(selection, "select", spy)
     return calls
 
 

@@ -9,7 +9,8 @@ and encoding lives here, in order:
    pool holds implicitly derived from it (labels, the labeled rows, recorded
    epochs) and its labeled items excluded;
 2. the seed: drawn when MC dropout needs one, so the answer can be replayed;
-3. a slot: at most ``max_concurrent`` selections run, ``max_queued`` wait;
+3. a slot: at most ``max_concurrent_selects`` selections run, ``max_queued_selects``
+   wait;
 4. the model step (registered ONNX models over raw inputs), then the strategy.
 
 Sharded pools take the same slot and answer the same ``Selection``; only where

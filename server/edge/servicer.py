@@ -195,14 +195,10 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         check_request_id(request_id, field)
         with self._flights.hold(request_id,
                                 cancellation_check(context, self.limits.max_deadline_seconds)):
-            uid = self._pool_uid(pool_id, pool_field) if pool_id else ""
+            uid = self.store.pool_uid(pool_id, pool_field) if pool_id else ""
             key = RequestKey(request_id, method, fingerprint(message), uid, field=field)
             stored = self.store.get_request(key)
             yield (stored, None) if stored is not None else (None, key)
-
-    def _pool_uid(self, pool_id: str, field: str) -> str:
-        """The identity of the pool under ``pool_id`` (NOT_FOUND when there is none)."""
-        return self.store.pool_uid(pool_id, field)
 
     # -- pools -------------------------------------------------------------------------
 

@@ -184,7 +184,7 @@ class ModelRuntime:
         """Raise ``InvalidInput`` unless onnxruntime can build a session for ``data`` within
         the limits; returns the seconds it took.
 
-        The session is built in a child process (``model_probe``), so a model whose
+        The session is built in a child process (``models.probe``), so a model whose
         build would run for hours or allocate gigabytes is stopped, and ``check``
         (the request's deadline and cancellation) ends the wait early.
         """

@@ -16,7 +16,7 @@ to 1 (the cost of *one item*):
 Local functions are inlined first, so tensors inside their bodies are measured
 too. Shapes that depend on tensor *values* cannot be known statically; those are
 bounded at run time (onnxruntime's arena cap, the load probe's limits and the
-request deadline), see ``onnx_runner`` and ``model_probe``.
+request deadline), see ``onnx_runner`` and ``probe``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +34,9 @@ from ..pools.store import PoolStore
 from . import warmup
 from .config import IN_PROCESS, ServerConfig
 
+if TYPE_CHECKING:
+    from ..scaleout.backend import ShardedBackend
+
 log = logging.getLogger("assay.server")
 SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
 MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
@@ -55,8 +58,8 @@ class RunningServer:
     health_server: grpc.Server | None = None
     health_port: int = 0
     models: ModelStore | None = None
-    #: Sharded pools (``assay.server.scaleout``), only with ``--ray-address``.
-    sharded: Any = None
+    #: Where sharded pools' rows live, only with ``--ray-address``.
+    sharded: ShardedBackend | None = None
     #: The admission gate (``assay.server.edge.admission``): calls in flight, refusals.
     gate: AdmissionGate | None = None
     #: Health and client-stream lanes (``assay.server.edge.lanes``).

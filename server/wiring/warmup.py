@@ -27,7 +27,7 @@ from assay.kernels import dispatch, jit, rowwise
 from assay.vocab.dtypes import BFLOAT16
 from assay.vocab.errors import AssayError
 
-from ..acquisition import selection as acquisition
+from ..acquisition import selection
 from ..strategies import registry
 
 log = logging.getLogger("assay.server.wiring.warmup")
@@ -97,7 +97,7 @@ def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> War
                 for params in _param_variants(strategy):
                     selects += 1
                     try:
-                        acquisition.select(strategy.name, _BUDGET, arrays, params, seed=0)
+                        selection.select(strategy.name, _BUDGET, arrays, params, seed=0)
                     except AssayError:
                         refused += 1
                     except Exception as error:  # reported, never fatal

@@ -45,7 +45,7 @@ import references
 import tolerance as tol
 
 from assay.client import AssayError, Client
-from assay.server.acquisition import selection as acquisition
+from assay.server.acquisition import selection
 from assay.server.wiring.app import start
 from assay.server.wiring.config import ServerConfig
 from assay.vocab.errors import AssayError as DomainError
@@ -292,7 +292,7 @@ class Builder:
             got["pseudo_label_indices"] = sel.pseudo_label_indices.tolist()
             got["pseudo_labels"] = sel.pseudo_labels.tolist()
         if pool is None and check_ref:
-            ref = acquisition.select(strategy, budget, inputs or {}, params, seed=seed,
+            ref = selection.select(strategy, budget, inputs or {}, params, seed=seed,
                                      exclude=None if exclude is None else np.asarray(exclude))
             if ref.indices.tolist() != got["indices"]:
                 raise AssertionError(f"{case['name']}: client and acquisition layer disagree")
@@ -314,7 +314,7 @@ def _check_scores(name: str, got: list, expect: dict) -> None:
 
 def _check_reference_error(name, strategy, budget, inputs, params, seed, exclude, code):
     try:
-        acquisition.select(strategy, budget, inputs or {}, params, seed=seed,
+        selection.select(strategy, budget, inputs or {}, params, seed=seed,
                            exclude=None if exclude is None else np.asarray(exclude))
     except DomainError as error:
         if error.code_name != code:
