@@ -32,7 +32,6 @@ from ..acquisition.service import AcquisitionService, Caller, SelectCall
 from ..pools.request_records import RequestKey, StoredResponse
 from ..pools.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from ..strategies import registry
-from ..strategies.validation import validate_array
 from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
 from .metrics import Metrics
 from .paging import page_end, page_start
@@ -243,19 +242,15 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     def _record_epoch(self, request, key: RequestKey | None):
         check_pool_id(request.pool_id)
         which = request.WhichOneof("predictions")
-        if which == "predicted_labels":
-            labels = from_proto(request.predicted_labels, "predicted_labels")
-        elif which == "probs":
-            probs = from_proto(request.probs, "probs")
-            validate_array("probs", probs, field="probs")
-            labels = np.asarray(probs, dtype=np.float64).argmax(axis=1)
-        else:
+        if which is None:
             raise InvalidInput("set predicted_labels [N] or probs [N, C]: the epoch's "
                                "predictions for every pool item", field="predictions")
+        given = from_proto(getattr(request, which), which)
         info, epoch = self.store.record_epoch(
-            request.pool_id, labels, key,
+            request.pool_id, given if which == "predicted_labels" else None, key,
             lambda i, e: assay_pb2.RecordEpochResponse(pool=pool_to_proto(i),
-                                                       epoch=e).SerializeToString())
+                                                       epoch=e).SerializeToString(),
+            probs=given if which == "probs" else None)
         return assay_pb2.RecordEpochResponse(pool=pool_to_proto(info), epoch=epoch)
 
     def AppendPoolItems(self, request_iterator: Iterator, context):

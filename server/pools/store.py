@@ -687,16 +687,21 @@ class PoolStore:
 
     # -- learning dynamics -------------------------------------------------------------
 
-    def record_epoch(self, pool_id: str, predicted: np.ndarray,
-                     request: RequestKey | None = None,
-                     make_response=None) -> tuple[PoolInfo, int]:
+    def record_epoch(self, pool_id: str, predicted: np.ndarray | None = None,
+                     request: RequestKey | None = None, make_response=None, *,
+                     probs: np.ndarray | None = None) -> tuple[PoolInfo, int]:
         """Store one epoch's predicted labels for every item; returns (pool, epoch index).
 
-        The labels go to their own ``.npy`` file (written to a temp file, fsync'd and
-        renamed into the pool's history directory) that becomes part of the pool only
-        when the SQLite row referencing it commits, like an append segment.
+        The epoch comes as labels (``predicted``) or as class probabilities (``probs``,
+        each row's argmax is its label). The labels go to their own ``.npy`` file
+        (written to a temp file, fsync'd and renamed into the pool's history directory)
+        that becomes part of the pool only when the SQLite row referencing it commits,
+        like an append segment.
         """
         check_pool_id(pool_id)
+        if probs is not None:
+            validate_array("probs", probs, field="probs")
+            predicted = np.asarray(probs, dtype=np.float64).argmax(axis=1)
         labels = np.asarray(predicted)
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
             raise InvalidInput(f"predicted_labels must be INT32 or INT64 class labels [N], got "

@@ -420,10 +420,11 @@ class Client:
         Returns (pool, first_index, appended_count). Nothing is stored unless the
         whole stream arrives.
         """
-        unknown = set(arrays) - set(roles.stored_roles())
+        unknown = set(arrays) - set(roles.names())
         if unknown:
-            raise ValueError(f"{sorted(unknown)} are not pool arrays; a pool stores "
-                             f"{', '.join(roles.stored_roles())}")
+            # Roles that a pool derives instead of storing go to the server, which says why.
+            raise ValueError(f"unknown arrays {sorted(unknown)}; the roles are "
+                             f"{', '.join(roles.names())}")
         prepared = {k: np.ascontiguousarray(np.asarray(v)) for k, v in arrays.items()}
         header = assay_pb2.AppendHeader(pool_id=pool_id, request_id=request_id or str(uuid.uuid4()))
         for name, a in prepared.items():
