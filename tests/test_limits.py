@@ -565,9 +565,9 @@ def test_disk_filling_up_during_an_upload_is_resource_exhausted(client, server, 
         f = real_open(path, mode, *args, **kwargs)
         return FullFile(f) if str(path).endswith(".npy") and "w" in mode else f
 
-    import assay.server.pools.store as store_module
+    import assay.server.pools.appends as appends_module
 
-    monkeypatch.setattr(store_module, "open", opener, raising=False)
+    monkeypatch.setattr(appends_module, "open", opener, raising=False)
     with pytest.raises(AssayError) as err:
         client.append("full", probs=np.full((100, 2), 0.5, np.float32))
     assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
