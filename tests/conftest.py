@@ -73,3 +73,25 @@ def server(server_factory):
 def client(server):
     with Client(f"127.0.0.1:{server.port}", timeout=30) as c:
         yield c
+
+
+@pytest.fixture
+def held_slot(monkeypatch):
+    """Registers a strategy ``hold`` that takes a select slot until ``gate`` is set;
+    ``entered`` is set once it runs. Yields ``(gate, entered)``; the gate opens at the end."""
+    import threading
+
+    from assay.server.strategies import registry
+    from assay.server.strategies.registry import Selection, Strategy
+
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(inputs, budget, params, ctx):
+        entered.set()
+        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
+        return Selection(indices=ctx.candidates[:budget])
+
+    monkeypatch.setitem(registry._REGISTRY, "hold",
+                        Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
+    yield gate, entered
+    gate.set()

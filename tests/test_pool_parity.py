@@ -331,23 +331,12 @@ def test_request_ids_replay_alike(both):
 
 @pytest.mark.parametrize("queued", [0, 1])
 def test_selects_on_both_kinds_of_pool_share_the_bounded_queue(server_factory, tmp_path,
-                                                               monkeypatch, queued):
+                                                               held_slot, queued):
     """With the one select slot held: a Select on a plain or a sharded pool waits in the
     queue (and its deadline passes there) when there is room, else is refused at once."""
     import threading
 
-    from assay.server.strategies import registry
-    from assay.server.strategies.registry import Selection, Strategy
-
-    gate, entered = threading.Event(), threading.Event()
-
-    def hold(inputs, budget, params, ctx):
-        entered.set()
-        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
-        return Selection(indices=ctx.candidates[:budget])
-
-    monkeypatch.setitem(registry._REGISTRY, "hold",
-                        Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
+    gate, entered = held_slot
     server = server_factory(data_dir=str(tmp_path / "q"), ray_address="in-process",
                             max_concurrent_selects=1, max_queued_selects=queued)
     arrays = _data(11, n=40)

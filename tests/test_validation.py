@@ -281,18 +281,10 @@ def test_cancelled_selection_stops_within_a_step(stub, slow_strategy):
     assert slow_strategy.wait(30), "the strategy kept running after cancellation"
 
 
-def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatch):
+def test_too_many_concurrent_selects_are_shed_at_once(server_factory, held_slot):
     from assay.client import Client
 
-    gate, entered = threading.Event(), threading.Event()
-
-    def hold(inputs, budget, params, ctx):
-        entered.set()
-        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
-        return Selection(indices=ctx.candidates[:budget])
-
-    monkeypatch.setitem(registry._REGISTRY, "hold",
-                        Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
+    gate, entered = held_slot
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0)
     with Client(f"127.0.0.1:{srv.port}", retries=0) as c:
         first = threading.Thread(target=c.select, args=("hold", 1), kwargs={"probs": GOOD})
@@ -308,20 +300,12 @@ def test_too_many_concurrent_selects_are_shed_at_once(server_factory, monkeypatc
         assert c.select("entropy", 1, probs=GOOD).indices.tolist() == [1]
 
 
-def test_selects_wait_in_a_bounded_queue_for_a_slot(server_factory, monkeypatch):
+def test_selects_wait_in_a_bounded_queue_for_a_slot(server_factory, held_slot):
     """With one slot and one queue place: the second call waits and succeeds, the third
     is refused at once, and a waiting call still honours its deadline."""
     from assay.client import Client
 
-    gate, entered = threading.Event(), threading.Event()
-
-    def hold(inputs, budget, params, ctx):
-        entered.set()
-        gate.wait(120)  # the test sets it; 120 s only bounds a broken run
-        return Selection(indices=ctx.candidates[:budget])
-
-    monkeypatch.setitem(registry._REGISTRY, "hold",
-                        Strategy("hold", "batch", hold, ("probs",), "blocking test strategy"))
+    gate, entered = held_slot
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=1)
     with Client(f"127.0.0.1:{srv.port}", retries=0) as c:
         results = {}
