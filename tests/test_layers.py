@@ -2,7 +2,7 @@
 
 Layers, lowest first (``LAYERS``): the vocabulary ``assay.vocab`` and the generated
 contract ``assay.v1``; the client ``assay.client``; the kernels ``assay.kernels``;
-then, inside ``assay.server``: strategies, scaleout, models and pools (peers),
+then, inside ``assay.server``: strategies, pools, scaleout and models (peers),
 acquisition, edge, wiring. Every ``.py`` under the package roots (``ROOTS``) is
 parsed with ``ast`` (nothing is imported), relative imports are resolved to
 absolute ``assay.*`` names, and every import counts, those inside functions too:
@@ -13,7 +13,8 @@ Rules, each checked per module-level edge (importer -> imported):
 * an edge between layers must be in ``ALLOWED`` (strictly downward; the vocabulary
   imports nothing of Assay; the client imports no server or kernel module);
 * no layer below the edge imports ``grpc*`` or ``assay.v1`` (``NO_WIRE``);
-* every ``assay.*`` module, and every module imported, belongs to a layer.
+* every ``assay.*`` module, and every module imported, belongs to a layer;
+* no package imports another package's private (``_name``) module.
 
 Run as a script it prints the import graph: per layer the layers it imports, then
 every edge that crosses layers (``!`` marks a violation). ``--rev REV`` prints the
