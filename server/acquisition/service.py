@@ -170,6 +170,8 @@ class AcquisitionService:
         self.slots = slots
 
     def select(self, call: SelectCall, caller: Caller = Caller()) -> Selection:
+        """Run one Select. Every refusal is an ``AssayError`` raised before anything is
+        computed or stored; the queue slot is held only while models and the strategy run."""
         if not call.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         registry.get(call.strategy)
