@@ -20,13 +20,15 @@ import pytest
 
 from assay.client import AssayError
 from assay.client.tensors import to_proto
+from assay.server.acquisition.sharded import SHARDED_BATCH
+from assay.server.scaleout.topb import ROW_LOCAL
 from assay.v1 import assay_pb2, assay_pb2_grpc
+from assay.vocab import roles
 from tests.scaleout_data import pool_arrays
 
 SHARDS = 3
 #: Every strategy a sharded pool runs (row-local scores, k-center greedy, BADGE).
-SHARDABLE = ("least_confident", "margin", "entropy", "bald", "variation_ratio", "mean_std",
-             "egl", "coreset", "badge")
+SHARDABLE = tuple(sorted(ROW_LOCAL)) + SHARDED_BATCH
 
 
 @pytest.fixture
@@ -253,18 +255,35 @@ def test_epochs_agree(both):
     assert outcomes[3][0] == "pool" and outcomes[3][2] == (0,) and outcomes[4][2] == (1,)
 
 
-@pytest.mark.parametrize("strategy", SHARDABLE)
-def test_every_shardable_strategy_answers_alike(both, strategy):
-    mc = strategy in ("bald", "variation_ratio", "mean_std")
-    arrays = _data(6, n=300, samples=5 if mc else 0)
+def _strategy_inputs(strategy: str, n: int) -> dict[str, np.ndarray]:
+    """A pool the strategy can run on, with exact ties among its scores."""
+    from assay.server.strategies import registry
+
+    required = set(registry.get(strategy).required)
+    rng = np.random.default_rng(6)
+    arrays = _data(6, n=n, samples=5 if "samples" in required else 0)
     if strategy == "egl":
         arrays["embeddings"] = arrays["embeddings"][:, :4]
+    if "discriminator" in required:
+        arrays["discriminator"] = rng.integers(0, 5, n).astype(np.float32) / 4
+    if "loss" in required:
+        arrays["loss"] = rng.integers(0, 7, n).astype(np.float32)
+    if "scores" in required:
+        arrays["scores"] = np.round(rng.standard_normal(n), 1)
+    if "predictions" in required:
+        arrays["predictions"] = rng.integers(0, 3, (6, n)).astype(np.int32)
+    return arrays
+
+
+@pytest.mark.parametrize("strategy", SHARDABLE)
+def test_every_shardable_strategy_answers_alike(both, strategy):
+    arrays = _strategy_inputs(strategy, 300)
 
     def case(stub, shards):
         calls = [_create(stub, "q", shards)]
         for lo, hi in ((0, 90), (90, 300)):
             calls.append(_append(stub, "q", **{k: np.take(v, np.arange(lo, hi),
-                                                          axis=1 if k == "samples" else 0)
+                                                          axis=roles.item_axis(k))
                                               for k, v in arrays.items()}))
         calls.append(lambda: stub.LabelPoolItems(assay_pb2.LabelPoolItemsRequest(
             pool_id="q", indices=[3, 150, 299], labels=[0, 1, 2])))
