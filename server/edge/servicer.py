@@ -151,6 +151,18 @@ def caller(context: grpc.ServicerContext, ceiling: float = 0.0) -> Caller:
                   on_cancel=context.add_callback)
 
 
+#: Response type of each upload method.
+_UPLOAD_RESPONSES = {"AppendPoolItems": assay_pb2.AppendPoolItemsResponse,
+                     "ReplacePoolArrays": assay_pb2.ReplacePoolArraysResponse}
+
+
+def _upload_response(method: str, info: PoolInfo, first_index: int, count: int):
+    if method == "ReplacePoolArrays":
+        return assay_pb2.ReplacePoolArraysResponse(pool=pool_to_proto(info))
+    return assay_pb2.AppendPoolItemsResponse(pool=pool_to_proto(info), first_index=first_index,
+                                             appended_count=count)
+
+
 def _digested(messages: Iterator, digest: StreamDigest) -> Iterator:
     """Pass an append stream's messages on, adding each chunk to ``digest`` first."""
     for message in messages:
@@ -254,6 +266,14 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         return assay_pb2.RecordEpochResponse(pool=pool_to_proto(info), epoch=epoch)
 
     def AppendPoolItems(self, request_iterator: Iterator, context):
+        return self._upload(request_iterator, context, "AppendPoolItems")
+
+    def ReplacePoolArrays(self, request_iterator: Iterator, context):
+        return self._upload(request_iterator, context, "ReplacePoolArrays")
+
+    def _upload(self, request_iterator: Iterator, context, method: str):
+        """An append or a replace stream: the same header checks, request ids, chunk
+        reading and commit; only what the store does with the arrays differs."""
         header = stream_header(request_iterator, "an append stream")
         check_pool_id(header.pool_id, "header.pool_id")
         specs = []
@@ -262,20 +282,21 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             name = next(k for k, v in _STORED_DTYPES.items() if v == a.dtype)
             specs.append(ArraySpec(a.name, name, check_shape(a.shape, f"header.arrays[{i}]",
                                                              min_dim=1)))
-        with self._once(header, "AppendPoolItems", context, header.pool_id,
+        with self._once(header, method, context, header.pool_id,
                         "header.request_id", "header.pool_id") as (stored, key):
             if key is None and stored is None:
-                return self._append(header, specs, request_iterator, context, None, None)
+                return self._append(header, specs, request_iterator, context, None, None,
+                                    method)
             digest = StreamDigest([s.name for s in specs], [
                 math.prod(s.shape) * DTYPES[a.dtype].itemsize
                 for s, a in zip(specs, header.arrays, strict=True)])
             messages = _digested(request_iterator, digest)
             if stored is not None:
-                return self._replay_append(stored, digest, messages, context)
-            return self._append(header, specs, messages, context, key, digest)
+                return self._replay_append(stored, digest, messages, context, method)
+            return self._append(header, specs, messages, context, key, digest, method)
 
     def _replay_append(self, stored: StoredResponse, digest: StreamDigest, messages: Iterator,
-                       context) -> assay_pb2.AppendPoolItemsResponse:
+                       context, method: str):
         """Answer a retried append from its stored response, once its data proved equal.
 
         The header arrives before the data, so the retry's stream is read to the end
@@ -291,11 +312,12 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 "header.request_id was already used for an append of different data to this "
                 "pool; nothing was stored. Use a new request_id for a new append",
                 field="header.request_id", reason="REQUEST_ID_REUSED")
-        return assay_pb2.AppendPoolItemsResponse.FromString(stored.response)
+        return _UPLOAD_RESPONSES[method].FromString(stored.response)
 
     def _append(self, header, specs: list[ArraySpec], request_iterator: Iterator, context,
-                key: RequestKey | None, digest: StreamDigest | None):
-        writer = self.store.begin_append(header.pool_id, specs)
+                key: RequestKey | None, digest: StreamDigest | None, method: str):
+        writer = self.store.begin_append(header.pool_id, specs,
+                                         replace=method == "ReplacePoolArrays")
         committed = False
         check = cancellation_check(context, self.limits.max_deadline_seconds)
         try:
@@ -304,9 +326,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 self.metrics.add_bytes(len(chunk.data))
 
             def response(info: PoolInfo, first_index: int, count: int) -> bytes:
-                return assay_pb2.AppendPoolItemsResponse(
-                    pool=pool_to_proto(info), first_index=first_index,
-                    appended_count=count).SerializeToString()
+                return _upload_response(method, info, first_index, count).SerializeToString()
 
             if key is not None:
                 key = replace(key, data_digest=digest.value())
@@ -315,8 +335,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         finally:
             if not committed:
                 writer.abort()
-        return assay_pb2.AppendPoolItemsResponse(pool=pool_to_proto(info),
-                                                 first_index=first_index, appended_count=count)
+        return _upload_response(method, info, first_index, count)
 
     # -- selection ---------------------------------------------------------------------
 

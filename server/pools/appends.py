@@ -100,12 +100,14 @@ class AppendWriter:
     """
 
     def __init__(self, store: PoolStore, pool_id: str, uid: str, specs: list[ArraySpec],
-                 shards: int = 0):
+                 shards: int = 0, *, replace: bool = False):
         self.store = store
         self.pool_id = pool_id
         self.uid = uid
         self.specs = specs
         self.shards = shards
+        #: The arrays replace those of the pool (``ReplacePoolArrays``) instead of adding items.
+        self.replace = replace
         self.tmp = store.tmp_dir / uuid.uuid4().hex
         self.tmp.mkdir()
         self.expected = [int(np.prod(s.shape)) * from_stored(s.dtype).itemsize for s in specs]

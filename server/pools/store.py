@@ -186,6 +186,11 @@ class PoolData:
     history: np.ndarray | None = None
 
 
+def _nbytes(spec: ArraySpec) -> int:
+    """Data bytes of an array of this spec."""
+    return int(np.prod(spec.shape)) * from_stored(spec.dtype).itemsize
+
+
 def check_pool_id(pool_id: str, field: str = "pool_id") -> str:
     """Raise ``InvalidInput`` unless ``pool_id`` has the documented form."""
     if not POOL_ID.match(pool_id or ""):
@@ -413,8 +418,14 @@ class PoolStore:
 
     # -- appends -----------------------------------------------------------------------
 
-    def begin_append(self, pool_id: str, specs: list[ArraySpec]) -> AppendWriter:
-        """Check an append header against the pool and open its temp files."""
+    def begin_append(self, pool_id: str, specs: list[ArraySpec], *,
+                     replace: bool = False) -> AppendWriter:
+        """Check an append header against the pool and open its temp files.
+
+        ``replace``: the arrays replace (or add) those of the same names for every item
+        of the pool, which keeps its other arrays, labels and epochs
+        (``ReplacePoolArrays``); they must cover exactly the pool's items.
+        """
         check_pool_id(pool_id)
         if not specs:
             raise InvalidInput("the append header declares no arrays", field="header.arrays")
@@ -445,16 +456,22 @@ class PoolStore:
         with self._lock:
             info = self._info(self._row(pool_id))
             uid = self._row(pool_id)[1]
-        if info.shards:
-            self._shard_rows()
-        self._check_schema(info, specs)
-        total = sum(int(np.prod(s.shape)) * from_stored(s.dtype).itemsize for s in specs)
-        if self.max_pool_bytes and info.size_bytes + total > self.max_pool_bytes:
-            raise ResourceExhausted(
-                f"pool {pool_id!r} would hold {info.size_bytes + total} bytes, over the "
-                f"server's limit of {self.max_pool_bytes}", field="header.arrays")
         added = counts.pop()
-        if self.max_pool_items and info.item_count + added > self.max_pool_items:
+        total = sum(_nbytes(s) for s in specs)
+        if replace:
+            self._check_replace(info, added)
+            size = info.size_bytes + total - sum(_nbytes(a) for a in info.arrays
+                                                 if a.name in set(names))
+        else:
+            if info.shards:
+                self._shard_rows()
+            self._check_schema(info, specs)
+            size = info.size_bytes + total
+        if self.max_pool_bytes and size > self.max_pool_bytes:
+            raise ResourceExhausted(
+                f"pool {pool_id!r} would hold {size} bytes, over the "
+                f"server's limit of {self.max_pool_bytes}", field="header.arrays")
+        if not replace and self.max_pool_items and info.item_count + added > self.max_pool_items:
             raise ResourceExhausted(
                 f"pool {pool_id!r} would hold {info.item_count + added} items, over the "
                 f"server's limit of {self.max_pool_items}", field="header.arrays",
@@ -464,7 +481,24 @@ class PoolStore:
             raise ResourceExhausted(f"the data directory has {free} bytes free; this append "
                                     f"needs {total} and {self.min_free_bytes} must stay free",
                                     reason="DISK_FULL")
-        return AppendWriter(self, pool_id, uid, specs, info.shards)
+        return AppendWriter(self, pool_id, uid, specs, info.shards, replace=replace)
+
+    @staticmethod
+    def _check_replace(info: PoolInfo, count: int) -> None:
+        """A replace covers every item of a pool held on this machine."""
+        if info.shards:
+            raise FailedPrecondition(f"pool {info.pool_id!r} is sharded: replacing its arrays "
+                                     "is not available yet; append to a new pool instead",
+                                     field="pool_id", reason="NOT_SHARDABLE")
+        if info.item_count == 0:
+            raise FailedPrecondition(f"pool {info.pool_id!r} has no items to replace arrays "
+                                     "of; append them first", field="pool_id",
+                                     reason="EMPTY_POOL")
+        if count != info.item_count:
+            raise InvalidInput(f"a replace covers every item of pool {info.pool_id!r}: its "
+                               f"arrays must have {info.item_count} items on their item axis, "
+                               f"got {count}; nothing was changed", field="header.arrays",
+                               reason="SHAPE_MISMATCH")
 
     @staticmethod
     def _check_schema(info: PoolInfo, specs: list[ArraySpec]) -> None:
@@ -488,6 +522,8 @@ class PoolStore:
     def _commit_append(self, writer: AppendWriter, request: RequestKey | None,
                        make_response) -> tuple[PoolInfo, int, int]:
         """Make a fully written segment part of its pool, atomically."""
+        if writer.replace:
+            return self._commit_replace(writer, request, make_response)
         if writer.shards:
             return self._commit_sharded(writer, request, make_response)
         specs = writer.specs
@@ -558,6 +594,72 @@ class PoolStore:
         finally:
             shutil.rmtree(writer.tmp, ignore_errors=True)
         return new_info, first, added
+
+    def _commit_replace(self, writer: AppendWriter, request: RequestKey | None,
+                        make_response) -> tuple[PoolInfo, int, int]:
+        """Publish a replace: one new segment with the replaced arrays and (hard links to)
+        the kept ones, swapped for the pool's segment in one transaction.
+
+        The pool is compacted first, so its kept arrays are one file each; an append
+        committed meanwhile makes the replace FAILED_PRECONDITION ``POOL_CHANGED`` and
+        changes nothing (send it again for the new items).
+        """
+        names = {s.name for s in writer.specs}
+        count = writer.specs[0].shape[writer.specs[0].item_axis]
+        self._compact(writer.pool_id)
+        with self._lock:
+            lock = self._compactions.setdefault(writer.uid, threading.Lock())
+        with lock:
+            with self._lock:
+                info = self._info(self._live_row(writer))
+                segs = self._segments(writer.pool_id)
+            if info.item_count != count or len(segs) != 1:
+                raise FailedPrecondition(
+                    f"pool {writer.pool_id!r} changed while the replace was sent (now "
+                    f"{info.item_count} items); send it again for the current items",
+                    field="pool_id", reason="POOL_CHANGED")
+            kept = [a for a in info.arrays if a.name not in names]
+            for spec in kept:
+                source = self.pools_dir / segs[0][1] / f"{spec.name}.npy"
+                try:
+                    os.link(source, writer.tmp / source.name)
+                except OSError:  # a file system without hard links: copy
+                    shutil.copyfile(source, writer.tmp / source.name)
+            fsync_dir(writer.tmp)
+            seg_name = f"seg-{uuid.uuid4().hex[:12]}"
+            final = self.pools_dir / writer.uid / seg_name
+            os.rename(writer.tmp, final)
+            fsync_dir(final.parent)
+            shapes = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
+                      for s in (*kept, *writer.specs)]
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._live_row(writer)
+                    if self._segments(writer.pool_id) != segs:
+                        raise FailedPrecondition(
+                            f"pool {writer.pool_id!r} changed while the replace was sent; "
+                            "send it again", field="pool_id", reason="POOL_CHANGED")
+                    self._db.execute("DELETE FROM segments WHERE pool_id = ?",
+                                     (writer.pool_id,))
+                    self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
+                                     (writer.pool_id, segs[0][0] + 1,
+                                      f"{writer.uid}/{seg_name}", count,
+                                      writer.total_bytes + sum(_nbytes(a) for a in kept)))
+                    self._db.execute("UPDATE pools SET version = version + 1, update_time = ?, "
+                                     "arrays = ? WHERE pool_id = ?",
+                                     (time.time(), json.dumps(shapes), writer.pool_id))
+                    new_info = self._info(self._row(writer.pool_id))
+                    if request is not None:
+                        self.requests.put(request, make_response(new_info, 0, count),
+                                          pool_uid=writer.uid)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+            shutil.rmtree(self.pools_dir / segs[0][1], ignore_errors=True)
+        return new_info, 0, count
 
     def _grow(self, writer: AppendWriter, info: PoolInfo, added: int,
               request: RequestKey | None, make_response) -> PoolInfo:

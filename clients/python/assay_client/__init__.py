@@ -420,6 +420,30 @@ class Client:
         Returns (pool, first_index, appended_count). Nothing is stored unless the
         whole stream arrives.
         """
+        r = self._upload("AppendPoolItems", assay_pb2.AppendPoolItemsResponse, pool_id,
+                         request_id, chunk_bytes, timeout, arrays)
+        return _pool(r.pool), r.first_index, r.appended_count
+
+    def replace(self, pool_id: str, *, request_id: str | None = None,
+                chunk_bytes: int = CHUNK_BYTES, timeout: float | None = None,
+                **arrays: np.ndarray) -> Pool:
+        """Replace arrays (``probs=``, ``embeddings=``, ...) of a pool for all its items.
+
+        One round of an active-learning loop: the retrained model's outputs take the
+        place of the last round's, while the pool keeps its other arrays (raw
+        ``model_inputs``), its labels and recorded epochs. Every array must cover
+        exactly the pool's items; an array may change its width or dtype, or be new.
+        Streamed in chunks like ``append``; nothing changes unless the whole stream
+        arrives. Returns the pool at its new version (``Selection.pool_version`` of
+        later Selects).
+        """
+        return _pool(self._upload("ReplacePoolArrays", assay_pb2.ReplacePoolArraysResponse,
+                                  pool_id, request_id, chunk_bytes, timeout, arrays).pool)
+
+    def _upload(self, method: str, response_type, pool_id: str, request_id: str | None,
+                chunk_bytes: int, timeout: float | None, arrays: dict[str, np.ndarray]):
+        """Stream ``arrays`` to ``method`` (an append or a replace: their messages have the
+        same field numbers) and return its response."""
         unknown = set(arrays) - set(roles.names())
         if unknown:
             # Roles that a pool derives instead of storing go to the server, which says why.
@@ -431,10 +455,9 @@ class Client:
             header.arrays.add(name=name, dtype=enum_of(a.dtype), shape=a.shape)
         # The stream's messages are encoded by _chunks, so the call sends bytes as they are.
         upload = self._channel.stream_unary(
-            "/assay.v1.AssayService/AppendPoolItems", request_serializer=None,
-            response_deserializer=assay_pb2.AppendPoolItemsResponse.FromString)
-        r = self._call(upload, self._chunks(header, prepared, chunk_bytes), timeout)
-        return _pool(r.pool), r.first_index, r.appended_count
+            f"/assay.v1.AssayService/{method}", request_serializer=None,
+            response_deserializer=response_type.FromString)
+        return self._call(upload, self._chunks(header, prepared, chunk_bytes), timeout)
 
     @staticmethod
     def _chunks(header: assay_pb2.AppendHeader, arrays: dict[str, np.ndarray],

@@ -110,6 +110,20 @@ class AppendPoolItemsRequest(_message.Message):
     chunk: AppendChunk
     def __init__(self, header: _Optional[_Union[AppendHeader, _Mapping]] = ..., chunk: _Optional[_Union[AppendChunk, _Mapping]] = ...) -> None: ...
 
+class ReplacePoolArraysRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: AppendHeader
+    chunk: AppendChunk
+    def __init__(self, header: _Optional[_Union[AppendHeader, _Mapping]] = ..., chunk: _Optional[_Union[AppendChunk, _Mapping]] = ...) -> None: ...
+
+class ReplacePoolArraysResponse(_message.Message):
+    __slots__ = ("pool",)
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    pool: Pool
+    def __init__(self, pool: _Optional[_Union[Pool, _Mapping]] = ...) -> None: ...
+
 class AppendPoolItemsResponse(_message.Message):
     __slots__ = ("pool", "first_index", "appended_count")
     POOL_FIELD_NUMBER: _ClassVar[int]

@@ -72,6 +72,11 @@ class AssayServiceStub:
                 request_serializer=assay_dot_v1_dot_assay__pb2.AppendPoolItemsRequest.SerializeToString,
                 response_deserializer=assay_dot_v1_dot_assay__pb2.AppendPoolItemsResponse.FromString,
                 _registered_method=True)
+        self.ReplacePoolArrays = channel.stream_unary(
+                '/assay.v1.AssayService/ReplacePoolArrays',
+                request_serializer=assay_dot_v1_dot_assay__pb2.ReplacePoolArraysRequest.SerializeToString,
+                response_deserializer=assay_dot_v1_dot_assay__pb2.ReplacePoolArraysResponse.FromString,
+                _registered_method=True)
         self.LabelPoolItems = channel.unary_unary(
                 '/assay.v1.AssayService/LabelPoolItems',
                 request_serializer=assay_dot_v1_dot_assay__pb2.LabelPoolItemsRequest.SerializeToString,
@@ -157,6 +162,23 @@ class AssayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplacePoolArrays(self, request_iterator, context):
+        """Replaces the named arrays of a pool for all its N items, streamed like an
+        append (header, then chunks; the same limits and checks): the round of an
+        active-learning loop, where the retrained model's probabilities, samples or
+        embeddings take the place of the last round's. Arrays the header does not
+        name (raw model_inputs, say), labels, recorded epochs and request records
+        are kept. Every named array must cover exactly the pool's N items
+        (INVALID_ARGUMENT otherwise, and nothing changes); a named array may change
+        its dtype or its other dimensions (a new embedding width), or be new to the
+        pool. The pool gets a new version, which Selects report; nothing is visible
+        until the stream ends complete and valid, so a broken stream leaves the
+        previous version. Sharded pools: FAILED_PRECONDITION for now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def LabelPoolItems(self, request, context):
         """Marks pool items as labeled, with their class labels. Labeled items are
         never selected again and form the labeled set of geometric strategies.
@@ -222,6 +244,11 @@ def add_AssayServiceServicer_to_server(servicer, server):
                     servicer.AppendPoolItems,
                     request_deserializer=assay_dot_v1_dot_assay__pb2.AppendPoolItemsRequest.FromString,
                     response_serializer=assay_dot_v1_dot_assay__pb2.AppendPoolItemsResponse.SerializeToString,
+            ),
+            'ReplacePoolArrays': grpc.stream_unary_rpc_method_handler(
+                    servicer.ReplacePoolArrays,
+                    request_deserializer=assay_dot_v1_dot_assay__pb2.ReplacePoolArraysRequest.FromString,
+                    response_serializer=assay_dot_v1_dot_assay__pb2.ReplacePoolArraysResponse.SerializeToString,
             ),
             'LabelPoolItems': grpc.unary_unary_rpc_method_handler(
                     servicer.LabelPoolItems,
@@ -341,6 +368,33 @@ class AssayService:
             '/assay.v1.AssayService/AppendPoolItems',
             assay_dot_v1_dot_assay__pb2.AppendPoolItemsRequest.SerializeToString,
             assay_dot_v1_dot_assay__pb2.AppendPoolItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplacePoolArrays(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/assay.v1.AssayService/ReplacePoolArrays',
+            assay_dot_v1_dot_assay__pb2.ReplacePoolArraysRequest.SerializeToString,
+            assay_dot_v1_dot_assay__pb2.ReplacePoolArraysResponse.FromString,
             options,
             channel_credentials,
             insecure,
