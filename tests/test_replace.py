@@ -139,3 +139,31 @@ def test_sharded_pools_refuse_a_replace_clearly(server_factory, tmp_path):
         c.append("s", **_round(rng))
         _refused(lambda: c.replace("s", **_round(rng)), grpc.StatusCode.FAILED_PRECONDITION,
                  "NOT_SHARDABLE")
+
+
+def test_a_round_with_a_registered_model_never_reuses_the_last_rounds_outputs(client, pool):
+    """The shorter round: re-register the model and Select. The model's cached outputs
+    are keyed by the pool's version and the registration, so neither a replace nor a
+    new registration under the same id is served from the last round's cache."""
+    from onnx_builders import mlp
+
+    rng = np.random.default_rng(13)
+    outputs = {"logits": "logits", "embeddings": "features"}
+    first, second = mlp(rng, d_in=3), mlp(rng, d_in=3)
+    client.register_model("m", first.data, outputs)
+
+    def run():
+        return client.select("entropy", 5, pool="loop", models=["m"], seed=1)
+
+    assert run().metrics["model_passes"] == 1 and run().metrics["model_passes"] == 0
+    client.replace("loop", scores=rng.standard_normal(N))
+    assert run().metrics["model_passes"] == 1  # a new pool version
+    client.delete_model("m")
+    client.register_model("m", second.data, outputs)
+    got = run()
+    assert got.metrics["model_passes"] == 1
+    unlabeled = np.setdiff1d(np.arange(N), [0, 7, 50, 119])
+    p = second.probs(pool)[unlabeled]
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+    np.testing.assert_allclose(np.sort(got.scores)[::-1], np.sort(entropy)[::-1][:5],
+                               rtol=1e-4, atol=1e-6)
