@@ -474,7 +474,7 @@ func (c *Client) DeletePool(ctx context.Context, poolID string) error {
 	return wrap(err)
 }
 
-// NamedTensor is one array of an append, by role.
+// NamedTensor is one array of an append or a replace, by role.
 type NamedTensor struct {
 	Name   string
 	Tensor Tensor
@@ -491,35 +491,86 @@ type AppendResult struct {
 // is stored unless the whole stream arrives. requestID may be empty.
 func (c *Client) Append(ctx context.Context, poolID string, arrays []NamedTensor,
 	chunkBytes int, requestID string) (AppendResult, error) {
-	if chunkBytes <= 0 {
-		chunkBytes = 4 << 20
-	}
-	if requestID == "" {
-		requestID = NewRequestID()
-	}
 	cctx, cancel := c.callCtx(ctx, 0)
 	defer cancel()
 	stream, err := c.stub.AppendPoolItems(cctx)
 	if err != nil {
 		return AppendResult{}, wrap(err)
 	}
+	err = upload(poolID, arrays, chunkBytes, requestID, func(h *assayv1.AppendHeader, k *assayv1.AppendChunk) error {
+		m := &assayv1.AppendPoolItemsRequest{Part: &assayv1.AppendPoolItemsRequest_Chunk{Chunk: k}}
+		if h != nil {
+			m = &assayv1.AppendPoolItemsRequest{Part: &assayv1.AppendPoolItemsRequest_Header{Header: h}}
+		}
+		return sendOrStatus(stream.Send(m), func() error { _, err := stream.CloseAndRecv(); return err })
+	})
+	if err != nil {
+		return AppendResult{}, wrap(err)
+	}
+	r, err := stream.CloseAndRecv()
+	if err != nil {
+		return AppendResult{}, wrap(err)
+	}
+	return AppendResult{pool(r.Pool), r.FirstIndex, r.AppendedCount}, nil
+}
+
+// Replace replaces the named arrays of a pool for all its N items (a round of the
+// active-learning loop: the retrained model's probs, samples or embeddings), streamed
+// in chunks like Append. Every array must cover exactly the pool's N items; labels,
+// raw model_inputs and recorded epochs are kept, and nothing changes unless the whole
+// stream arrives. Returns the pool at its new version (Selection.PoolVersion of later
+// Selects). requestID may be empty.
+func (c *Client) Replace(ctx context.Context, poolID string, arrays []NamedTensor,
+	chunkBytes int, requestID string) (Pool, error) {
+	cctx, cancel := c.callCtx(ctx, 0)
+	defer cancel()
+	stream, err := c.stub.ReplacePoolArrays(cctx)
+	if err != nil {
+		return Pool{}, wrap(err)
+	}
+	err = upload(poolID, arrays, chunkBytes, requestID, func(h *assayv1.AppendHeader, k *assayv1.AppendChunk) error {
+		m := &assayv1.ReplacePoolArraysRequest{Part: &assayv1.ReplacePoolArraysRequest_Chunk{Chunk: k}}
+		if h != nil {
+			m = &assayv1.ReplacePoolArraysRequest{Part: &assayv1.ReplacePoolArraysRequest_Header{Header: h}}
+		}
+		return sendOrStatus(stream.Send(m), func() error { _, err := stream.CloseAndRecv(); return err })
+	})
+	if err != nil {
+		return Pool{}, wrap(err)
+	}
+	r, err := stream.CloseAndRecv()
+	if err != nil {
+		return Pool{}, wrap(err)
+	}
+	return pool(r.Pool), nil
+}
+
+// sendOrStatus returns a Send's error; when the server ended the stream (io.EOF), the
+// call's status, which says why.
+func sendOrStatus(err error, status func() error) error {
+	if errors.Is(err, io.EOF) {
+		return status()
+	}
+	return err
+}
+
+// upload sends the header (h set, k nil), then every array in chunks of chunkBytes (4 MiB
+// when 0) through send: the stream of an append or a replace.
+func upload(poolID string, arrays []NamedTensor, chunkBytes int, requestID string,
+	send func(h *assayv1.AppendHeader, k *assayv1.AppendChunk) error) error {
+	if chunkBytes <= 0 {
+		chunkBytes = 4 << 20
+	}
+	if requestID == "" {
+		requestID = NewRequestID()
+	}
 	header := &assayv1.AppendHeader{PoolId: poolID, RequestId: requestID}
 	for _, a := range arrays {
 		header.Arrays = append(header.Arrays, &assayv1.ArrayHeader{Name: a.Name,
 			Dtype: assayv1.DataType(a.Tensor.DType), Shape: a.Tensor.Shape})
 	}
-	send := func(m *assayv1.AppendPoolItemsRequest) error {
-		if err := stream.Send(m); err != nil {
-			if errors.Is(err, io.EOF) { // the server ended the stream: its status says why
-				_, err = stream.CloseAndRecv()
-			}
-			return err
-		}
-		return nil
-	}
-	if err := send(&assayv1.AppendPoolItemsRequest{
-		Part: &assayv1.AppendPoolItemsRequest_Header{Header: header}}); err != nil {
-		return AppendResult{}, wrap(err)
+	if err := send(header, nil); err != nil {
+		return err
 	}
 	for i, a := range arrays {
 		data := a.Tensor.Data
@@ -529,17 +580,12 @@ func (c *Client) Append(ctx context.Context, poolID string, arrays []NamedTensor
 				end = len(data)
 			}
 			chunk := &assayv1.AppendChunk{ArrayIndex: int32(i), Offset: int64(off), Data: data[off:end]}
-			if err := send(&assayv1.AppendPoolItemsRequest{
-				Part: &assayv1.AppendPoolItemsRequest_Chunk{Chunk: chunk}}); err != nil {
-				return AppendResult{}, wrap(err)
+			if err := send(nil, chunk); err != nil {
+				return err
 			}
 		}
 	}
-	r, err := stream.CloseAndRecv()
-	if err != nil {
-		return AppendResult{}, wrap(err)
-	}
-	return AppendResult{pool(r.Pool), r.FirstIndex, r.AppendedCount}, nil
+	return nil
 }
 
 // Label marks pool items labeled with their class labels. requestID may be empty.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand"
 	"os"
 	"reflect"
 	"testing"
@@ -353,6 +354,76 @@ func TestPoolLifecycle(t *testing.T) {
 	_, err = c.Append(ctx, id, []NamedTensor{{"embeddings", et}}, 1024, "")
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("append to a missing pool: %v", err)
+	}
+}
+
+func TestReplaceRound(t *testing.T) {
+	c, _ := testClient(t)
+	ctx := context.Background()
+	id := "go-round-" + NewRequestID()[:8]
+	const n, k = 60, 3
+	rng := rand.New(rand.NewSource(11))
+	roundProbs := func() Tensor {
+		p := make([]float32, n*k)
+		for i := 0; i < n; i++ {
+			var sum float32
+			for j := 0; j < k; j++ {
+				p[i*k+j] = 0.05 + 0.95*rng.Float32()
+				sum += p[i*k+j]
+			}
+			for j := 0; j < k; j++ {
+				p[i*k+j] /= sum
+			}
+		}
+		tt, err := F32(p, n, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tt
+	}
+	first, second := roundProbs(), roundProbs()
+	if _, err := c.CreatePool(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	defer c.DeletePool(ctx, id)
+	if _, err := c.Append(ctx, id, []NamedTensor{{"probs", first}}, 256, ""); err != nil {
+		t.Fatal(err)
+	}
+	labeled, err := c.Label(ctx, id, []int64{7}, []int64{2}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := c.Replace(ctx, id, []NamedTensor{{"probs", second}}, 256, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Version <= labeled.Version || after.ItemCount != n || after.LabeledCount != 1 {
+		t.Fatalf("replace: %+v after %+v", after, labeled)
+	}
+	got, err := c.Select(ctx, SelectRequest{Strategy: "entropy", Budget: 5, PoolID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := c.Select(ctx, SelectRequest{Strategy: "entropy", Budget: 5,
+		Inputs: map[string]Tensor{"probs": second}, Exclude: []int64{7}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.PoolVersion != after.Version || !reflect.DeepEqual(got.Indices, want.Indices) {
+		t.Fatalf("pool select %+v, inline select %+v, pool version %d", got, want, after.Version)
+	}
+	for i := range want.Scores {
+		if math.Abs(got.Scores[i]-want.Scores[i]) > 1e-6+1e-6*math.Abs(want.Scores[i]) {
+			t.Fatalf("score %d: %v vs %v", i, got.Scores[i], want.Scores[i])
+		}
+	}
+	// A replace that does not cover the pool's items is refused and changes nothing.
+	short := Tensor{DType: FP32, Shape: []int64{n - 1, k}, Data: second.Data[:(n-1)*k*4]}
+	if _, err := c.Replace(ctx, id, []NamedTensor{{"probs", short}}, 0, ""); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("replace of n-1 items: %v", err)
+	}
+	if p, err := c.GetPool(ctx, id); err != nil || p.Version != after.Version {
+		t.Fatalf("a refused replace changed the pool: %+v %v", p, err)
 	}
 }
 

@@ -107,7 +107,7 @@ def test_cpp_over_mtls_with_token(secure_server):
     if not (build / "conformance_test").exists():
         _missing("the C++ client")
     out = _run([str(build / "conformance_test"), "--client-checks"], build, target, extra_env=env)
-    assert "client: 6 passed, 0 failed" in out, out  # the token check ran too
+    assert "client: 7 passed, 0 failed" in out, out  # the token check ran too
     out = _run([str(build / "example_trainer"), "--rounds", "2"], build, target, extra_env=env)
     assert "round 1:" in out
 

@@ -293,16 +293,18 @@ void Client::delete_pool(const std::string& pool_id) {
   if (!status.ok()) throw to_error(status);
 }
 
-AppendResult Client::append(const std::string& pool_id,
-                            const std::vector<std::pair<std::string, TensorView>>& arrays,
-                            std::size_t chunk_bytes, std::string request_id) {
+namespace {
+
+// Streams a header, then the chunks of every array, to an append or a replace (their
+// request messages have the same fields) and returns the call's status.
+template <class Request, class Response, class Open>
+grpc::Status upload(Open open, const std::string& pool_id,
+                    const std::vector<std::pair<std::string, TensorView>>& arrays,
+                    std::size_t chunk_bytes, const std::string& request_id, Response* resp) {
   if (chunk_bytes < 8) throw std::invalid_argument("chunk_bytes must be at least 8");
   chunk_bytes -= chunk_bytes % 8;  // whole elements of every dtype per chunk
-  grpc::ClientContext ctx;
-  impl_->prepare(&ctx, options_);
-  v1::AppendPoolItemsResponse resp;
-  auto writer = impl_->stub->AppendPoolItems(&ctx, &resp);
-  v1::AppendPoolItemsRequest msg;
+  auto writer = open(resp);
+  Request msg;
   auto* header = msg.mutable_header();
   header->set_pool_id(pool_id);
   header->set_request_id(request_id.empty() ? new_request_id() : request_id);
@@ -312,23 +314,49 @@ AppendResult Client::append(const std::string& pool_id,
     a->set_dtype(static_cast<v1::DataType>(view.dtype()));
     for (auto d : view.shape()) a->add_shape(d);
   }
-  bool open = writer->Write(msg);
-  for (std::size_t i = 0; open && i < arrays.size(); ++i) {
+  bool ok = writer->Write(msg);
+  for (std::size_t i = 0; ok && i < arrays.size(); ++i) {
     const TensorView& view = arrays[i].second;
-    for (std::size_t off = 0; open && off < view.size_bytes(); off += chunk_bytes) {
-      v1::AppendPoolItemsRequest chunk_msg;
+    for (std::size_t off = 0; ok && off < view.size_bytes(); off += chunk_bytes) {
+      Request chunk_msg;
       auto* chunk = chunk_msg.mutable_chunk();
       chunk->set_array_index(static_cast<std::int32_t>(i));
       chunk->set_offset(static_cast<std::int64_t>(off));
       view.append_le_bytes(off, std::min(chunk_bytes, view.size_bytes() - off),
                            chunk->mutable_data());
-      open = writer->Write(chunk_msg);
+      ok = writer->Write(chunk_msg);
     }
   }
-  if (open) writer->WritesDone();
-  auto status = writer->Finish();
+  if (ok) writer->WritesDone();
+  return writer->Finish();
+}
+
+}  // namespace
+
+AppendResult Client::append(const std::string& pool_id,
+                            const std::vector<std::pair<std::string, TensorView>>& arrays,
+                            std::size_t chunk_bytes, std::string request_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::AppendPoolItemsResponse resp;
+  auto status = upload<v1::AppendPoolItemsRequest>(
+      [&](v1::AppendPoolItemsResponse* r) { return impl_->stub->AppendPoolItems(&ctx, r); },
+      pool_id, arrays, chunk_bytes, request_id, &resp);
   if (!status.ok()) throw to_error(status);
   return {from_proto(resp.pool()), resp.first_index(), resp.appended_count()};
+}
+
+Pool Client::replace(const std::string& pool_id,
+                     const std::vector<std::pair<std::string, TensorView>>& arrays,
+                     std::size_t chunk_bytes, std::string request_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::ReplacePoolArraysResponse resp;
+  auto status = upload<v1::ReplacePoolArraysRequest>(
+      [&](v1::ReplacePoolArraysResponse* r) { return impl_->stub->ReplacePoolArrays(&ctx, r); },
+      pool_id, arrays, chunk_bytes, request_id, &resp);
+  if (!status.ok()) throw to_error(status);
+  return from_proto(resp.pool());
 }
 
 Pool Client::label(const std::string& pool_id, std::span<const std::int64_t> indices,

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <random>
 #include <nlohmann/json.hpp>
 
 #include "common.h"
@@ -247,6 +248,50 @@ int run_client_checks(const std::string& target) {
     } catch (const assay::Error& e) {
       require(e.code() == grpc::StatusCode::NOT_FOUND, e.what());
     }
+  });
+  check("a round replaces the pool's probs", [&] {
+    const std::string id = "cpp-round-" + assay::new_request_id().substr(0, 8);
+    constexpr std::int64_t n = 60, c = 3;
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> u(0.05f, 1.0f);
+    auto round_probs = [&] {
+      std::vector<float> p(n * c);
+      for (std::int64_t i = 0; i < n; ++i) {
+        float sum = 0;
+        for (std::int64_t j = 0; j < c; ++j) sum += p[i * c + j] = u(rng);
+        for (std::int64_t j = 0; j < c; ++j) p[i * c + j] /= sum;
+      }
+      return p;
+    };
+    const std::vector<float> first = round_probs(), second = round_probs();
+    client.create_pool(id);
+    client.append(id, {{"probs", assay::TensorView::f32(first, {n, c})}}, 256);
+    std::vector<std::int64_t> idx{7}, lab{2};
+    const std::int64_t before = client.label(id, idx, lab).version;
+    const assay::Pool after =
+        client.replace(id, {{"probs", assay::TensorView::f32(second, {n, c})}}, 256);
+    require(after.version > before, "the replace did not raise the pool version");
+    require(after.item_count == n && after.labeled_count == 1, "items or labels changed");
+    assay::SelectOptions from_pool{.strategy = "entropy", .budget = 5};
+    from_pool.pool_id = id;
+    assay::SelectOptions inline_{.strategy = "entropy", .budget = 5};
+    inline_.inputs.emplace("probs", assay::TensorView::f32(second, {n, c}));
+    inline_.exclude = idx;
+    const assay::Selection got = client.select(from_pool), want = client.select(inline_);
+    require(got.pool_version == after.version, "the select did not use the new version");
+    require(got.indices == want.indices, "the pool answered from other probs");
+    for (std::size_t i = 0; i < want.scores.size(); ++i)
+      require(std::fabs(got.scores[i] - want.scores[i]) <= 1e-6 + 1e-6 * std::fabs(want.scores[i]),
+              "score " + std::to_string(i) + " differs");
+    try {  // a replace that does not cover the pool's items is refused
+      client.replace(id, {{"probs", assay::TensorView::f32(std::span(second).first((n - 1) * c),
+                                                          {n - 1, c})}});
+      require(false, "a replace of n - 1 items was accepted");
+    } catch (const assay::Error& e) {
+      require(e.code() == grpc::StatusCode::INVALID_ARGUMENT, e.what());
+    }
+    require(client.get_pool(id).version == after.version, "a refused replace changed the pool");
+    client.delete_pool(id);
   });
   if (!env_or("ASSAY_TOKEN").empty()) {
     check("a call without the bearer token is UNAUTHENTICATED", [&] {

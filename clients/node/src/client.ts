@@ -79,6 +79,15 @@ export type Role =
   | "scores" | "loss" | "discriminator" | "predictions"
   | "labeled_probs" | "labels" | "model_inputs";
 
+/** Options of `append` and `replace`. */
+export interface UploadOptions {
+  /** Bytes per streamed chunk (default 4 MiB). */
+  chunkBytes?: number;
+  /** Idempotency key; a UUID when absent. */
+  requestId?: string;
+  timeoutMs?: number;
+}
+
 export interface SelectOptions {
   strategy: string;
   budget: number;
@@ -303,14 +312,33 @@ export class Client {
   }
 
   /** Stream arrays into a pool in chunks (4 MiB by default); all or nothing. */
-  async append(poolId: string, arrays: [Role, Tensor][],
-               opts: { chunkBytes?: number; requestId?: string; timeoutMs?: number } = {},
+  async append(poolId: string, arrays: [Role, Tensor][], opts: UploadOptions = {},
   ): Promise<{ pool: Pool; firstIndex: number; appendedCount: number }> {
+    const r = await this.upload("appendPoolItems", poolId, arrays, opts);
+    return { pool: pool(r.pool), firstIndex: Number(r.firstIndex), appendedCount: Number(r.appendedCount) };
+  }
+
+  /**
+   * Replace arrays of a pool for all its N items: a round of the active-learning loop,
+   * where the retrained model's probs, samples or embeddings take the place of the last
+   * round's. Every array must cover exactly the pool's N items; labels, raw model_inputs
+   * and recorded epochs are kept. Streamed in chunks like `append`; nothing changes
+   * unless the whole stream arrives. Resolves to the pool at its new version
+   * (`Selection.poolVersion` of later selects).
+   */
+  async replace(poolId: string, arrays: [Role, Tensor][], opts: UploadOptions = {}): Promise<Pool> {
+    return pool((await this.upload("replacePoolArrays", poolId, arrays, opts)).pool);
+  }
+
+  /** Stream a header, then every array in chunks, to an append or a replace. */
+  private async upload(method: "appendPoolItems" | "replacePoolArrays", poolId: string,
+                       arrays: [Role, Tensor][], opts: UploadOptions): Promise<any> {
     const chunkBytes = opts.chunkBytes ?? 4 << 20;
     const [md, callOpts] = this.call(opts.timeoutMs);
+    // Both streams take messages of the same shape (AppendPoolItemsRequest's fields).
     let call!: grpc.ClientWritableStream<AppendPoolItemsRequest>;
     const done = new Promise<any>((resolve, reject) => {
-      call = (this.stub as any).appendPoolItems(md, callOpts,
+      call = (this.stub as any)[method](md, callOpts,
         (err: grpc.ServiceError | null, res: any) => (err ? reject(AssayError.from(err)) : resolve(res)));
     });
     const write = async (m: AppendPoolItemsRequest) => {
@@ -337,8 +365,7 @@ export class Client {
     } catch {
       // The server ended the stream early: its status (awaited below) says why.
     }
-    const r = await done;
-    return { pool: pool(r.pool), firstIndex: Number(r.firstIndex), appendedCount: Number(r.appendedCount) };
+    return done;
   }
 }
 

@@ -181,3 +181,44 @@ test("client behaviour", { skip }, async (t) => {
     client.close();
   }
 });
+
+test("a round replaces the pool's probs", { skip }, async () => {
+  const client = new Client(target, options());
+  const id = `node-round-${randomUUID().slice(0, 8)}`;
+  const n = 60, k = 3;
+  let state = 11;
+  const rand = () => ((state = (state * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const roundProbs = () => {
+    const p = new Float32Array(n * k);
+    for (let i = 0; i < n; i++) {
+      let sum = 0;
+      for (let j = 0; j < k; j++) sum += p[i * k + j] = 0.05 + 0.95 * rand();
+      for (let j = 0; j < k; j++) p[i * k + j] /= sum;
+    }
+    return p;
+  };
+  const first = roundProbs(), second = roundProbs();
+  try {
+    await client.createPool(id);
+    await client.append(id, [["probs", f32(first, [n, k])]], { chunkBytes: 256 });
+    const labeled = await client.label(id, [7], [2]);
+    const after = await client.replace(id, [["probs", f32(second, [n, k])]], { chunkBytes: 256 });
+    assert.ok(after.version > labeled.version, `version ${after.version} after ${labeled.version}`);
+    assert.equal(after.itemCount, n);
+    assert.equal(after.labeledCount, 1);
+    const got = await client.select({ strategy: "entropy", budget: 5, poolId: id });
+    const want = await client.select({ strategy: "entropy", budget: 5,
+                                       inputs: { probs: f32(second, [n, k]) }, exclude: [7] });
+    assert.equal(got.poolVersion, BigInt(after.version));
+    assert.deepEqual(got.indices, want.indices);
+    want.scores.forEach((s, i) =>
+      assert.ok(Math.abs(got.scores[i] - s) <= 1e-6 + 1e-6 * Math.abs(s), `score ${i}`));
+    // A replace that does not cover the pool's items is refused and changes nothing.
+    await assert.rejects(client.replace(id, [["probs", f32(second.subarray(0, (n - 1) * k), [n - 1, k])]]),
+      (e: AssayError) => e.codeName === "INVALID_ARGUMENT");
+    assert.equal((await client.getPool(id)).version, after.version);
+  } finally {
+    await client.deletePool(id).catch(() => undefined);
+    client.close();
+  }
+});

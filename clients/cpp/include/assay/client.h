@@ -231,6 +231,14 @@ class Client {
   AppendResult append(const std::string& pool_id,
                       const std::vector<std::pair<std::string, TensorView>>& arrays,
                       std::size_t chunk_bytes = 4 << 20, std::string request_id = {});
+  // Replaces the named arrays of a pool for all its N items (a round of the loop: the
+  // retrained model's probs, samples or embeddings), streamed like append. Every array
+  // must cover exactly the pool's N items; labels, raw model_inputs and recorded epochs
+  // are kept. Nothing changes unless the whole stream arrives. Returns the pool at its
+  // new version (Selection::pool_version of later selects).
+  Pool replace(const std::string& pool_id,
+               const std::vector<std::pair<std::string, TensorView>>& arrays,
+               std::size_t chunk_bytes = 4 << 20, std::string request_id = {});
   Pool label(const std::string& pool_id, std::span<const std::int64_t> indices,
              std::span<const std::int64_t> labels, std::string request_id = {});
 
