@@ -70,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--rounds", type=int, default=10)
     d.add_argument("--batch", type=int, default=20)
     d.add_argument("--seeds", type=int, default=3)
-    d.add_argument("--strategies", default="random,entropy,margin,least_confident,bald")
+    d.add_argument("--strategies", default=None,
+                   help="comma-separated strategies (default: random,margin,batchbald,badge: "
+                        "one of each family)")
+    d.add_argument("--initial", type=int, default=20, help="labels to start from")
+    d.add_argument("--pool-size", type=int, default=0,
+                   help="use only this many pool items (0: all)")
+    d.add_argument("--committee", action="store_true",
+                   help="samples from a bootstrap committee instead of MC dropout")
     d.add_argument("--plot", default="assay-demo.png", help="PNG learning-curve path")
     _health_parser(sub)
     _warmup_parser(sub)
@@ -81,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
         return run_demo(target=args.target, rounds=args.rounds, batch=args.batch,
-                        seeds=args.seeds, strategies=args.strategies.split(","), plot=args.plot)
+                        seeds=args.seeds, plot=args.plot, initial=args.initial,
+                        strategies=args.strategies.split(",") if args.strategies else None,
+                        committee=args.committee, pool_size=args.pool_size or None)
     if args.command == "health":
         return _health(args)
     if args.command == "warmup":
