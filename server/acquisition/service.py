@@ -178,7 +178,7 @@ class AcquisitionService:
         if not call.model_ids and (call.mc_samples or call.batch_size):
             raise InvalidInput("mc_samples and batch_size apply to models: name them in "
                                "model_ids", field="model_ids")
-        if call.pool_id and call.inputs is None and self.pools.get_pool(call.pool_id).shards:
+        if call.pool_id and call.inputs is None and self.pools.shards(call.pool_id):
             return self._select_sharded(call, caller)
         seed = call.seed
         if call.mc_samples and seed is None:

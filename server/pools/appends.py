@@ -28,6 +28,7 @@ from assay.vocab.errors import InvalidInput, ResourceExhausted
 
 from ..strategies.validation import check_consistency, validate_array
 from .chunks import ChunkCursor
+from .compaction import disk_dtype
 from .durable import fsync_dir
 
 if TYPE_CHECKING:
@@ -132,9 +133,9 @@ class AppendWriter:
                 for spec in specs:
                     f = open(self.tmp / f"{spec.name}.npy", "wb")
                     self._files.append(f)
-                    disk = "<u2" if spec.dtype == "bfloat16" else spec.dtype
                     np.lib.format.write_array_header_1_0(
-                        f, {"descr": disk, "fortran_order": False, "shape": spec.shape})
+                        f, {"descr": disk_dtype(spec).str, "fortran_order": False,
+                            "shape": spec.shape})
         except BaseException:
             self.abort()
             raise

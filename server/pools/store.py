@@ -377,6 +377,13 @@ class PoolStore:
         with self._lock:
             return self._info(self._row(pool_id))
 
+    def shards(self, pool_id: str) -> int:
+        """The shards of pool ``pool_id`` (0: held on this machine); NOT_FOUND when there is
+        no such pool. Reads only its row: a Select routes on it before loading."""
+        check_pool_id(pool_id)
+        with self._lock:
+            return int(self._row(pool_id)[7])
+
     def pool_uid(self, pool_id: str, field: str = "pool_id") -> str:
         """The identity of the pool now under ``pool_id``; a new one after delete + create."""
         check_pool_id(pool_id, field)
@@ -528,11 +535,8 @@ class PoolStore:
             return self._commit_sharded(writer, request, make_response)
         specs = writer.specs
         added = specs[0].shape[specs[0].item_axis]
-        seg_name = f"seg-{uuid.uuid4().hex[:12]}"
-        final = self.pools_dir / writer.uid / seg_name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(writer.tmp, final)
-        fsync_dir(final.parent)
+        (self.pools_dir / writer.uid).mkdir(parents=True, exist_ok=True)
+        seg_dir, final = self._place_segment(writer.tmp, writer.uid)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -542,7 +546,7 @@ class PoolStore:
                 seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM segments "
                                        "WHERE pool_id = ?", (writer.pool_id,)).fetchone()[0]
                 self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                                 (writer.pool_id, seq, f"{writer.uid}/{seg_name}", added,
+                                 (writer.pool_id, seq, seg_dir, added,
                                   writer.total_bytes))
                 new_info = self._grow(writer, info, added, request, make_response)
                 self._db.execute("COMMIT")
@@ -565,7 +569,7 @@ class PoolStore:
         specs = writer.specs
         added = specs[0].shape[specs[0].item_axis]
         with self._lock:
-            lock = self._shard_commits.setdefault(writer.uid, threading.Lock())
+            lock = self._lock_of(self._shard_commits, writer.uid)
         try:
             with lock:
                 with self._lock:
@@ -608,7 +612,7 @@ class PoolStore:
         count = writer.specs[0].shape[writer.specs[0].item_axis]
         self._compact(writer.pool_id)
         with self._lock:
-            lock = self._compactions.setdefault(writer.uid, threading.Lock())
+            lock = self._lock_of(self._compactions, writer.uid)
         with lock:
             with self._lock:
                 info = self._info(self._live_row(writer))
@@ -626,10 +630,7 @@ class PoolStore:
                 except OSError:  # a file system without hard links: copy
                     shutil.copyfile(source, writer.tmp / source.name)
             fsync_dir(writer.tmp)
-            seg_name = f"seg-{uuid.uuid4().hex[:12]}"
-            final = self.pools_dir / writer.uid / seg_name
-            os.rename(writer.tmp, final)
-            fsync_dir(final.parent)
+            seg_dir, final = self._place_segment(writer.tmp, writer.uid)
             shapes = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
                       for s in (*kept, *writer.specs)]
             with self._lock:
@@ -644,7 +645,7 @@ class PoolStore:
                                      (writer.pool_id,))
                     self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
                                      (writer.pool_id, segs[0][0] + 1,
-                                      f"{writer.uid}/{seg_name}", count,
+                                      seg_dir, count,
                                       writer.total_bytes + sum(_nbytes(a) for a in kept)))
                     self._db.execute("UPDATE pools SET version = version + 1, update_time = ?, "
                                      "arrays = ? WHERE pool_id = ?",
@@ -660,6 +661,22 @@ class PoolStore:
                     raise
             shutil.rmtree(self.pools_dir / segs[0][1], ignore_errors=True)
         return new_info, 0, count
+
+    def _place_segment(self, tmp: Path, uid: str) -> tuple[str, Path]:
+        """Rename a fully written segment directory into pool ``uid``'s directory,
+        durably; returns its name in the catalogue (``<uid>/seg-...``) and its path. It
+        becomes part of the pool only when a transaction references it."""
+        name = f"seg-{uuid.uuid4().hex[:12]}"
+        final = self.pools_dir / uid / name
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+        return f"{uid}/{name}", final
+
+    @staticmethod
+    def _lock_of(locks: dict[str, threading.Lock], uid: str) -> threading.Lock:
+        """The lock of pool ``uid`` in ``locks`` (created on first use; the caller holds
+        the store lock, and drops the entry when the pool is deleted)."""
+        return locks.setdefault(uid, threading.Lock())
 
     def _grow(self, writer: AppendWriter, info: PoolInfo, added: int,
               request: RequestKey | None, make_response) -> PoolInfo:
@@ -887,7 +904,7 @@ class PoolStore:
         after it unreferenced old ones: the start-up sweep removes either.
         """
         with self._lock:
-            lock = self._compactions.setdefault(self._row(pool_id)[1], threading.Lock())
+            lock = self._lock_of(self._compactions, self._row(pool_id)[1])
         with lock:
             with self._lock:
                 row = self._row(pool_id)
@@ -903,14 +920,11 @@ class PoolStore:
                 compact([self.pools_dir / s[1] for s in segs], info.arrays, tmp)
             except OSError:
                 return  # e.g. the disk filled up meanwhile: this read concatenates
-            name = f"seg-{uuid.uuid4().hex[:12]}"
-            final = self.pools_dir / uid / name
             try:
-                os.rename(tmp, final)
+                seg_dir, final = self._place_segment(tmp, uid)
             except FileNotFoundError:  # the pool was deleted meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
-            fsync_dir(final.parent)
             last = segs[-1][0]
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -927,7 +941,7 @@ class PoolStore:
                     self._db.execute("DELETE FROM segments WHERE pool_id = ? AND seq <= ?",
                                      (pool_id, last))
                     self._db.execute("INSERT INTO segments VALUES (?, ?, ?, ?, ?)",
-                                     (pool_id, last, f"{uid}/{name}",
+                                     (pool_id, last, seg_dir,
                                       sum(s[2] for s in segs), size))
                     self._db.execute("COMMIT")
                 except BaseException:
