@@ -10,6 +10,7 @@ compile kernels during the first calls on a busy machine.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -96,6 +97,53 @@ def test_node_test(live_server):
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "# fail 0" in out, out[-4000:]
     assert "# SKIP ASSAY_TARGET" not in out, out[-4000:]
+
+
+# -- the example trainers: the round loop users copy -----------------------------------------
+
+#: Each language's example trainer, as built by clients/ci-setup.sh: (what it needs, command).
+EXAMPLES = {
+    "cpp": (CLIENTS / "cpp" / "build" / "example_trainer",
+            [str(CLIENTS / "cpp" / "build" / "example_trainer")]),
+    "go": (CLIENTS / "go" / "bin" / "example_trainer",
+           [str(CLIENTS / "go" / "bin" / "example_trainer")]),
+    "node": (CLIENTS / "node" / "dist" / "examples" / "example_trainer.js",
+             ["node", str(CLIENTS / "node" / "dist" / "examples" / "example_trainer.js")]),
+}
+
+
+@pytest.mark.parametrize("language", sorted(EXAMPLES))
+def test_example_trainer_runs_the_round_loop(live_server, language):
+    """One pool through every round: each Select reports a newer pool version (the
+    trainer itself exits 1 when a Select misses the version its replace left, picks a
+    labeled item, or the pool loses a label)."""
+    needs, cmd = EXAMPLES[language]
+    if not needs.exists() or shutil.which(cmd[0]) is None:
+        _missing(f"the {language} example trainer")
+    rounds = 4
+    out = _run([*cmd, "--rounds", str(rounds), "--strategy", "margin"], CLIENTS, live_server)
+    seen = [tuple(map(int, m)) for m in re.findall(r"^round (\d+): pool version (\d+),", out, re.M)]
+    assert [r for r, _ in seen] == list(range(rounds)), out
+    versions = [v for _, v in seen]
+    assert versions == sorted(set(versions)), out  # strictly increasing
+    assert re.search(rf"^final: accuracy [0-9.]+ with {4 + 20 * rounds} labels$", out, re.M), out
+    assert not any(p.pool_id.startswith("example-trainer") for p in _pools(live_server))
+
+
+def _pools(target: str):
+    with Client(target, timeout=10) as c:
+        return c.list_pools()
+
+
+@pytest.mark.parametrize("language", ["go", "node"])  # C++: test_cpp_over_mtls_with_token
+def test_example_trainer_over_mtls_with_token(secure_server, language):
+    """The trainers take the token and TLS files from ASSAY_TOKEN and ASSAY_TLS_*."""
+    target, env = secure_server
+    needs, cmd = EXAMPLES[language]
+    if not needs.exists() or shutil.which(cmd[0]) is None:
+        _missing(f"the {language} example trainer")
+    out = _run([*cmd, "--rounds", "2"], CLIENTS, target, extra_env=env)
+    assert "round 1: pool version" in out, out
 
 
 # -- the same clients over mTLS with a bearer token ------------------------------------------
