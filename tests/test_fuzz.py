@@ -58,7 +58,7 @@ FUZZ_SETTINGS = settings(
 _NUMPY = {tensor_pb2.DATA_TYPE_FP32: np.float32, tensor_pb2.DATA_TYPE_FP16: np.float16,
           tensor_pb2.DATA_TYPE_FP64: np.float64, tensor_pb2.DATA_TYPE_INT32: np.int32,
           tensor_pb2.DATA_TYPE_INT64: np.int64, tensor_pb2.DATA_TYPE_BF16: bfloat16}
-ROLES = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields]
+ROLES = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields if not f.is_repeated]
 
 
 # -- the server -----------------------------------------------------------------------------

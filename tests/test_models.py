@@ -186,7 +186,8 @@ def test_model_embeddings_replace_the_pools(client, rng):
 
 def _mc_samples(server, x, model_id, s, seed, batch_size):
     runtime = ModelRuntime(server.models, threads=1)
-    arrays, _ = runtime.arrays(ModelRun([model_id], s, batch_size, seed), x, needed={"samples"})
+    arrays = runtime.arrays(ModelRun([model_id], s, batch_size, seed), {"model_inputs": x},
+                            needed={"samples"}).arrays
     return arrays["samples"]
 
 
@@ -335,8 +336,9 @@ def test_committee_of_mc_dropout_models(server, client, rng):
         client.register_model(f"c{i}", m.data, ALL_OUTPUTS)
     x = rng.normal(size=(20, 6)).astype(np.float32)
     runtime = ModelRuntime(server.models, threads=1)
-    arrays, stats = runtime.arrays(ModelRun(["c0", "c1"], 5, 0, 3), x,
-                                   needed={"samples", "embeddings"})
+    out = runtime.arrays(ModelRun(["c0", "c1"], 5, 0, 3), {"model_inputs": x},
+                         needed={"samples", "embeddings"})
+    arrays, stats = out.arrays, out.metrics
     assert arrays["samples"].shape == (10, 20, 4)
     assert stats["model_passes"] == 11  # 2 x 5 MC passes, one deterministic for embeddings
     np.testing.assert_allclose(arrays["embeddings"], members[0].hidden(x), rtol=1e-5,

@@ -316,9 +316,9 @@ def test_checker_and_loader_failures(client, rng):
     assert "onnxruntime" in message
 
 
-def test_graph_input_must_be_one_tensor_of_a_pool_type(client, rng):
+def test_graph_inputs_must_be_tensors_of_a_pool_type(client, rng):
     m = mlp(rng)
-    m.model.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N"]))
+    m.model.graph.input.append(helper.make_tensor_value_info("mask", TensorProto.STRING, [4]))
     reason, _, message = rejected(client, m.model)
     assert reason == "MODEL_INPUTS"
     assert "'mask'" in message

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.vocab import roles
 from assay.vocab.errors import FailedPrecondition, InvalidInput, ResourceExhausted
 
 from ..models.inference import ModelRun, ModelRuntime, needed_roles
@@ -42,7 +43,8 @@ class SelectCall:
     """One Select, decoded: the strategy, its budget and what it runs on.
 
     Exactly one of ``pool_id`` (a stored pool) and ``inputs`` (inline arrays by
-    role) is set. ``model_ids`` run registered models over ``model_inputs`` first.
+    role) is set. ``model_ids`` run registered models over the raw inputs
+    (``model_inputs``, ``model_inputs.<name>``) first.
     """
 
     strategy: str
@@ -80,6 +82,8 @@ class Selection:
     result: SelectResult
     pool_version: int
     metrics: dict[str, float]
+    #: Per model of ``model_ids``, the onnxruntime execution provider that ran it.
+    execution_providers: list[str] = field(default_factory=list)
 
 
 class SelectSlots:
@@ -201,18 +205,19 @@ class AcquisitionService:
         else:
             raise InvalidInput("set either inputs or pool_id", field="source")
         model_metrics: dict[str, float] = {}
+        providers: list[str] = []
         self.slots.acquire(caller.check)
         try:
             if call.model_ids:
-                arrays, model_metrics = self._run_models(call, arrays, seed or 0, pool_key,
-                                                         labeled, caller)
+                arrays, model_metrics, providers = self._run_models(
+                    call, arrays, seed or 0, pool_key, labeled, caller)
             result = selection.select(call.strategy, call.budget, arrays, call.params,
                                       seed=seed, exclude=exclude,
                                       validated=call.inputs is None,
                                       check_cancelled=caller.check)
         finally:
             self.slots.release()
-        return Selection(result, pool_version, {**result.metrics, **model_metrics})
+        return Selection(result, pool_version, {**result.metrics, **model_metrics}, providers)
 
     def _inline(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = sum(a.nbytes for a in inputs.values())
@@ -241,14 +246,15 @@ class AcquisitionService:
 
     def _run_models(self, call: SelectCall, arrays: dict[str, np.ndarray], seed: int,
                     pool_key: tuple | None, labeled: np.ndarray | None, caller: Caller,
-                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """The model step: run ``call.model_ids`` over ``arrays['model_inputs']``.
+                    ) -> tuple[dict[str, np.ndarray], dict[str, float], list[str]]:
+        """The model step: run ``call.model_ids`` over the raw-input arrays.
 
         Returns the arrays with the models' outputs in place of arrays of the same
-        role (``labeled_embeddings`` recomputed from the model's embeddings), and
-        the inference figures for the response's metrics.
+        role (``labeled_embeddings`` recomputed from the model's embeddings), the
+        inference figures for the response's metrics, and the execution providers.
         """
-        if "model_inputs" not in arrays:
+        raw = {name: a for name, a in arrays.items() if roles.base(name) == "model_inputs"}
+        if not raw:
             where = "the pool has" if pool_key is not None else "inputs has"
             raise InvalidInput(f"model_ids needs raw model inputs, but {where} no model_inputs "
                                "array", field="inputs.model_inputs", reason="MISSING_INPUT")
@@ -256,9 +262,9 @@ class AcquisitionService:
         needed = needed_roles(call.strategy, call.params)
         with Terminator(caller.time_left()) as terminator:
             caller.on_cancel(terminator.fire)
-            produced, stats = self.models.arrays(run, arrays["model_inputs"], needed=needed,
-                                                 pool_key=pool_key, check=caller.check,
-                                                 terminator=terminator)
+            outputs = self.models.arrays(run, raw, needed=needed, pool_key=pool_key,
+                                         check=caller.check, terminator=terminator)
+        produced = outputs.arrays
         arrays = {**arrays, **produced}
         has_labeled = labeled is not None and labeled.size > 0
         if "embeddings" in produced:
@@ -269,4 +275,4 @@ class AcquisitionService:
             arrays.pop("labeled_probs", None)
             if has_labeled and "labeled_probs" in needed:
                 arrays["labeled_probs"] = produced["probs"][labeled]
-        return arrays, stats
+        return arrays, outputs.metrics, outputs.providers

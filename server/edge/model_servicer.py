@@ -27,12 +27,13 @@ def model_to_proto(info: ModelInfo) -> model_pb2.Model:
     sig = info.signature
     created = timestamp_pb2.Timestamp()
     created.FromNanoseconds(int(info.create_time * 1e9))
+    inputs = [model_pb2.ModelInput(name=i.name, dtype=enum_of(np.dtype(i.dtype)),
+                                   shape=list(i.shape), array=i.array) for i in sig.inputs]
     return model_pb2.Model(
         model_id=info.model_id,
         outputs=[model_pb2.OutputBinding(role=r, output_name=n) for r, n in info.bindings],
-        input=model_pb2.ModelInput(name=sig.input_name,
-                                   dtype=enum_of(np.dtype(sig.input_dtype)),
-                                   shape=list(sig.input_shape)),
+        input=inputs[0],
+        inputs=inputs,
         size_bytes=info.size_bytes,
         sha256=info.sha256,
         opset_version=sig.opset,
@@ -60,7 +61,8 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             for chunk in stream_chunks(request_iterator, context, check):
                 upload.write(chunk)
             data = upload.finish()
-            signature = inspect_model(data, bindings, self.runtime.limits)
+            signature = inspect_model(data, bindings, self.runtime.limits,
+                                      [(b.input_name, b.array) for b in header.inputs])
             check()
             self.runtime.check_loads(data, check)
             # The row is the commit point: a client told DEADLINE_EXCEEDED finds nothing.

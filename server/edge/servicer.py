@@ -20,6 +20,7 @@ from google.protobuf import timestamp_pb2
 
 from assay.client.tensors import DTYPES, check_shape, from_proto, numpy_dtype
 from assay.v1 import assay_pb2, assay_pb2_grpc
+from assay.vocab import roles
 from assay.vocab.dtypes import stored_name
 from assay.vocab.errors import (
     Cancelled,
@@ -44,7 +45,8 @@ _PARAM_TYPES = {
     str: assay_pb2.PARAM_TYPE_STRING,
     bool: assay_pb2.PARAM_TYPE_BOOL,
 }
-_INPUT_FIELDS = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields]
+#: The Inputs fields holding one array each (the named_model_inputs map aside).
+_INPUT_FIELDS = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields if not f.is_repeated]
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -356,7 +358,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             scores=[] if result.scores is None else result.scores.tolist(),
             strategy=result.strategy, backend=result.backend, seed=result.seed,
             pool_version=selected.pool_version, request_id=request.request_id,
-            metrics=selected.metrics, compute_seconds=result.compute_seconds)
+            metrics=selected.metrics, compute_seconds=result.compute_seconds,
+            execution_providers=selected.execution_providers)
         if result.pseudo_label_indices is not None:
             response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
             response.pseudo_labels.extend(result.pseudo_labels.tolist())
@@ -380,6 +383,13 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             inputs = {name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
                                        max_bytes=self.limits.max_inline_bytes)
                       for name in _INPUT_FIELDS if request.inputs.HasField(name)}
+            for key, tensor in request.inputs.named_model_inputs.items():
+                name = roles.NAMED_MODEL_INPUTS + key
+                where = f"inputs.named_model_inputs[{key!r}]"
+                if not roles.is_named_model_input(name):
+                    raise InvalidInput(f"{where}: the name must be 1-100 of [A-Za-z0-9_.-], "
+                                       "not starting with . or -", field=where)
+                inputs[name] = from_proto(tensor, where, max_bytes=self.limits.max_inline_bytes)
         elif source != "pool_id":
             raise InvalidInput("set either inputs or pool_id", field="source")
         return SelectCall(

@@ -93,12 +93,34 @@ def needed_roles(strategy: str, params: Mapping[str, Any]) -> set[str]:
     return roles
 
 
+@dataclass(frozen=True)
+class _Passes:
+    """Role arrays of one model and one kind of pass, and the execution provider that ran it."""
+
+    arrays: dict[str, np.ndarray]
+    provider: str
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+@dataclass
+class ModelOutputs:
+    """What a Select's model step gives: role arrays, figures for the response's metrics,
+    and per model (in ``model_ids`` order) the execution provider that ran it."""
+
+    arrays: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    providers: list[str]
+
+
 class _ResultCache:
-    """LRU of role arrays by key, bounded by total bytes."""
+    """LRU of model passes by key, bounded by total bytes."""
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, dict[str, np.ndarray]] = OrderedDict()
+        self._entries: OrderedDict[tuple, _Passes] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[tuple, threading.Lock] = {}
 
@@ -107,22 +129,20 @@ class _ResultCache:
         with self._lock:
             return self._key_locks.setdefault(key, threading.Lock())
 
-    def get(self, key: tuple) -> dict[str, np.ndarray] | None:
+    def get(self, key: tuple) -> _Passes | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: tuple, value: dict[str, np.ndarray]) -> None:
-        size = sum(a.nbytes for a in value.values())
+    def put(self, key: tuple, value: _Passes) -> None:
         with self._lock:
             self._key_locks.pop(key, None)
-            if size > self.max_bytes:
+            if value.nbytes > self.max_bytes:
                 return
             self._entries[key] = value
-            while sum(a.nbytes for v in self._entries.values() for a in v.values()) \
-                    > self.max_bytes:
+            while sum(v.nbytes for v in self._entries.values()) > self.max_bytes:
                 self._entries.popitem(last=False)
 
     def drop(self, uid: str) -> None:
@@ -236,19 +256,20 @@ class ModelRuntime:
 
     # -- one model, one kind of pass ----------------------------------------------------
 
-    def _pass(self, info: ModelInfo, inputs: np.ndarray, *, mc: int, seed: int,
+    def _pass(self, info: ModelInfo, inputs: Mapping[str, np.ndarray], *, mc: int, seed: int,
               batch_size: int, pool_key: tuple | None, check: Callable[[], None],
-              terminator: Terminator | None, stats: dict[str, float]) -> dict[str, np.ndarray]:
+              terminator: Terminator | None, stats: dict[str, float]) -> _Passes:
         """Role arrays of one model: deterministic (``mc == 0``) or ``mc`` MC passes.
 
-        Deterministic: every declared role, ``probs`` [N, C] and the rest. MC:
-        ``samples`` [mc, N, C] only.
+        ``inputs`` are the raw-input arrays by name. Deterministic: every declared
+        role, ``probs`` [N, C] and the rest. MC: ``samples`` [mc, N, C] only.
         """
-        fixed = info.signature.input_shape[0]
-        if fixed > 0:
-            batch_size = fixed
+        sig = info.signature
+        if sig.fixed_batch:
+            batch_size = sig.fixed_batch
         elif not batch_size:
-            item = int(np.prod(inputs.shape[1:], dtype=np.int64)) * inputs.dtype.itemsize
+            item = sum(int(np.prod(inputs[i.array].shape[1:], dtype=np.int64))
+                       * inputs[i.array].dtype.itemsize for i in sig.inputs)
             batch_size = default_batch_size(item)
         kind = ("det",) if mc == 0 else ("mc", mc, seed, batch_size)
         key = None if pool_key is None else (*pool_key, info.uid, *kind)
@@ -266,18 +287,18 @@ class ModelRuntime:
         stats["model_cached_passes"] += 1
         return cached
 
-    def _timed(self, info: ModelInfo, inputs: np.ndarray, mc: int, seed: int, batch_size: int,
-               check: Callable[[], None], terminator: Terminator | None,
-               stats: dict[str, float]) -> dict[str, np.ndarray]:
+    def _timed(self, info: ModelInfo, inputs: Mapping[str, np.ndarray], mc: int, seed: int,
+               batch_size: int, check: Callable[[], None], terminator: Terminator | None,
+               stats: dict[str, float]) -> _Passes:
         started = time.perf_counter()
         result = self._compute(info, inputs, mc, seed, batch_size, check, terminator)
         stats["model_seconds"] += time.perf_counter() - started
         stats["model_passes"] += max(mc, 1)
         return result
 
-    def _compute(self, info: ModelInfo, inputs: np.ndarray, mc: int, seed: int,
+    def _compute(self, info: ModelInfo, inputs: Mapping[str, np.ndarray], mc: int, seed: int,
                  batch_size: int, check: Callable[[], None],
-                 terminator: Terminator | None) -> dict[str, np.ndarray]:
+                 terminator: Terminator | None) -> _Passes:
         sig = info.signature
         roles = dict(sig.outputs)
         if mc:
@@ -286,9 +307,10 @@ class ModelRuntime:
         else:
             session = self._session(info, check)
         names = list(roles.values())
-        fixed = sig.input_shape[0] if sig.input_shape[0] > 0 else None
-        outs = run_batches(session, inputs, names, batch_size=batch_size, passes=max(mc, 1),
-                           fixed_batch=fixed, input_dtype=np.dtype(sig.input_dtype),
+        outs = run_batches(session, {i.name: inputs[i.array] for i in sig.inputs}, names,
+                           batch_size=batch_size, passes=max(mc, 1),
+                           fixed_batch=sig.fixed_batch or None,
+                           input_dtypes={i.name: np.dtype(i.dtype) for i in sig.inputs},
                            check_cancelled=check, terminator=terminator)
         result: dict[str, np.ndarray] = {}
         for role, out in zip(roles, outs, strict=True):
@@ -312,7 +334,7 @@ class ModelRuntime:
                                    "[N, d]", field="model_ids", reason="OUTPUT_SHAPE")
             validate_array(role, array, field=where)
             result[role] = np.ascontiguousarray(array)
-        return result
+        return _Passes(result, session.get_providers()[0])
 
     # -- a Select's models ---------------------------------------------------------------
 
@@ -326,14 +348,15 @@ class ModelRuntime:
             raise InvalidInput("model_ids names a model twice", field="model_ids")
         return [self.store.get(m, f"model_ids[{i}]") for i, m in enumerate(ids)]
 
-    def arrays(self, run: ModelRun, inputs: np.ndarray, *, needed: set[str],
+    def arrays(self, run: ModelRun, inputs: Mapping[str, np.ndarray], *, needed: set[str],
                pool_key: tuple | None = None, check: Callable[[], None] = lambda: None,
-               terminator: Terminator | None = None,
-               ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Run ``run``'s models over ``inputs`` ([N, ...]); return the role arrays and figures.
+               terminator: Terminator | None = None) -> ModelOutputs:
+        """Run ``run``'s models over the raw inputs and return what they give.
 
-        ``needed`` are the roles the strategy reads (``needed_roles``); feature
-        roles outside it are not computed under MC dropout. ``pool_key`` (a
+        ``inputs`` are the raw-input arrays by name (``model_inputs``,
+        ``model_inputs.<name>``), each model reading those its graph inputs are
+        bound to. ``needed`` are the roles the strategy reads (``needed_roles``);
+        feature roles outside it are not computed under MC dropout. ``pool_key`` (a
         pool's identity and version) enables caching. The figures count the
         forward passes run (``model_passes``), the passes served from the cache
         (``model_cached_passes``) and the inference time (``model_seconds``).
@@ -346,7 +369,15 @@ class ModelRuntime:
                                field="batch_size")
         models = self.resolve(run.model_ids)
         for m in models:
-            input_fits(m.signature, inputs.dtype, inputs.shape, model_id=m.model_id)
+            for spec in m.signature.inputs:
+                array = inputs.get(spec.array)
+                if array is None:
+                    have = ", ".join(sorted(inputs)) or "none"
+                    raise InvalidInput(
+                        f"model {m.model_id!r} feeds its graph input {spec.name!r} from the "
+                        f"array {spec.array!r}, which the request lacks (raw inputs given: "
+                        f"{have})", field=f"inputs.{spec.array}", reason="MISSING_INPUT")
+                input_fits(spec, array.dtype, array.shape, model_id=m.model_id)
         committee = len(models) > 1 or run.mc_samples > 0
         if committee:
             for m in models:
@@ -360,20 +391,24 @@ class ModelRuntime:
                       terminator=terminator, stats=stats)
         out: dict[str, np.ndarray] = {}
         members: list[np.ndarray] = []
+        providers: list[str] = []
         for m in models:
             wants_features = any(r in needed and r not in out
                                  for r in _FEATURE_ROLES if r in m.signature.outputs)
             det = None
             if not run.mc_samples or wants_features:
                 det = self._pass(m, inputs, mc=0, seed=0, **common)
+                providers.append(det.provider)
                 for role in _FEATURE_ROLES:
-                    if role in det and role not in out:
-                        out[role] = det[role]
+                    if role in det.arrays and role not in out:
+                        out[role] = det.arrays[role]
             if run.mc_samples:
-                members.append(self._pass(m, inputs, mc=run.mc_samples, seed=run.seed,
-                                          **common)["samples"])
-            elif "probs" in det:
-                members.append(det["probs"][None])
+                passes = self._pass(m, inputs, mc=run.mc_samples, seed=run.seed, **common)
+                if det is None:
+                    providers.append(passes.provider)
+                members.append(passes.arrays["samples"])
+            elif "probs" in det.arrays:
+                members.append(det.arrays["probs"][None])
         if members:
             classes = {a.shape[2] for a in members}
             if len(classes) > 1:
@@ -385,4 +420,4 @@ class ModelRuntime:
                 out["probs"] = out["samples"].mean(axis=0, dtype=np.float64).astype(np.float32)
             else:
                 out["probs"] = members[0][0]
-        return out, stats
+        return ModelOutputs(out, stats, providers)

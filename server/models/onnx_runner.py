@@ -28,7 +28,7 @@ import functools
 import importlib.util
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -226,46 +226,56 @@ class Terminator:
         self.close()
 
 
-def run_batches(session: ort.InferenceSession, inputs: np.ndarray, output_names: Sequence[str],
-                *, batch_size: int, passes: int = 1, fixed_batch: int | None = None,
-                input_dtype: np.dtype | None = None,
+def run_batches(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray],
+                output_names: Sequence[str], *, batch_size: int, passes: int = 1,
+                fixed_batch: int | None = None,
+                input_dtypes: Mapping[str, np.dtype] | None = None,
+                run_feed: Callable[[int, int], Mapping[str, np.ndarray]] | None = None,
                 check_cancelled: Callable[[], None] = lambda: None,
                 terminator: Terminator | None = None) -> list[np.ndarray]:
-    """Run ``session`` over ``inputs`` ([N, ...]) and return each named output, [passes, N, ...].
+    """Run ``session`` over ``inputs`` and return each named output, [passes, N, ...].
 
     Parameters
     ----------
+    inputs : graph input name -> [N, ...] array; every array has the same N.
     batch_size : items per run; ignored when ``fixed_batch`` (a model whose item axis
         is fixed) is given: then every run has exactly that many items, the last
         padded with zeros and its padding dropped.
     passes : runs per batch (MC dropout samples a fresh mask on every run).
-    input_dtype : dtype the model takes (inputs are cast to it: lossless widening only,
-        checked by the caller).
+    input_dtypes : graph input name -> the dtype the model takes (inputs are cast to
+        it: lossless widening only, checked by the caller).
+    run_feed : (pass, first item of the batch) -> further feeds of that run (the
+        MC-dropout keys).
     check_cancelled : raises between batches once the request must stop.
     terminator : stops a batch that is running when the request must stop.
     """
-    n = inputs.shape[0]
+    n = next(iter(inputs.values())).shape[0]
     if n == 0:
         raise InvalidInput("model_inputs holds no items", field="inputs.model_inputs")
+    dtypes = input_dtypes or {}
     step = fixed_batch or batch_size
-    input_name = session.get_inputs()[0].name
     options = terminator.run_options if terminator is not None else run_options()
     results: list[np.ndarray | None] = [None] * len(output_names)
     for start in range(0, n, step):
         check_cancelled()
-        batch = np.ascontiguousarray(inputs[start:start + step], dtype=input_dtype)
-        rows = batch.shape[0]
-        if fixed_batch and rows < fixed_batch:
-            pad = np.zeros((fixed_batch - rows, *batch.shape[1:]), dtype=batch.dtype)
-            batch = np.concatenate([batch, pad])
+        feed = {}
+        for name, array in inputs.items():
+            batch = np.ascontiguousarray(array[start:start + step], dtype=dtypes.get(name))
+            if fixed_batch and batch.shape[0] < fixed_batch:
+                pad = np.zeros((fixed_batch - batch.shape[0], *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, pad])
+            feed[name] = batch
+        rows = min(step, n - start)
+        size = fixed_batch or rows
         for p in range(passes):
-            outs = _run(session, output_names, {input_name: batch}, options, terminator)
+            run = feed if run_feed is None else {**feed, **run_feed(p, start)}
+            outs = _run(session, output_names, run, options, terminator)
             for k, (name, out) in enumerate(zip(output_names, outs, strict=True)):
                 out = np.asarray(out)
-                if out.ndim == 0 or out.shape[0] != batch.shape[0]:
+                if out.ndim == 0 or out.shape[0] != size:
                     raise InvalidInput(
                         f"model output {name!r} has shape {list(out.shape)} for a batch of "
-                        f"{batch.shape[0]} items: axis 0 must be the item axis",
+                        f"{size} items: axis 0 must be the item axis",
                         field="model_ids", reason="OUTPUT_SHAPE")
                 if results[k] is None:
                     dtype = np.float32 if out.dtype == np.float16 else out.dtype

@@ -16,9 +16,11 @@ A model is code supplied by a client, so it is judged as data first:
 * **Cost**: one item may not need more memory or arithmetic than the server's
   limits (``onnx_cost``).
 * **Opsets in range**, then ``onnx.checker``.
-* **One graph input** whose axis 0 is the item axis, of a type a pool can hold;
-  and the declared output roles must name real outputs of the right rank and a
-  floating-point type.
+* **Graph inputs** (one or several, e.g. a transformer's ``input_ids`` and
+  ``attention_mask``), each with axis 0 the item axis, of a type a pool can
+  hold, and each bound to a pool array (``model_inputs`` or
+  ``model_inputs.<name>``); and the declared output roles must name real
+  outputs of the right rank and a floating-point type.
 
 Everything here raises ``InvalidInput`` naming the check (its ``reason``) and the
 offending field; the size cap and the digest are enforced while receiving.
@@ -36,6 +38,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 
 from assay.vocab.errors import InvalidInput
+from assay.vocab.roles import NAMED_MODEL_INPUTS, is_named_model_input
 
 if TYPE_CHECKING:  # onnx_cost imports this module
     from .onnx_cost import ModelLimits
@@ -67,19 +70,39 @@ INPUT_TYPES = {
 }
 
 
+#: Most graph inputs a model may have.
+MAX_INPUTS = 16
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One graph input and the pool array that feeds it.
+
+    ``shape`` uses -1 for dynamic axes; axis 0 is the item axis.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    array: str
+
+
 @dataclass(frozen=True)
 class ModelSignature:
     """What Assay reads from a checked model.
 
-    ``input_shape`` uses -1 for dynamic axes; ``outputs`` maps role -> graph output name.
+    ``outputs`` maps role -> graph output name.
     """
 
-    input_name: str
-    input_dtype: str
-    input_shape: tuple[int, ...]
+    inputs: tuple[GraphInput, ...]
     outputs: dict[str, str]
     opset: int
     dropout_count: int
+
+    @property
+    def fixed_batch(self) -> int:
+        """The item count every run must have (a fixed axis 0), or 0 when it is free."""
+        return next((i.shape[0] for i in self.inputs if i.shape[0] > 0), 0)
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -258,31 +281,85 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
     return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
 
 
-def read_input(model: onnx.ModelProto) -> tuple[str, str, tuple[int, ...]]:
-    """The one graph input fed from the pool: (name, NumPy dtype name, shape with -1)."""
+def read_inputs(model: onnx.ModelProto, bindings: Sequence[tuple[str, str]] = (),
+                field: str = "header.inputs") -> tuple[GraphInput, ...]:
+    """The graph inputs fed from the pool, each with its pool array.
+
+    ``bindings`` are (graph input, array) pairs. Without them, one graph input
+    reads ``model_inputs`` and several read ``model_inputs.<input name>`` each.
+    Graph inputs that an initializer backs are constants, not inputs.
+    """
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
-    if len(inputs) != 1:
-        names = ", ".join(repr(v.name) for v in inputs) or "none"
-        raise InvalidInput(
-            f"the model must have exactly one graph input (the pool's model_inputs); it has "
-            f"{len(inputs)}: {names}", field="chunk", reason="MODEL_INPUTS")
-    value = inputs[0]
-    if not value.type.HasField("tensor_type"):
-        raise InvalidInput(f"graph input {value.name!r} is not a tensor", field="chunk",
+    if not inputs:
+        raise InvalidInput("the model has no graph input to feed the pool's model_inputs to",
+                           field="chunk", reason="MODEL_INPUTS")
+    if len(inputs) > MAX_INPUTS:
+        raise InvalidInput(f"the model has {len(inputs)} graph inputs; at most {MAX_INPUTS}",
+                           field="chunk", reason="MODEL_INPUTS")
+    arrays = _bind_inputs([v.name for v in inputs], bindings, field)
+    fixed = set()
+    out = []
+    for value in inputs:
+        if not value.type.HasField("tensor_type"):
+            raise InvalidInput(f"graph input {value.name!r} is not a tensor", field="chunk",
+                               reason="MODEL_INPUTS")
+        elem = value.type.tensor_type.elem_type
+        if elem not in INPUT_TYPES:
+            raise InvalidInput(
+                f"graph input {value.name!r} has type {onnx.TensorProto.DataType.Name(elem)}; "
+                "accepted: FLOAT, FLOAT16, DOUBLE, INT32, INT64", field="chunk",
+                reason="MODEL_INPUTS")
+        shape = _dims(value)
+        if not shape:
+            raise InvalidInput(
+                f"graph input {value.name!r} must declare its rank, with the item axis first",
+                field="chunk", reason="MODEL_INPUTS")
+        if shape[0] > 0:
+            fixed.add(shape[0])
+        out.append(GraphInput(value.name, INPUT_TYPES[elem], shape, arrays[value.name]))
+    if len(fixed) > 1:
+        raise InvalidInput(f"the graph inputs fix different item counts on axis 0 "
+                           f"({sorted(fixed)}); they must agree", field="chunk",
                            reason="MODEL_INPUTS")
-    elem = value.type.tensor_type.elem_type
-    if elem not in INPUT_TYPES:
-        raise InvalidInput(
-            f"graph input {value.name!r} has type {onnx.TensorProto.DataType.Name(elem)}; "
-            "accepted: FLOAT, FLOAT16, DOUBLE, INT32, INT64", field="chunk",
-            reason="MODEL_INPUTS")
-    shape = _dims(value)
-    if not shape:
-        raise InvalidInput(
-            f"graph input {value.name!r} must declare its rank, with the item axis first",
-            field="chunk", reason="MODEL_INPUTS")
-    return value.name, INPUT_TYPES[elem], shape
+    return tuple(out)
+
+
+def _bind_inputs(names: Sequence[str], bindings: Sequence[tuple[str, str]],
+                 field: str) -> dict[str, str]:
+    """Graph input -> pool array, from the declared bindings or the default names."""
+    if not bindings:
+        if len(names) == 1:
+            return {names[0]: "model_inputs"}
+        arrays = {n: f"{NAMED_MODEL_INPUTS}{n}" for n in names}
+        for n, a in arrays.items():
+            if not is_named_model_input(a):
+                raise InvalidInput(
+                    f"graph input {n!r} cannot name a pool array (letters, digits, _ . - "
+                    f"only): bind it to one in {field}", field=field, reason="MODEL_INPUTS")
+        return arrays
+    arrays: dict[str, str] = {}
+    for i, (name, array) in enumerate(bindings):
+        where = f"{field}[{i}]"
+        if name not in names:
+            known = ", ".join(repr(n) for n in names)
+            raise InvalidInput(f"{where}: the graph has no input {name!r}; its inputs are "
+                               f"{known}", field=f"{where}.input_name",
+                               reason="INPUT_NOT_FOUND")
+        if name in arrays:
+            raise InvalidInput(f"{where}: graph input {name!r} is bound twice",
+                               field=f"{where}.input_name")
+        if array != "model_inputs" and not is_named_model_input(array):
+            raise InvalidInput(
+                f"{where}.array {array!r} must be model_inputs or model_inputs.<name> "
+                "(letters, digits, _ . -)", field=f"{where}.array")
+        arrays[name] = array
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InvalidInput(f"{field} binds some graph inputs but not {missing}: bind every "
+                           "one, or none for the default names", field=field,
+                           reason="MODEL_INPUTS")
+    return arrays
 
 
 def check_outputs(model: onnx.ModelProto, bindings: Sequence[tuple[str, str]],
@@ -340,46 +417,52 @@ def count_dropout(model: onnx.ModelProto) -> int:
 
 
 def inspect_model(data: bytes, bindings: Sequence[tuple[str, str]],
-                  limits: ModelLimits | None = None) -> ModelSignature:
+                  limits: ModelLimits | None = None,
+                  input_bindings: Sequence[tuple[str, str]] = ()) -> ModelSignature:
     """Run every static check on ``data`` and return the model's signature.
 
-    The order matters: external data is refused before any tool that could
-    resolve it (the checker, onnxruntime) sees the model; the cost check (when
-    ``limits`` are given) runs on a model known to be well formed.
+    ``bindings`` are the declared (role, output name) pairs, ``input_bindings``
+    the (graph input, pool array) pairs (``read_inputs``). The order matters:
+    external data is refused before any tool that could resolve it (the checker,
+    onnxruntime) sees the model; the cost check (when ``limits`` are given) runs
+    on a model known to be well formed.
     """
     model = parse_model(data)
     check_no_external_data(model)
     opset = check_domains_and_opsets(model)
     run_checker(model)
-    name, dtype, shape = read_input(model)
+    inputs = read_inputs(model, input_bindings)
     outputs = check_outputs(model, bindings)
     if limits is not None:
         from .onnx_cost import check_cost
 
         check_cost(model, limits)
-    return ModelSignature(name, dtype, shape, outputs, opset, count_dropout(model))
+    return ModelSignature(inputs, outputs, opset, count_dropout(model))
 
 
-def input_fits(signature: ModelSignature, dtype: np.dtype, shape: tuple[int, ...],
-               field: str = "inputs.model_inputs", model_id: str = "") -> None:
-    """Raise ``InvalidInput`` unless arrays of ``dtype``/``shape`` ([N, ...]) can feed the model.
+_WIDENING = {(np.dtype("float16"), np.dtype("float32")), (np.dtype("int32"), np.dtype("int64"))}
+
+
+def input_fits(spec: GraphInput, dtype: np.dtype, shape: tuple[int, ...],
+               field: str = "", model_id: str = "") -> None:
+    """Raise ``InvalidInput`` unless arrays of ``dtype``/``shape`` ([N, ...]) can feed the
+    graph input ``spec``.
 
     Types must match or widen without loss (float16 to float32, int32 to int64);
     every fixed axis after the item axis must match.
     """
+    field = field or f"inputs.{spec.array}"
     who = f"model {model_id!r}" if model_id else "the model"
-    want = np.dtype(signature.input_dtype)
+    want = np.dtype(spec.dtype)
     have = np.dtype(dtype)
-    widening = {(np.dtype("float16"), np.dtype("float32")),
-                (np.dtype("int32"), np.dtype("int64"))}
-    if have != want and (have, want) not in widening:
+    if have != want and (have, want) not in _WIDENING:
         raise InvalidInput(f"{field} is {have.name} but {who} takes {want.name} input "
-                           f"{signature.input_name!r}", field=field, reason="INPUT_MISMATCH")
-    expected = signature.input_shape
+                           f"{spec.name!r}", field=field, reason="INPUT_MISMATCH")
+    expected = spec.shape
     mismatch = len(shape) != len(expected) or any(
         e >= 0 and e != s for e, s in zip(expected[1:], shape[1:], strict=False))
     if mismatch:
         doc = ["N", *(d if d >= 0 else "?" for d in expected[1:])]
         raise InvalidInput(f"{field} has shape {list(shape)} but {who} input "
-                           f"{signature.input_name!r} takes {doc}", field=field,
+                           f"{spec.name!r} takes {doc}", field=field,
                            reason="INPUT_MISMATCH")

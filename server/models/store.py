@@ -26,7 +26,7 @@ from pathlib import Path
 from assay.vocab.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted
 
 from ..pools.durable import fsync_dir
-from .onnx_safety import ModelSignature
+from .onnx_safety import GraphInput, ModelSignature
 
 MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -118,10 +118,14 @@ class ModelStore:
     def _info(row: tuple) -> ModelInfo:
         model_id, uid, sha, size, ctime, signature, bindings = row
         sig = json.loads(signature)
+        if "inputs" in sig:
+            inputs = tuple(GraphInput(n, d, tuple(s), a) for n, d, s, a in sig["inputs"])
+        else:  # registered when models had exactly one input, fed from model_inputs
+            inputs = (GraphInput(sig["input_name"], sig["input_dtype"],
+                                 tuple(sig["input_shape"]), "model_inputs"),)
         return ModelInfo(
             model_id, uid, sha, size, ctime,
-            ModelSignature(sig["input_name"], sig["input_dtype"], tuple(sig["input_shape"]),
-                           dict(sig["outputs"]), sig["opset"], sig["dropout_count"]),
+            ModelSignature(inputs, dict(sig["outputs"]), sig["opset"], sig["dropout_count"]),
             tuple((r, n) for r, n in json.loads(bindings)))
 
     def get(self, model_id: str, field: str = "model_id") -> ModelInfo:
@@ -183,9 +187,9 @@ class ModelStore:
         final = self.models_dir / f"{uid}.onnx"
         os.replace(upload.tmp, final)
         fsync_dir(self.models_dir)
-        sig = {"input_name": signature.input_name, "input_dtype": signature.input_dtype,
-               "input_shape": list(signature.input_shape), "outputs": signature.outputs,
-               "opset": signature.opset, "dropout_count": signature.dropout_count}
+        sig = {"inputs": [[i.name, i.dtype, list(i.shape), i.array] for i in signature.inputs],
+               "outputs": signature.outputs, "opset": signature.opset,
+               "dropout_count": signature.dropout_count}
         row = (upload.model_id, uid, upload.sha256, upload.size_bytes, time.time(),
                json.dumps(sig), json.dumps([list(b) for b in bindings]))
         with self._lock:

@@ -442,10 +442,11 @@ class PoolStore:
         counts = set()
         for i, spec in enumerate(specs):
             where = f"header.arrays[{i}]"
-            if spec.name not in roles.stored_roles():
+            if not roles.is_stored(spec.name):
                 allowed = ", ".join(roles.stored_roles())
                 raise InvalidInput(f"{where}.name {spec.name!r} is not a pool array; use one of "
-                                   f"{allowed}", field=f"{where}.name")
+                                   f"{allowed}, or model_inputs.<name> (letters, digits, _ . -) "
+                                   "for a model with several inputs", field=f"{where}.name")
             if not rank_fits(spec.name, len(spec.shape)):
                 raise InvalidInput(f"{where}.shape must be {shape_doc(spec.name)}, got "
                                    f"{list(spec.shape)}", field=f"{where}.shape")

@@ -89,6 +89,8 @@ class Selection:
     pseudo_label_indices: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pseudo_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     compute_seconds: float = 0.0
+    #: Per model of ``models``, the onnxruntime execution provider that ran it.
+    execution_providers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,22 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class ModelInput:
+    """A graph input of a registered model and the array that feeds it."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    array: str
+
+
+@dataclass(frozen=True)
 class Model:
-    """A registered ONNX model's metadata; ``outputs`` maps role -> graph output name."""
+    """A registered ONNX model's metadata; ``outputs`` maps role -> graph output name.
+
+    ``inputs`` lists every graph input; ``input_name``, ``input_dtype`` and
+    ``input_shape`` describe the first.
+    """
 
     model_id: str
     outputs: dict[str, str]
@@ -118,12 +134,26 @@ class Model:
     sha256: str
     opset_version: int
     dropout_count: int
+    inputs: tuple[ModelInput, ...] = ()
 
 
 def _model(m: model_pb2.Model) -> Model:
+    inputs = tuple(ModelInput(i.name, tensor_pb2.DataType.Name(i.dtype), tuple(i.shape),
+                              i.array) for i in m.inputs)
     return Model(m.model_id, {b.role: b.output_name for b in m.outputs}, m.input.name,
                  tensor_pb2.DataType.Name(m.input.dtype), tuple(m.input.shape), m.size_bytes,
-                 m.sha256, m.opset_version, m.dropout_count)
+                 m.sha256, m.opset_version, m.dropout_count, inputs)
+
+
+def _named_inputs(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    """``model_inputs={"input_ids": ..., ...}`` as the arrays ``model_inputs.input_ids``, ...
+    (a model with several graph inputs); other arrays as they are."""
+    raw = arrays.get("model_inputs")
+    if not isinstance(raw, Mapping):
+        return dict(arrays)
+    out = {k: v for k, v in arrays.items() if k != "model_inputs"}
+    out.update({roles.NAMED_MODEL_INPUTS + name: v for name, v in raw.items()})
+    return out
 
 
 @dataclass(frozen=True)
@@ -255,7 +285,8 @@ class Client:
                predictions: np.ndarray | None = None, params: Mapping[str, Any] | None = None,
                seed: int | None = None, request_id: str | None = None,
                exclude: np.ndarray | None = None, timeout: float | None = None,
-               model_inputs: np.ndarray | None = None, models: Sequence[str] = (),
+               model_inputs: np.ndarray | Mapping[str, np.ndarray] | None = None,
+               models: Sequence[str] = (),
                mc_samples: int = 0, batch_size: int = 0,
                labeled_probs: np.ndarray | None = None,
                labels: np.ndarray | None = None) -> Selection:
@@ -263,6 +294,8 @@ class Client:
 
         With ``models`` (registered model ids), the server runs them over the raw
         ``model_inputs`` (inline, or the pool's) to produce the strategy's inputs;
+        a model with several graph inputs takes a dict, ``model_inputs={"input_ids":
+        ids, "attention_mask": mask}`` (the arrays ``model_inputs.<name>``).
         ``mc_samples`` > 0 samples each with MC dropout; several models form a
         committee. Retries on UNAVAILABLE with the same ``request_id`` (one is
         generated when not given), so a retry never yields a second, different answer.
@@ -291,8 +324,12 @@ class Client:
             request.pool_id = pool
         else:
             request.inputs.SetInParent()
-            for name, value in given.items():
-                getattr(request.inputs, name).CopyFrom(to_proto(np.asarray(value)))
+            for name, value in _named_inputs(given).items():
+                if name.startswith(roles.NAMED_MODEL_INPUTS):
+                    key = name[len(roles.NAMED_MODEL_INPUTS):]
+                    request.inputs.named_model_inputs[key].CopyFrom(to_proto(np.asarray(value)))
+                else:
+                    getattr(request.inputs, name).CopyFrom(to_proto(np.asarray(value)))
         for attempt in range(self.retries + 1):
             try:
                 r = self._stub.Select(request, timeout=timeout or self.timeout,
@@ -309,23 +346,29 @@ class Client:
             request_id=r.request_id, metrics=dict(r.metrics),
             pseudo_label_indices=np.asarray(r.pseudo_label_indices, dtype=np.int64),
             pseudo_labels=np.asarray(r.pseudo_labels, dtype=np.int64),
-            compute_seconds=r.compute_seconds)
+            compute_seconds=r.compute_seconds,
+            execution_providers=tuple(r.execution_providers))
 
     # -- models ------------------------------------------------------------------------
 
     def register_model(self, model_id: str, model: bytes | str | os.PathLike,
-                       outputs: Mapping[str, str], *, chunk_bytes: int = CHUNK_BYTES,
-                       timeout: float | None = None) -> Model:
+                       outputs: Mapping[str, str], *, inputs: Mapping[str, str] | None = None,
+                       chunk_bytes: int = CHUNK_BYTES, timeout: float | None = None) -> Model:
         """Upload an ONNX model (bytes or a file path) under ``model_id``.
 
         ``outputs`` maps roles (logits or probs, embeddings, loss, discriminator)
-        to the graph's output names. The file is streamed in chunks with its
+        to the graph's output names. ``inputs`` maps graph input names to the
+        arrays that feed them (``model_inputs`` or ``model_inputs.<name>``); by
+        default one graph input reads ``model_inputs`` and several read
+        ``model_inputs.<input name>`` each. The file is streamed in chunks with its
         SHA-256, which the server verifies before storing anything.
         """
         data = model if isinstance(model, bytes) else Path(model).read_bytes()
         header = model_pb2.RegisterModelHeader(
             model_id=model_id, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            outputs=[model_pb2.OutputBinding(role=r, output_name=n) for r, n in outputs.items()])
+            outputs=[model_pb2.OutputBinding(role=r, output_name=n) for r, n in outputs.items()],
+            inputs=[model_pb2.InputBinding(input_name=n, array=a)
+                    for n, a in (inputs or {}).items()])
 
         def messages() -> Iterator[model_pb2.RegisterModelRequest]:
             yield model_pb2.RegisterModelRequest(header=header)
@@ -417,8 +460,11 @@ class Client:
                **arrays: np.ndarray) -> tuple[Pool, int, int]:
         """Stream arrays (``probs=``, ``embeddings=``, ...) into a pool in chunks.
 
-        Returns (pool, first_index, appended_count). Nothing is stored unless the
-        whole stream arrives.
+        Raw inputs of a model with several graph inputs go as a dict,
+        ``model_inputs={"input_ids": ids, "attention_mask": mask}`` (stored as
+        ``model_inputs.input_ids`` and ``model_inputs.attention_mask``). Returns
+        (pool, first_index, appended_count). Nothing is stored unless the whole
+        stream arrives.
         """
         r = self._upload("AppendPoolItems", assay_pb2.AppendPoolItemsResponse, pool_id,
                          request_id, chunk_bytes, timeout, arrays)
@@ -441,10 +487,11 @@ class Client:
                                   pool_id, request_id, chunk_bytes, timeout, arrays).pool)
 
     def _upload(self, method: str, response_type, pool_id: str, request_id: str | None,
-                chunk_bytes: int, timeout: float | None, arrays: dict[str, np.ndarray]):
+                chunk_bytes: int, timeout: float | None, arrays: Mapping[str, Any]):
         """Stream ``arrays`` to ``method`` (an append or a replace: their messages have the
         same field numbers) and return its response."""
-        unknown = set(arrays) - set(roles.names())
+        arrays = _named_inputs(arrays)
+        unknown = {name for name in arrays if not roles.is_role(name)}
         if unknown:
             # Roles that a pool derives instead of storing go to the server, which says why.
             raise ValueError(f"unknown arrays {sorted(unknown)}; the roles are "

@@ -14,6 +14,7 @@ This module imports nothing, not even NumPy, so any layer can use it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -95,15 +96,38 @@ ROLES: tuple[Role, ...] = (
 
 _BY_NAME: dict[str, Role] = {r.name: r for r in ROLES}
 
+#: A model with several graph inputs (a transformer's ``input_ids`` and
+#: ``attention_mask``) reads several raw-input arrays: ``model_inputs.<name>``,
+#: each of the ``model_inputs`` role. The name is a file name on the server, so
+#: it is kept to a safe alphabet.
+NAMED_MODEL_INPUTS = "model_inputs."
+_NAMED = re.compile(r"^model_inputs\.[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def is_named_model_input(name: str) -> bool:
+    """Whether ``name`` is a well-formed ``model_inputs.<name>`` array name."""
+    return bool(_NAMED.match(name))
+
+
+def base(name: str) -> str:
+    """The role an array name belongs to: ``model_inputs`` for ``model_inputs.<name>``,
+    the name itself otherwise."""
+    return "model_inputs" if is_named_model_input(name) else name
+
 
 def role(name: str) -> Role:
-    """The role called ``name``; ``KeyError`` if there is none."""
-    return _BY_NAME[name]
+    """The role of array ``name``; ``KeyError`` if there is none."""
+    return _BY_NAME[base(name)]
 
 
 def is_role(name: str) -> bool:
-    """Whether ``name`` is a role."""
-    return name in _BY_NAME
+    """Whether ``name`` is an array name: a role, or ``model_inputs.<name>``."""
+    return base(name) in _BY_NAME
+
+
+def is_stored(name: str) -> bool:
+    """Whether a pool can store an array called ``name``."""
+    return is_role(name) and not role(name).derived
 
 
 def names() -> tuple[str, ...]:
@@ -112,8 +136,8 @@ def names() -> tuple[str, ...]:
 
 
 def item_axis(name: str) -> int:
-    """The item axis of role ``name``."""
-    return _BY_NAME[name].item_axis
+    """The item axis of array ``name``."""
+    return role(name).item_axis
 
 
 def stored_roles() -> tuple[str, ...]:

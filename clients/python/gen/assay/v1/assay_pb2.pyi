@@ -211,7 +211,14 @@ class DeletePoolResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Inputs(_message.Message):
-    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs")
+    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs", "named_model_inputs")
+    class NamedModelInputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
     PROBS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +230,7 @@ class Inputs(_message.Message):
     LABELED_PROBS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    NAMED_MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     probs: _tensor_pb2.Tensor
     samples: _tensor_pb2.Tensor
     embeddings: _tensor_pb2.Tensor
@@ -234,7 +242,8 @@ class Inputs(_message.Message):
     labeled_probs: _tensor_pb2.Tensor
     labels: _tensor_pb2.Tensor
     model_inputs: _tensor_pb2.Tensor
-    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    named_model_inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., named_model_inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class ParamValue(_message.Message):
     __slots__ = ("double_value", "int_value", "string_value", "bool_value")
@@ -282,7 +291,7 @@ class SelectRequest(_message.Message):
     def __init__(self, strategy: _Optional[str] = ..., budget: _Optional[int] = ..., inputs: _Optional[_Union[Inputs, _Mapping]] = ..., pool_id: _Optional[str] = ..., params: _Optional[_Mapping[str, ParamValue]] = ..., seed: _Optional[int] = ..., request_id: _Optional[str] = ..., exclude_indices: _Optional[_Iterable[int]] = ..., model_ids: _Optional[_Iterable[str]] = ..., mc_samples: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class SelectResponse(_message.Message):
-    __slots__ = ("indices", "scores", "strategy", "backend", "seed", "pool_version", "request_id", "metrics", "pseudo_label_indices", "pseudo_labels", "compute_seconds")
+    __slots__ = ("indices", "scores", "strategy", "backend", "seed", "pool_version", "request_id", "metrics", "pseudo_label_indices", "pseudo_labels", "compute_seconds", "execution_providers")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +310,7 @@ class SelectResponse(_message.Message):
     PSEUDO_LABEL_INDICES_FIELD_NUMBER: _ClassVar[int]
     PSEUDO_LABELS_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     indices: _containers.RepeatedScalarFieldContainer[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     strategy: str
@@ -312,7 +322,8 @@ class SelectResponse(_message.Message):
     pseudo_label_indices: _containers.RepeatedScalarFieldContainer[int]
     pseudo_labels: _containers.RepeatedScalarFieldContainer[int]
     compute_seconds: float
-    def __init__(self, indices: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., strategy: _Optional[str] = ..., backend: _Optional[str] = ..., seed: _Optional[int] = ..., pool_version: _Optional[int] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., pseudo_label_indices: _Optional[_Iterable[int]] = ..., pseudo_labels: _Optional[_Iterable[int]] = ..., compute_seconds: _Optional[float] = ...) -> None: ...
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, indices: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., strategy: _Optional[str] = ..., backend: _Optional[str] = ..., seed: _Optional[int] = ..., pool_version: _Optional[int] = ..., request_id: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., pseudo_label_indices: _Optional[_Iterable[int]] = ..., pseudo_labels: _Optional[_Iterable[int]] = ..., compute_seconds: _Optional[float] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListStrategiesRequest(_message.Message):
     __slots__ = ()

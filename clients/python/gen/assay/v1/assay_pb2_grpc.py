@@ -52,6 +52,11 @@ class AssayServiceStub:
     FP32/FP16/FP64/INT32/INT64); with
     `SelectRequest.model_ids` the server runs the
     model(s) over them to produce the arrays above
+    model_inputs.<name> [N, ...]   the same, for models with several graph inputs
+    (a transformer's `model_inputs.input_ids` and
+    `model_inputs.attention_mask`); <name> is 1-100
+    of [A-Za-z0-9_.-], not starting with . or -.
+    Inline, they travel in `Inputs.named_model_inputs`
 
     N is the item axis; for `samples` and `predictions` it is axis 1.
     """
@@ -141,6 +146,11 @@ class AssayServiceServicer:
     FP32/FP16/FP64/INT32/INT64); with
     `SelectRequest.model_ids` the server runs the
     model(s) over them to produce the arrays above
+    model_inputs.<name> [N, ...]   the same, for models with several graph inputs
+    (a transformer's `model_inputs.input_ids` and
+    `model_inputs.attention_mask`); <name> is 1-100
+    of [A-Za-z0-9_.-], not starting with . or -.
+    Inline, they travel in `Inputs.named_model_inputs`
 
     N is the item axis; for `samples` and `predictions` it is axis 1.
     """
@@ -320,6 +330,11 @@ class AssayService:
     FP32/FP16/FP64/INT32/INT64); with
     `SelectRequest.model_ids` the server runs the
     model(s) over them to produce the arrays above
+    model_inputs.<name> [N, ...]   the same, for models with several graph inputs
+    (a transformer's `model_inputs.input_ids` and
+    `model_inputs.attention_mask`); <name> is 1-100
+    of [A-Za-z0-9_.-], not starting with . or -.
+    Inline, they travel in `Inputs.named_model_inputs`
 
     N is the item axis; for `samples` and `predictions` it is axis 1.
     """

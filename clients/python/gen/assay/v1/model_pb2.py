@@ -26,7 +26,7 @@ from assay.v1 import tensor_pb2 as assay_dot_v1_dot_tensor__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61ssay/v1/model.proto\x12\x08\x61ssay.v1\x1a\x15\x61ssay/v1/tensor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\rOutputBinding\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x13\n\x0boutput_name\x18\x02 \x01(\t\"L\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.assay.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xeb\x01\n\x05Model\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.assay.v1.OutputBinding\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.assay.v1.ModelInput\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x15\n\ropset_version\x18\x06 \x01(\x03\x12\x15\n\rdropout_count\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"u\n\x13RegisterModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.assay.v1.OutputBinding\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\"`\n\x14RegisterModelRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.assay.v1.RegisterModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"7\n\x15RegisterModelResponse\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.assay.v1.Model\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"2\n\x10GetModelResponse\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.assay.v1.Model\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.assay.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse2\xba\x02\n\x0cModelService\x12R\n\rRegisterModel\x12\x1e.assay.v1.RegisterModelRequest\x1a\x1f.assay.v1.RegisterModelResponse(\x01\x12\x41\n\x08GetModel\x12\x19.assay.v1.GetModelRequest\x1a\x1a.assay.v1.GetModelResponse\x12G\n\nListModels\x12\x1b.assay.v1.ListModelsRequest\x1a\x1c.assay.v1.ListModelsResponse\x12J\n\x0b\x44\x65leteModel\x12\x1c.assay.v1.DeleteModelRequest\x1a\x1d.assay.v1.DeleteModelResponseB+\n\x0c\x64\x65v.assay.v1P\x01Z\x19\x61ssay/gen/assayv1;assayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61ssay/v1/model.proto\x12\x08\x61ssay.v1\x1a\x15\x61ssay/v1/tensor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\rOutputBinding\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x13\n\x0boutput_name\x18\x02 \x01(\t\"1\n\x0cInputBinding\x12\x12\n\ninput_name\x18\x01 \x01(\t\x12\r\n\x05\x61rray\x18\x02 \x01(\t\"[\n\nModelInput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x05\x64type\x18\x02 \x01(\x0e\x32\x12.assay.v1.DataType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05\x61rray\x18\x04 \x01(\t\"\x91\x02\n\x05Model\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.assay.v1.OutputBinding\x12#\n\x05input\x18\x03 \x01(\x0b\x32\x14.assay.v1.ModelInput\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x15\n\ropset_version\x18\x06 \x01(\x03\x12\x15\n\rdropout_count\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06inputs\x18\t \x03(\x0b\x32\x14.assay.v1.ModelInput\"\x9d\x01\n\x13RegisterModelHeader\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12(\n\x07outputs\x18\x02 \x03(\x0b\x32\x17.assay.v1.OutputBinding\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12&\n\x06inputs\x18\x05 \x03(\x0b\x32\x16.assay.v1.InputBinding\"`\n\x14RegisterModelRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.assay.v1.RegisterModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"7\n\x15RegisterModelResponse\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.assay.v1.Model\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"2\n\x10GetModelResponse\x12\x1e\n\x05model\x18\x01 \x01(\x0b\x32\x0f.assay.v1.Model\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x12ListModelsResponse\x12\x1f\n\x06models\x18\x01 \x03(\x0b\x32\x0f.assay.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse2\xba\x02\n\x0cModelService\x12R\n\rRegisterModel\x12\x1e.assay.v1.RegisterModelRequest\x1a\x1f.assay.v1.RegisterModelResponse(\x01\x12\x41\n\x08GetModel\x12\x19.assay.v1.GetModelRequest\x1a\x1a.assay.v1.GetModelResponse\x12G\n\nListModels\x12\x1b.assay.v1.ListModelsRequest\x1a\x1c.assay.v1.ListModelsResponse\x12J\n\x0b\x44\x65leteModel\x12\x1c.assay.v1.DeleteModelRequest\x1a\x1d.assay.v1.DeleteModelResponseB+\n\x0c\x64\x65v.assay.v1P\x01Z\x19\x61ssay/gen/assayv1;assayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.assay.v1P\001Z\031assay/gen/assayv1;assayv1'
   _globals['_OUTPUTBINDING']._serialized_start=90
   _globals['_OUTPUTBINDING']._serialized_end=140
-  _globals['_MODELINPUT']._serialized_start=142
-  _globals['_MODELINPUT']._serialized_end=218
-  _globals['_MODEL']._serialized_start=221
-  _globals['_MODEL']._serialized_end=456
-  _globals['_REGISTERMODELHEADER']._serialized_start=458
-  _globals['_REGISTERMODELHEADER']._serialized_end=575
-  _globals['_REGISTERMODELREQUEST']._serialized_start=577
-  _globals['_REGISTERMODELREQUEST']._serialized_end=673
-  _globals['_REGISTERMODELRESPONSE']._serialized_start=675
-  _globals['_REGISTERMODELRESPONSE']._serialized_end=730
-  _globals['_GETMODELREQUEST']._serialized_start=732
-  _globals['_GETMODELREQUEST']._serialized_end=767
-  _globals['_GETMODELRESPONSE']._serialized_start=769
-  _globals['_GETMODELRESPONSE']._serialized_end=819
-  _globals['_LISTMODELSREQUEST']._serialized_start=821
-  _globals['_LISTMODELSREQUEST']._serialized_end=879
-  _globals['_LISTMODELSRESPONSE']._serialized_start=881
-  _globals['_LISTMODELSRESPONSE']._serialized_end=959
-  _globals['_DELETEMODELREQUEST']._serialized_start=961
-  _globals['_DELETEMODELREQUEST']._serialized_end=999
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1001
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1022
-  _globals['_MODELSERVICE']._serialized_start=1025
-  _globals['_MODELSERVICE']._serialized_end=1339
+  _globals['_INPUTBINDING']._serialized_start=142
+  _globals['_INPUTBINDING']._serialized_end=191
+  _globals['_MODELINPUT']._serialized_start=193
+  _globals['_MODELINPUT']._serialized_end=284
+  _globals['_MODEL']._serialized_start=287
+  _globals['_MODEL']._serialized_end=560
+  _globals['_REGISTERMODELHEADER']._serialized_start=563
+  _globals['_REGISTERMODELHEADER']._serialized_end=720
+  _globals['_REGISTERMODELREQUEST']._serialized_start=722
+  _globals['_REGISTERMODELREQUEST']._serialized_end=818
+  _globals['_REGISTERMODELRESPONSE']._serialized_start=820
+  _globals['_REGISTERMODELRESPONSE']._serialized_end=875
+  _globals['_GETMODELREQUEST']._serialized_start=877
+  _globals['_GETMODELREQUEST']._serialized_end=912
+  _globals['_GETMODELRESPONSE']._serialized_start=914
+  _globals['_GETMODELRESPONSE']._serialized_end=964
+  _globals['_LISTMODELSREQUEST']._serialized_start=966
+  _globals['_LISTMODELSREQUEST']._serialized_end=1024
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1026
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1104
+  _globals['_DELETEMODELREQUEST']._serialized_start=1106
+  _globals['_DELETEMODELREQUEST']._serialized_end=1144
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1146
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1167
+  _globals['_MODELSERVICE']._serialized_start=1170
+  _globals['_MODELSERVICE']._serialized_end=1484
 # @@protoc_insertion_point(module_scope)

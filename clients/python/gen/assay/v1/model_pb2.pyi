@@ -18,18 +18,28 @@ class OutputBinding(_message.Message):
     output_name: str
     def __init__(self, role: _Optional[str] = ..., output_name: _Optional[str] = ...) -> None: ...
 
+class InputBinding(_message.Message):
+    __slots__ = ("input_name", "array")
+    INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
+    input_name: str
+    array: str
+    def __init__(self, input_name: _Optional[str] = ..., array: _Optional[str] = ...) -> None: ...
+
 class ModelInput(_message.Message):
-    __slots__ = ("name", "dtype", "shape")
+    __slots__ = ("name", "dtype", "shape", "array")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: _tensor_pb2.DataType
     shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    array: str
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., array: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("model_id", "outputs", "input", "size_bytes", "sha256", "opset_version", "dropout_count", "create_time")
+    __slots__ = ("model_id", "outputs", "input", "size_bytes", "sha256", "opset_version", "dropout_count", "create_time", "inputs")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +48,7 @@ class Model(_message.Message):
     OPSET_VERSION_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     outputs: _containers.RepeatedCompositeFieldContainer[OutputBinding]
     input: ModelInput
@@ -46,19 +57,22 @@ class Model(_message.Message):
     opset_version: int
     dropout_count: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, model_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputBinding, _Mapping]]] = ..., input: _Optional[_Union[ModelInput, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., opset_version: _Optional[int] = ..., dropout_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[ModelInput]
+    def __init__(self, model_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputBinding, _Mapping]]] = ..., input: _Optional[_Union[ModelInput, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., opset_version: _Optional[int] = ..., dropout_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inputs: _Optional[_Iterable[_Union[ModelInput, _Mapping]]] = ...) -> None: ...
 
 class RegisterModelHeader(_message.Message):
-    __slots__ = ("model_id", "outputs", "size_bytes", "sha256")
+    __slots__ = ("model_id", "outputs", "size_bytes", "sha256", "inputs")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     outputs: _containers.RepeatedCompositeFieldContainer[OutputBinding]
     size_bytes: int
     sha256: str
-    def __init__(self, model_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputBinding, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[InputBinding]
+    def __init__(self, model_id: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputBinding, _Mapping]]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[InputBinding, _Mapping]]] = ...) -> None: ...
 
 class RegisterModelRequest(_message.Message):
     __slots__ = ("header", "chunk")

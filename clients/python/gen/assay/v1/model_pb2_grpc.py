@@ -34,8 +34,10 @@ class ModelServiceStub:
     no initializer stored in external data files (no path on the server can be
     read through a model), only the standard ONNX (`ai.onnx`) and `ai.onnx.ml`
     domains (no custom-op libraries), opsets in the supported range, and
-    `onnx.checker`. It must have exactly one graph input, whose first axis is
-    the item (batch) axis, of type FP32, FP16, FP64, INT32 or INT64.
+    `onnx.checker`. Its graph inputs (at most 16; a transformer's input_ids,
+    attention_mask, token_type_ids) each have the item (batch) axis first and
+    type FP32, FP16, FP64, INT32 or INT64, and each is fed from a pool array
+    (see InputBinding).
     """
 
     def __init__(self, channel):
@@ -75,8 +77,10 @@ class ModelServiceServicer:
     no initializer stored in external data files (no path on the server can be
     read through a model), only the standard ONNX (`ai.onnx`) and `ai.onnx.ml`
     domains (no custom-op libraries), opsets in the supported range, and
-    `onnx.checker`. It must have exactly one graph input, whose first axis is
-    the item (batch) axis, of type FP32, FP16, FP64, INT32 or INT64.
+    `onnx.checker`. Its graph inputs (at most 16; a transformer's input_ids,
+    attention_mask, token_type_ids) each have the item (batch) axis first and
+    type FP32, FP16, FP64, INT32 or INT64, and each is fed from a pool array
+    (see InputBinding).
     """
 
     def RegisterModel(self, request_iterator, context):
@@ -152,8 +156,10 @@ class ModelService:
     no initializer stored in external data files (no path on the server can be
     read through a model), only the standard ONNX (`ai.onnx`) and `ai.onnx.ml`
     domains (no custom-op libraries), opsets in the supported range, and
-    `onnx.checker`. It must have exactly one graph input, whose first axis is
-    the item (batch) axis, of type FP32, FP16, FP64, INT32 or INT64.
+    `onnx.checker`. Its graph inputs (at most 16; a transformer's input_ids,
+    attention_mask, token_type_ids) each have the item (batch) axis first and
+    type FP32, FP16, FP64, INT32 or INT64, and each is fed from a pool array
+    (see InputBinding).
     """
 
     @staticmethod
