@@ -34,7 +34,7 @@ from assay.vocab.errors import InvalidInput, NotFound
 
 from ..strategies import registry
 from ..strategies.validation import validate_array
-from .mc_dropout import DISABLED_OPTIMIZERS, disable_dropout, enable_mc_dropout
+from .mc_dropout import MC_KEYS, disable_dropout, keyed_mc_dropout, mc_keys
 from .onnx_cost import ModelLimits
 from .onnx_runner import (
     Terminator,
@@ -167,17 +167,18 @@ def _wait_for(build: Future, check: Callable[[], None]) -> ort.InferenceSession:
 class ModelRuntime:
     """Sessions and cached results of registered models, shared by all requests.
 
-    Deterministic sessions are kept per registration (an LRU of
-    ``max_sessions``); onnxruntime runs one session from several threads safely.
-    MC-dropout sessions are built per request: their masks come from per-node
-    generators that advance with every run, so sharing one would make the
-    samples depend on what other requests ran.
+    Each registration has at most two sessions, kept in an LRU of
+    ``max_sessions``: the deterministic one (Dropout off) and the MC-dropout one,
+    whose masks come from a graph input (``mc_dropout.keyed_mc_dropout``) instead
+    of generators inside onnxruntime, so one session serves every request at once
+    and the same seed still gives the same samples. onnxruntime runs one session
+    from several threads safely.
 
     Sessions are built on a small pool of threads of their own, and the request
     waits for its build while checking its deadline: a build cannot be stopped
     inside onnxruntime, but a request whose time is up answers at once and frees
     its worker. The build itself then ends within what the registration check
-    measured (``--model-load-seconds``); a deterministic one still fills the cache.
+    measured (``--model-load-seconds``), and the session still fills the cache.
     """
 
     def __init__(self, store: ModelStore, *, threads: int = 0, max_sessions: int = 8,
@@ -189,15 +190,16 @@ class ModelRuntime:
         self.threads = threads or default_threads()
         self.max_sessions = max_sessions
         self.cache = _ResultCache(cache_bytes)
-        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
+        self._sessions: OrderedDict[tuple[str, str], ort.InferenceSession] = OrderedDict()
         self._lock = threading.Lock()
         self._builder = ThreadPoolExecutor(BUILD_THREADS, thread_name_prefix="model-session")
-        self._building: dict[str, Future] = {}
+        self._building: dict[tuple[str, str], Future] = {}
 
     def forget(self, uid: str) -> None:
-        """Drop a deleted model's session and cached results."""
+        """Drop a deleted model's sessions and cached results."""
         with self._lock:
-            self._sessions.pop(uid, None)
+            for key in [k for k in self._sessions if k[0] == uid]:
+                del self._sessions[key]
         self.cache.drop(uid)
 
     def check_loads(self, data: bytes, check: Callable[[], None] = lambda: None) -> float:
@@ -218,41 +220,37 @@ class ModelRuntime:
             raise NotFound(f"model {info.model_id!r} was deleted during the request",
                            field="model_ids", reason="MODEL_NOT_FOUND") from None
 
-    def _session(self, info: ModelInfo,
-                 check: Callable[[], None] = lambda: None) -> ort.InferenceSession:
+    def _session(self, info: ModelInfo, check: Callable[[], None] = lambda: None, *,
+                 mc: bool = False) -> ort.InferenceSession:
+        """The registration's deterministic session, or its MC-dropout one (``mc``)."""
+        key = (info.uid, "mc" if mc else "det")
         with self._lock:
-            session = self._sessions.get(info.uid)
+            session = self._sessions.get(key)
             if session is not None:
-                self._sessions.move_to_end(info.uid)
+                self._sessions.move_to_end(key)
                 return session
-            build = self._building.get(info.uid)
-            if build is None:  # one build per registration, whoever asks meanwhile
-                build = self._builder.submit(self._build, info)
-                self._building[info.uid] = build
+            build = self._building.get(key)
+            if build is None:  # one build per session, whoever asks meanwhile
+                build = self._builder.submit(self._build, info, key)
+                self._building[key] = build
         return _wait_for(build, check)
 
-    def _build(self, info: ModelInfo) -> ort.InferenceSession:
+    def _build(self, info: ModelInfo, key: tuple[str, str]) -> ort.InferenceSession:
         try:
-            data = self._read(info)
-            if info.signature.dropout_count:
-                data = disable_dropout(parse_model(data)).SerializeToString()
-            session = make_session(data, threads=self.threads)
+            model = parse_model(self._read(info))
+            if key[1] == "mc":
+                model = keyed_mc_dropout(model)
+            elif info.signature.dropout_count:
+                model = disable_dropout(model)
+            session = make_session(model.SerializeToString(), threads=self.threads)
             with self._lock:
-                self._sessions[info.uid] = session
+                self._sessions[key] = session
                 while len(self._sessions) > self.max_sessions:
                     self._sessions.popitem(last=False)
             return session
         finally:
             with self._lock:
-                self._building.pop(info.uid, None)
-
-    def _mc_session(self, info: ModelInfo, seed: int,
-                    check: Callable[[], None] = lambda: None) -> ort.InferenceSession:
-        model = enable_mc_dropout(parse_model(self._read(info)), seed)
-        build = self._builder.submit(make_session, model.SerializeToString(),
-                                     threads=self.threads,
-                                     disabled_optimizers=DISABLED_OPTIMIZERS)
-        return _wait_for(build, check)
+                self._building.pop(key, None)
 
     # -- one model, one kind of pass ----------------------------------------------------
 
@@ -301,9 +299,13 @@ class ModelRuntime:
                  terminator: Terminator | None) -> _Passes:
         sig = info.signature
         roles = dict(sig.outputs)
+        run_feed = None
         if mc:
             roles = {r: n for r, n in roles.items() if r in ("logits", "probs")}
-            session = self._mc_session(info, seed, check)
+            session = self._session(info, check, mc=True)
+
+            def run_feed(p: int, start: int) -> dict[str, np.ndarray]:
+                return {MC_KEYS: mc_keys(seed, p, start, sig.dropout_count)}
         else:
             session = self._session(info, check)
         names = list(roles.values())
@@ -311,7 +313,7 @@ class ModelRuntime:
                            batch_size=batch_size, passes=max(mc, 1),
                            fixed_batch=sig.fixed_batch or None,
                            input_dtypes={i.name: np.dtype(i.dtype) for i in sig.inputs},
-                           check_cancelled=check, terminator=terminator)
+                           run_feed=run_feed, check_cancelled=check, terminator=terminator)
         result: dict[str, np.ndarray] = {}
         for role, out in zip(roles, outs, strict=True):
             where = f"model {info.model_id!r} output {roles[role]!r} ({role})"
