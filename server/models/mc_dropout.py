@@ -135,8 +135,8 @@ def enable_mc_dropout(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
 MC_KEYS = "assay_mc_keys"
 _PREFIX = "assay_mc_"
 _KEY_STREAM = 0x6B657973  # separates the key stream from other uses of a request's seed
-_FLOAT_NAMES = {onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.FLOAT: "f32",
-                onnx.TensorProto.DOUBLE: "f64", onnx.TensorProto.BFLOAT16: "bf16"}
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
 
 
 def dropout_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -203,7 +203,7 @@ def _element_types(model: onnx.ModelProto) -> list[dict[str, int]]:
     return _scoped_types(inferred.graph, {})
 
 
-def _constants(model: onnx.ModelProto, float_types: set[int], count: int) -> None:
+def _constants(model: onnx.ModelProto, count: int) -> None:
     """Shared scalars the rewritten nodes read, as main-graph initializers (subgraphs
     see them from outer scope); only those some node uses."""
     values = {"u32": np.uint64(32), "u40": np.uint64(40), "i0": np.int64(0),
@@ -217,9 +217,6 @@ def _constants(model: onnx.ModelProto, float_types: set[int], count: int) -> Non
         if _PREFIX + name in used:
             model.graph.initializer.append(
                 numpy_helper.from_array(np.array(value), _PREFIX + name))
-    for elem in sorted(float_types):
-        zero = helper.make_tensor(f"{_PREFIX}zero_{_FLOAT_NAMES[elem]}", elem, [], [0.0])
-        model.graph.initializer.append(zero)
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
@@ -272,8 +269,10 @@ def _keyed_dropout(node: onnx.NodeProto, k: int, elem: int) -> list[onnx.NodePro
     one_minus = op("Sub", [c + "d1", ratio], p + "one_minus_ratio")
     scale = op("Cast", [op("Div", [c + "d1", one_minus], p + "scale_f64")], p + "scale",
                to=elem)
+    # mask * x * scale, as ONNX's reference and onnxruntime's kernel compute it (a
+    # dropped inf or NaN gives NaN); a Where would also cost 4 x the multiply
     kept = op("Mul", [x, scale], p + "scaled")
-    op("Where", [keep, kept, f"{c}zero_{_FLOAT_NAMES[elem]}"], node.output[0])
+    op("Mul", [kept, op("Cast", [keep], p + "keep_float", to=elem)], node.output[0])
     return nodes
 
 
@@ -310,7 +309,7 @@ def keyed_mc_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
         for position, node in enumerate(graph.node):
             if node.op_type == "Dropout" and node.domain in ("", "ai.onnx"):
                 elem = scope.get(node.input[0]) or scope.get(node.output[0], 0)
-                if elem not in _FLOAT_NAMES:
+                if elem not in _FLOAT_TYPES:
                     raise FailedPrecondition(
                         f"MC dropout cannot tell the element type of Dropout input "
                         f"{node.input[0]!r} (ONNX shape inference found none): declare it in "
@@ -339,5 +338,5 @@ def keyed_mc_dropout(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = [cast, *(_copy(n) for n in main.node)]
     del main.node[:]
     main.node.extend(nodes)
-    _constants(out, set(types.values()), count)
+    _constants(out, count)
     return out
