@@ -135,6 +135,7 @@ def enable_mc_dropout(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
 MC_KEYS = "assay_mc_keys"
 _PREFIX = "assay_mc_"
 _KEY_STREAM = 0x6B657973  # separates the key stream from other uses of a request's seed
+_DIGIT_SHIFTS = np.arange(60, -1, -4, dtype=np.uint64)  # hexadecimal digits, high first
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 
@@ -163,15 +164,15 @@ def mc_keys(seed: int, pass_index: int, batch_start: int, count: int) -> np.ndar
     """
     rng = np.random.default_rng([int(seed) & (2**64 - 1), int(pass_index), int(batch_start),
                                  _KEY_STREAM])
-    high = np.argsort(rng.random((count, 15)), axis=1)[:, :8] + 1
-    odd = 2 * rng.integers(0, 8, size=count) + 1
-    order = rng.random((count, 15))
-    order[np.arange(count), odd - 1] = np.inf  # the odd last digit is not drawn again
-    low = np.argsort(order, axis=1)[:, :7] + 1
-    digits = np.concatenate([high, low, odd[:, None]], axis=1).astype(np.uint64)
-    shifts = np.arange(60, -1, -4, dtype=np.uint64)
-    keys = np.bitwise_or.reduce(digits << shifts, axis=1) if count else np.zeros(0, np.uint64)
-    return keys.astype(np.uint64).view(np.int64)
+    draws = rng.random((count, 31))  # one call: this runs once per batch and pass
+    odd = (draws[:, 30] * 8).astype(np.int64) * 2 + 1
+    low_order = draws[:, 15:30]
+    low_order[np.arange(count), odd - 1] = 2.0  # after every draw: the last digit is not reused
+    digits = np.empty((count, 16), np.uint64)
+    digits[:, :8] = np.argsort(draws[:, :15], axis=1)[:, :8] + 1
+    digits[:, 8:15] = np.argsort(low_order, axis=1)[:, :7] + 1
+    digits[:, 15] = odd
+    return (digits << _DIGIT_SHIFTS).sum(axis=1, dtype=np.uint64).view(np.int64)
 
 
 def _declared_types(graph: onnx.GraphProto) -> dict[str, int]:
