@@ -369,6 +369,10 @@ class ModelRuntime:
         if run.batch_size < 0:
             raise InvalidInput(f"batch_size must be >= 0 (0: automatic), got {run.batch_size}",
                                field="batch_size")
+        counts = {name: a.shape[0] if a.ndim else 0 for name, a in inputs.items()}
+        if len(set(counts.values())) > 1:
+            raise InvalidInput(f"the raw-input arrays disagree on the item count: {counts}",
+                               field="inputs", reason="SHAPE_MISMATCH")
         models = self.resolve(run.model_ids)
         for m in models:
             for spec in m.signature.inputs:
