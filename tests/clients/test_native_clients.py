@@ -9,6 +9,7 @@ compile kernels during the first calls on a busy machine.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import client_vectors
 import grpc
+import model_vectors
+import numpy as np
 import pytest
 from conftest import TOKEN
 
@@ -33,6 +36,13 @@ GO_ENV = {"GOPROXY": "off", "GOFLAGS": "-mod=vendor", "GOTOOLCHAIN": "local",
 #: pytest's limit for a whole vector run in one language: above the 300 s default, as
 #: the first run may meet a cold server compiling kernels on a loaded machine.
 VECTOR_RUN = pytest.mark.timeout(1500)
+
+
+@pytest.fixture(scope="session")
+def models_env(tmp_path_factory) -> dict:
+    """The environment naming the model vectors (tests/clients/model_vectors.py)."""
+    directory = model_vectors.write(tmp_path_factory.mktemp("model-vectors"))
+    return {"ASSAY_MODEL_VECTORS": str(directory)}
 
 
 def _missing(what: str) -> None:
@@ -53,11 +63,12 @@ def _run(cmd: list[str], cwd: Path, target: str, timeout: float = 1200,
 
 
 @VECTOR_RUN
-def test_cpp_ctest(live_server):
+def test_cpp_ctest(live_server, models_env):
     build = CLIENTS / "cpp" / "build"
     if not (build / "conformance_test").exists() or shutil.which("ctest") is None:
         _missing("the C++ client")
-    out = _run(["ctest", "--output-on-failure", "--timeout", "1100"], build, live_server)
+    out = _run(["ctest", "--output-on-failure", "--timeout", "1100"], build, live_server,
+               extra_env=models_env)
     assert "100% tests passed" in out, out
     assert "Skipped" not in out, out  # every test ran against the server
 
@@ -74,29 +85,57 @@ def test_cpp_conformance_counts(live_server):
 
 
 @VECTOR_RUN
-def test_go_test(live_server):
+def test_go_test(live_server, models_env):
     go = CLIENTS / "go"
     if not (go / "vendor" / "modules.txt").exists() or shutil.which("go") is None:
         _missing("the Go client")
     n = len(client_vectors.load()["cases"])
     out = _run(["go", "test", "-count=1", "-timeout=20m", "-v", "./..."], go, live_server,
-               extra_env=GO_ENV)
+               extra_env={**GO_ENV, **models_env})
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "--- SKIP: TestConformance" not in out, out[-4000:]
     assert "\nok " in out or out.startswith("ok "), out[-4000:]
 
 
 @VECTOR_RUN
-def test_node_test(live_server):
+def test_node_test(live_server, models_env):
     node = CLIENTS / "node"
     built = (node / "dist" / "test" / "conformance.test.js").exists()
     if not built or shutil.which("node") is None:
         _missing("the TypeScript client")
     n = len(client_vectors.load()["cases"])
-    out = _run(["node", "--test", "dist/test/"], node, live_server)
+    out = _run(["node", "--test", "dist/test/"], node, live_server, extra_env=models_env)
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "# fail 0" in out, out[-4000:]
     assert "# SKIP ASSAY_TARGET" not in out, out[-4000:]
+
+
+def test_python_model_vectors(live_server, models_env):
+    """The Python client replays the model vectors the other clients' runners replay."""
+    directory = Path(models_env["ASSAY_MODEL_VECTORS"])
+    v = json.loads((directory / "model.json").read_text())
+    raw = {k: np.asarray(t["data"], dtype=t["dtype"]).reshape(t["shape"])
+           for k, t in v["inputs"].items()}
+    with Client(live_server, timeout=300) as c:
+        model = c.register_model("text-python", directory / v["model_file"], v["outputs"])
+        assert [i.array for i in model.inputs] == [f"model_inputs.{k}" for k in v["inputs"]]
+        c.create_pool("texts-python")
+        try:
+            c.append("texts-python", model_inputs=raw)
+            c.label("texts-python", v["labeled"], v["labels"])
+            for case in v["cases"]:
+                source = ({"pool": "texts-python"} if case["source"] == "pool"
+                          else {"model_inputs": raw})
+                got = c.select(case["strategy"], case["budget"], models=["text-python"],
+                               mc_samples=case["mc_samples"], seed=case["seed"],
+                               batch_size=case["batch_size"], **source)
+                assert got.indices.tolist() == case["indices"], case["name"]
+                np.testing.assert_allclose(got.scores, case["scores"], rtol=case["tolerance"],
+                                           atol=1e-9, err_msg=case["name"])
+                assert got.execution_providers == (v["execution_provider"],)
+        finally:
+            c.delete_pool("texts-python")
+            c.delete_model("text-python")
 
 
 # -- the example trainers: the round loop users copy -----------------------------------------
