@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	assayv1 "assay/gen/assayv1"
@@ -126,9 +127,10 @@ func fromStatus(s *status.Status) *Error {
 
 // Client is a connection to an Assay server; safe for concurrent use.
 type Client struct {
-	conn *grpc.ClientConn
-	stub assayv1.AssayServiceClient
-	opts Options
+	conn   *grpc.ClientConn
+	stub   assayv1.AssayServiceClient
+	models assayv1.ModelServiceClient
+	opts   Options
 }
 
 // Dial connects to target ("host:port"); the connection is made lazily.
@@ -173,7 +175,8 @@ func Dial(ctx context.Context, target string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{conn: conn, stub: assayv1.NewAssayServiceClient(conn), opts: opts}, nil
+	return &Client{conn: conn, stub: assayv1.NewAssayServiceClient(conn),
+		models: assayv1.NewModelServiceClient(conn), opts: opts}, nil
 }
 
 // Close releases the connection.
@@ -208,9 +211,20 @@ type SelectRequest struct {
 	Strategy string
 	Budget   int64
 	// Inputs by role: "probs", "samples", "embeddings", "labeled_embeddings", "scores",
-	// "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs".
+	// "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs",
+	// and "model_inputs.<name>" for the named raw inputs of a model with several graph
+	// inputs ("model_inputs.input_ids", "model_inputs.attention_mask").
 	Inputs map[string]Tensor
 	PoolID string
+	// Models are registered model ids (RegisterModel) that the server runs over the raw
+	// model inputs (inline, or the pool's) to produce the strategy's inputs; several form
+	// a committee.
+	Models []string
+	// MCSamples > 0 runs each model that many times with its Dropout nodes sampling (MC
+	// dropout), keyed by Seed.
+	MCSamples int32
+	// BatchSize is the number of items per inference batch (0: the server's choice).
+	BatchSize int32
 	// Params values are float64, int/int64, string or bool.
 	Params  map[string]any
 	Seed    *uint64
@@ -234,6 +248,9 @@ type Selection struct {
 	PseudoLabelIndices []int64
 	PseudoLabels       []int64
 	ComputeSeconds     float64
+	// ExecutionProviders: per entry of SelectRequest.Models, the onnxruntime execution
+	// provider that ran it ("CPUExecutionProvider", "CUDAExecutionProvider", ...).
+	ExecutionProviders []string
 }
 
 func paramProto(name string, v any) (*assayv1.ParamValue, error) {
@@ -253,6 +270,10 @@ func paramProto(name string, v any) (*assayv1.ParamValue, error) {
 	}
 	return nil, fmt.Errorf("assay: params[%q] has unsupported type %T", name, v)
 }
+
+// namedModelInputs prefixes the raw inputs of a model with several graph inputs, inline
+// (Inputs.named_model_inputs) and as pool array names.
+const namedModelInputs = "model_inputs."
 
 func setInput(in *assayv1.Inputs, role string, t *assayv1.Tensor) error {
 	switch role {
@@ -279,6 +300,13 @@ func setInput(in *assayv1.Inputs, role string, t *assayv1.Tensor) error {
 	case "model_inputs":
 		in.ModelInputs = t
 	default:
+		if name := strings.TrimPrefix(role, namedModelInputs); name != role && name != "" {
+			if in.NamedModelInputs == nil {
+				in.NamedModelInputs = map[string]*assayv1.Tensor{}
+			}
+			in.NamedModelInputs[name] = t
+			return nil
+		}
 		return fmt.Errorf("assay: unknown input role %q", role)
 	}
 	return nil
@@ -287,7 +315,8 @@ func setInput(in *assayv1.Inputs, role string, t *assayv1.Tensor) error {
 // BuildSelect turns a SelectRequest into its wire message (the load generator reuses it).
 func BuildSelect(r SelectRequest) (*assayv1.SelectRequest, error) {
 	req := &assayv1.SelectRequest{Strategy: r.Strategy, Budget: r.Budget, Seed: r.Seed,
-		RequestId: r.RequestID, ExcludeIndices: r.Exclude, Params: map[string]*assayv1.ParamValue{}}
+		RequestId: r.RequestID, ExcludeIndices: r.Exclude, Params: map[string]*assayv1.ParamValue{},
+		ModelIds: r.Models, McSamples: r.MCSamples, BatchSize: r.BatchSize}
 	if req.RequestId == "" {
 		req.RequestId = NewRequestID()
 	}
@@ -344,7 +373,7 @@ func (c *Client) Select(ctx context.Context, r SelectRequest) (*Selection, error
 		Backend: resp.Backend, Seed: resp.Seed, PoolVersion: resp.PoolVersion,
 		RequestID: resp.RequestId, Metrics: resp.Metrics,
 		PseudoLabelIndices: resp.PseudoLabelIndices, PseudoLabels: resp.PseudoLabels,
-		ComputeSeconds: resp.ComputeSeconds}, nil
+		ComputeSeconds: resp.ComputeSeconds, ExecutionProviders: resp.ExecutionProviders}, nil
 }
 
 // ParamInfo declares one strategy parameter.
