@@ -7,8 +7,10 @@
 
 #include "assay/client.h"
 #include "assay/v1/assay.grpc.pb.h"
+#include "assay/v1/model.grpc.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "sha256.h"
 
 namespace assay {
 
@@ -19,6 +21,9 @@ const char* const kStatusNames[] = {
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
     "UNAUTHENTICATED"};
+
+// Prefix of the arrays that feed the graph inputs of a model with several.
+constexpr std::string_view kNamedModelInputs = "model_inputs.";
 
 // ErrorInfo.domain of Assay's own errors; ErrorInfo of other domains is ignored.
 constexpr const char* kErrorDomain = "assay.v1";
@@ -58,7 +63,25 @@ Pool from_proto(const v1::Pool& p) {
   return out;
 }
 
+ModelInput from_proto(const v1::ModelInput& i) {
+  return {i.name(), static_cast<DType>(i.dtype()), {i.shape().begin(), i.shape().end()},
+          i.array()};
+}
+
+Model from_proto(const v1::Model& m) {
+  Model out{m.model_id(), {}, {}, m.size_bytes(), m.sha256(), m.opset_version(),
+            m.dropout_count()};
+  for (const auto& b : m.outputs()) out.outputs[b.role()] = b.output_name();
+  for (const auto& i : m.inputs()) out.inputs.push_back(from_proto(i));
+  // A server from before models had several inputs sends only the first.
+  if (out.inputs.empty() && m.has_input()) out.inputs.push_back(from_proto(m.input()));
+  return out;
+}
+
 v1::Tensor* input_field(v1::Inputs* in, const std::string& role) {
+  if (role.starts_with(kNamedModelInputs)) {
+    return &(*in->mutable_named_model_inputs())[role.substr(kNamedModelInputs.size())];
+  }
   if (role == "probs") return in->mutable_probs();
   if (role == "samples") return in->mutable_samples();
   if (role == "embeddings") return in->mutable_embeddings();
@@ -73,7 +96,7 @@ v1::Tensor* input_field(v1::Inputs* in, const std::string& role) {
   throw std::invalid_argument("unknown input role '" + role +
                               "' (probs, samples, embeddings, labeled_embeddings, scores, "
                               "loss, discriminator, predictions, labeled_probs, labels, "
-                              "model_inputs)");
+                              "model_inputs, model_inputs.<name>)");
 }
 
 }  // namespace
@@ -145,6 +168,7 @@ std::string read_file(const std::string& path) {
 struct Client::Impl {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::AssayService::Stub> stub;
+  std::unique_ptr<v1::ModelService::Stub> models;
 
   void prepare(grpc::ClientContext* ctx, const ClientOptions& o,
                std::optional<std::chrono::milliseconds> timeout = std::nullopt) const {
@@ -173,6 +197,7 @@ Client::Client(const std::string& target, ClientOptions options)
   }
   impl_->channel = grpc::CreateCustomChannel(target, creds, args);
   impl_->stub = v1::AssayService::NewStub(impl_->channel);
+  impl_->models = v1::ModelService::NewStub(impl_->channel);
 }
 
 Client::~Client() = default;
@@ -209,6 +234,9 @@ Selection Client::select(const SelectOptions& r) {
   if (r.seed) req.set_seed(*r.seed);
   for (const auto& [name, value] : r.params) (*req.mutable_params())[name] = to_proto(value);
   for (auto i : r.exclude) req.add_exclude_indices(i);
+  for (const auto& id : r.model_ids) req.add_model_ids(id);
+  req.set_mc_samples(r.mc_samples);
+  req.set_batch_size(r.batch_size);
   if (!r.pool_id.empty()) {
     req.set_pool_id(r.pool_id);
   } else {
@@ -240,6 +268,8 @@ Selection Client::select(const SelectOptions& r) {
                                   resp.pseudo_label_indices().end());
   out.pseudo_labels.assign(resp.pseudo_labels().begin(), resp.pseudo_labels().end());
   out.compute_seconds = resp.compute_seconds();
+  out.execution_providers.assign(resp.execution_providers().begin(),
+                                 resp.execution_providers().end());
   return out;
 }
 
@@ -372,6 +402,143 @@ Pool Client::label(const std::string& pool_id, std::span<const std::int64_t> ind
   auto status = impl_->stub->LabelPoolItems(&ctx, req, &resp);
   if (!status.ok()) throw to_error(status);
   return from_proto(resp.pool());
+}
+
+namespace {
+
+v1::RegisterModelHeader model_header(const std::string& model_id, std::int64_t size,
+                                     std::string sha256,
+                                     const std::map<std::string, std::string>& outputs,
+                                     const std::map<std::string, std::string>& inputs) {
+  v1::RegisterModelHeader h;
+  h.set_model_id(model_id);
+  h.set_size_bytes(size);
+  h.set_sha256(std::move(sha256));
+  for (const auto& [role, name] : outputs) {
+    auto* b = h.add_outputs();
+    b->set_role(role);
+    b->set_output_name(name);
+  }
+  for (const auto& [name, array] : inputs) {
+    auto* b = h.add_inputs();
+    b->set_input_name(name);
+    b->set_array(array);
+  }
+  return h;
+}
+
+// Streams a RegisterModel call: the header, then the file's bytes in chunks, each from
+// `read(offset, n, &out)` (false: the source failed, and the call is cancelled).
+template <class Read>
+Model upload_model(v1::ModelService::Stub* stub, grpc::ClientContext* ctx,
+                   v1::RegisterModelHeader header, std::size_t chunk_bytes, Read read) {
+  if (chunk_bytes == 0) throw std::invalid_argument("chunk_bytes must be positive");
+  const auto size = static_cast<std::size_t>(header.size_bytes());
+  v1::RegisterModelResponse resp;
+  auto writer = stub->RegisterModel(ctx, &resp);
+  v1::RegisterModelRequest msg;
+  *msg.mutable_header() = std::move(header);
+  bool ok = writer->Write(msg);
+  bool source_failed = false;
+  for (std::size_t off = 0; ok && off < size; off += chunk_bytes) {
+    v1::RegisterModelRequest chunk;
+    if (!read(off, std::min(chunk_bytes, size - off), chunk.mutable_chunk())) {
+      source_failed = true;
+      ctx->TryCancel();  // nothing is stored: the server never sees the whole file
+      break;
+    }
+    ok = writer->Write(chunk);
+  }
+  if (ok && !source_failed) writer->WritesDone();
+  auto status = writer->Finish();
+  if (source_failed) throw std::runtime_error("the model file changed or became unreadable");
+  if (!status.ok()) throw to_error(status);
+  return from_proto(resp.model());
+}
+
+}  // namespace
+
+Model Client::register_model(const std::string& model_id, std::string_view onnx,
+                             const std::map<std::string, std::string>& outputs,
+                             const std::map<std::string, std::string>& inputs,
+                             std::size_t chunk_bytes,
+                             std::optional<std::chrono::milliseconds> timeout) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_, timeout);
+  auto header = model_header(model_id, static_cast<std::int64_t>(onnx.size()),
+                             sha256_hex(onnx), outputs, inputs);
+  return upload_model(impl_->models.get(), &ctx, std::move(header), chunk_bytes,
+                      [&](std::size_t off, std::size_t n, std::string* out) {
+                        out->assign(onnx.substr(off, n));
+                        return true;
+                      });
+}
+
+Model Client::register_model_file(const std::string& model_id, const std::string& path,
+                                  const std::map<std::string, std::string>& outputs,
+                                  const std::map<std::string, std::string>& inputs,
+                                  std::size_t chunk_bytes,
+                                  std::optional<std::chrono::milliseconds> timeout) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  detail::Sha256 digest;
+  std::int64_t size = 0;
+  std::string buf(1 << 20, '\0');
+  while (f.read(buf.data(), static_cast<std::streamsize>(buf.size())) || f.gcount() > 0) {
+    digest.update(buf.data(), static_cast<std::size_t>(f.gcount()));
+    size += f.gcount();
+  }
+  if (f.bad()) throw std::runtime_error("cannot read " + path);
+  f.clear();
+  f.seekg(0);
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_, timeout);
+  auto header = model_header(model_id, size, digest.hex_digest(), outputs, inputs);
+  return upload_model(impl_->models.get(), &ctx, std::move(header), chunk_bytes,
+                      [&](std::size_t, std::size_t n, std::string* out) {
+                        out->resize(n);
+                        f.read(out->data(), static_cast<std::streamsize>(n));
+                        return static_cast<std::size_t>(f.gcount()) == n;
+                      });
+}
+
+Model Client::get_model(const std::string& model_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::GetModelRequest req;
+  req.set_model_id(model_id);
+  v1::GetModelResponse resp;
+  auto status = impl_->models->GetModel(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
+  return from_proto(resp.model());
+}
+
+std::vector<Model> Client::list_models(int page_size) {
+  std::vector<Model> out;
+  std::string token;
+  do {
+    grpc::ClientContext ctx;
+    impl_->prepare(&ctx, options_);
+    v1::ListModelsRequest req;
+    req.set_page_size(page_size);
+    req.set_page_token(token);
+    v1::ListModelsResponse resp;
+    auto status = impl_->models->ListModels(&ctx, req, &resp);
+    if (!status.ok()) throw to_error(status);
+    for (const auto& m : resp.models()) out.push_back(from_proto(m));
+    token = resp.next_page_token();
+  } while (!token.empty());
+  return out;
+}
+
+void Client::delete_model(const std::string& model_id) {
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_);
+  v1::DeleteModelRequest req;
+  req.set_model_id(model_id);
+  v1::DeleteModelResponse resp;
+  auto status = impl_->models->DeleteModel(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
 }
 
 }  // namespace assay

@@ -6,6 +6,12 @@
 //   s.inputs.emplace("probs", assay::TensorView::f32(probs, {n, c}));
 //   assay::Selection sel = client.select(s);              // sel.indices, best first
 //
+// A registered ONNX model runs on the server instead (see Client::register_model):
+//
+//   client.register_model_file("text", "model.onnx", {{"logits", "logits"}});
+//   s.model_ids = {"text"};
+//   s.inputs.emplace("model_inputs.input_ids", assay::TensorView::i64(ids, {n, len}));
+//
 // Every call has a deadline; select is retried on UNAVAILABLE with the same
 // request id; every failure throws assay::Error carrying the gRPC status code and
 // the server's reason, field and retry delay.
@@ -20,6 +26,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -142,10 +149,19 @@ struct SelectOptions {
   std::string strategy;
   std::int64_t budget = 0;
   // Inline arrays by role ("probs", "samples", "embeddings", "labeled_embeddings", "scores",
-  // "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs"),
-  // or a pool id.
+  // "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs",
+  // and "model_inputs.<name>" for each graph input of a model with several, such as
+  // "model_inputs.input_ids"), or a pool id.
   std::map<std::string, TensorView> inputs;
   std::string pool_id;
+  // Registered models the server runs over the raw model_inputs (inline, or the pool's)
+  // to produce the strategy's inputs; several form a committee.
+  std::vector<std::string> model_ids;
+  // MC dropout: S > 0 runs each model S times with its Dropout nodes sampling
+  // (reproducible from the seed and batch_size); 0: dropout off.
+  std::int32_t mc_samples = 0;
+  // Items per inference batch; 0 lets the server choose.
+  std::int32_t batch_size = 0;
   std::map<std::string, Param> params;
   std::optional<std::uint64_t> seed;
   // Idempotency key; a UUID is generated when empty.
@@ -167,6 +183,9 @@ struct Selection {
   std::vector<std::int64_t> pseudo_label_indices;
   std::vector<std::int64_t> pseudo_labels;
   double compute_seconds = 0;
+  // Per entry of SelectOptions::model_ids, the onnxruntime execution provider that ran it
+  // ("CUDAExecutionProvider", "CPUExecutionProvider"); empty when no model ran.
+  std::vector<std::string> execution_providers;
 };
 
 struct ArrayInfo {
@@ -188,6 +207,25 @@ struct AppendResult {
   Pool pool;
   std::int64_t first_index = 0;
   std::int64_t appended_count = 0;
+};
+
+// A graph input of a registered model and the pool array that feeds it.
+struct ModelInput {
+  std::string name;
+  DType dtype;                      // the type the model expects
+  std::vector<std::int64_t> shape;  // declared; -1 marks a dynamic axis, axis 0 the items
+  std::string array;                // "model_inputs" or "model_inputs.<name>"
+};
+
+// A registered ONNX model.
+struct Model {
+  std::string model_id;
+  std::map<std::string, std::string> outputs;  // role -> graph output name
+  std::vector<ModelInput> inputs;              // every graph input, in the graph's order
+  std::int64_t size_bytes = 0;
+  std::string sha256;                          // lower-case hex digest of the file
+  std::int64_t opset_version = 0;
+  std::int32_t dropout_count = 0;              // MC dropout needs at least one
 };
 
 struct ParamInfo {
@@ -212,6 +250,8 @@ struct StrategyInfo {
 std::string new_request_id();
 // Contents of a file (for PEM files); throws std::runtime_error.
 std::string read_file(const std::string& path);
+// Lower-case hex SHA-256 digest of `data` (what register_model declares for a file).
+std::string sha256_hex(std::string_view data);
 
 class Client {
  public:
@@ -241,6 +281,29 @@ class Client {
                std::size_t chunk_bytes = 4 << 20, std::string request_id = {});
   Pool label(const std::string& pool_id, std::span<const std::int64_t> indices,
              std::span<const std::int64_t> labels, std::string request_id = {});
+
+  // Uploads an ONNX model (its bytes) under `model_id`, streamed in chunks of `chunk_bytes`
+  // with its size and SHA-256, which the server checks before storing anything.
+  // `outputs` maps roles ("logits" or "probs", "embeddings", "loss", "discriminator") to
+  // graph output names. `inputs` maps graph input names to the arrays that feed them
+  // ("model_inputs" or "model_inputs.<name>"); empty: one graph input reads
+  // "model_inputs", several read "model_inputs.<input name>" each. A `timeout` overrides
+  // ClientOptions::timeout for a large upload.
+  Model register_model(const std::string& model_id, std::string_view onnx,
+                       const std::map<std::string, std::string>& outputs,
+                       const std::map<std::string, std::string>& inputs = {},
+                       std::size_t chunk_bytes = 4 << 20,
+                       std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  // The same from a file, read twice (digest, then upload) and never held whole in memory.
+  Model register_model_file(const std::string& model_id, const std::string& path,
+                            const std::map<std::string, std::string>& outputs,
+                            const std::map<std::string, std::string>& inputs = {},
+                            std::size_t chunk_bytes = 4 << 20,
+                            std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+  Model get_model(const std::string& model_id);
+  // Every registered model in id order, following pagination.
+  std::vector<Model> list_models(int page_size = 100);
+  void delete_model(const std::string& model_id);
 
   const ClientOptions& options() const { return options_; }
 
