@@ -34,6 +34,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_INVALID_REQUEST_ID: _ClassVar[ErrorReason]
     ERROR_REASON_FUNCTION_SHADOWS_OP: _ClassVar[ErrorReason]
     ERROR_REASON_MODEL_TOO_COSTLY: _ClassVar[ErrorReason]
+    ERROR_REASON_INPUT_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_POOL_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_MODEL_NOT_FOUND: _ClassVar[ErrorReason]
@@ -97,6 +98,7 @@ ERROR_REASON_NO_EPOCHS: ErrorReason
 ERROR_REASON_INVALID_REQUEST_ID: ErrorReason
 ERROR_REASON_FUNCTION_SHADOWS_OP: ErrorReason
 ERROR_REASON_MODEL_TOO_COSTLY: ErrorReason
+ERROR_REASON_INPUT_NOT_FOUND: ErrorReason
 ERROR_REASON_NOT_FOUND: ErrorReason
 ERROR_REASON_POOL_NOT_FOUND: ErrorReason
 ERROR_REASON_MODEL_NOT_FOUND: ErrorReason
