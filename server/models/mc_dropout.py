@@ -16,8 +16,12 @@ Counter-Based RNG", 2020, arXiv:2004.06278), and kept elements are scaled by
 are a pure function of the keys fed with a run, with no state kept between
 runs, so one session per model serves every request, concurrently, and the
 same keys give the same masks on any session and any thread. The arithmetic is
-uint64 multiply, add and shift (wrapping modulo 2**64), identical on every
-execution provider: CPU and CUDA draw the same masks. ``mc_keys`` derives a
+uint64 multiply, add and shift (wrapping modulo 2**64; onnxruntime's CPU kernels
+take uint64 for Mul, Add and GreaterOrEqual, and BitShift takes unsigned types
+only), identical on every execution provider: CPU and CUDA draw the same masks.
+The price is about 26 elementwise operations per element under a Dropout, where
+onnxruntime's kernel runs one native loop: on CPU a pass over a small model runs
+at about half the speed (``bench/mc_sessions.py``). ``mc_keys`` derives a
 run's keys from the request's seed, the pass and the batch's first item, so
 the masks depend on how items are cut into batches, not on other requests. In
 a ``Loop`` or ``Scan`` body a node draws the same mask at every iteration (one
