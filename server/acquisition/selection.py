@@ -77,11 +77,38 @@ def qualify(error: AssayError, strategy: Strategy) -> AssayError:
     return error
 
 
-def _derive(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fill in ``probs`` from ``samples`` (their mean) when only samples were given."""
-    if "probs" not in arrays and "samples" in arrays:
-        arrays["probs"] = np.asarray(arrays["samples"], dtype=np.float64).mean(axis=0)
-    return arrays
+class _Inputs(Mapping[str, np.ndarray]):
+    """The request's arrays, with ``probs`` derived from ``samples`` (their mean)
+    when only samples were given, computed on first use: the samples strategies
+    never read it, and for S x N x C samples it is a float64 copy of them all."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self._arrays = arrays
+        self._derivable = "probs" not in arrays and "samples" in arrays
+
+    def __getitem__(self, role: str) -> np.ndarray:
+        if role == "probs" and self._derivable:
+            self._arrays["probs"] = np.asarray(self._arrays["samples"],
+                                               dtype=np.float64).mean(axis=0)
+            self._derivable = False
+        return self._arrays[role]
+
+    def __contains__(self, role: object) -> bool:
+        return role in self._arrays or (role == "probs" and self._derivable)
+
+    def __iter__(self):
+        yield from self._arrays
+        if self._derivable:
+            yield "probs"
+
+    def __len__(self) -> int:
+        return len(self._arrays) + self._derivable
+
+
+def _derive(arrays: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Fill in ``probs`` from ``samples`` (their mean, when first read) when only
+    samples were given."""
+    return _Inputs(arrays)
 
 
 def candidate_indices(n: int, exclude: np.ndarray | None) -> np.ndarray:
@@ -183,11 +210,59 @@ def _run(strategy: Strategy, budget: int, arrays: Mapping[str, np.ndarray],
         ctx.candidates = _prefilter(resolved, budget, arrays, ctx)
     ctx.check_cancelled()
     if strategy.kind == "score":
-        all_scores = strategy.fn(arrays, resolved, ctx)
-        indices = argselect(all_scores, budget, ctx.candidates, ctx.tiebreak_rng)
-        return indices, all_scores[indices], None
+        indices, scores = top_scores(strategy, budget, arrays, resolved, ctx, last=True)
+        return indices, scores, None
     extra = strategy.fn(arrays, budget, resolved, ctx)
     return np.asarray(extra.indices, dtype=np.int64), extra.scores, extra
+
+
+def top_scores(strategy: Strategy, budget: int, arrays: Mapping[str, np.ndarray],
+               params: dict[str, Any], ctx: Context, *, last: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``budget`` best of score strategy ``strategy`` among ``ctx.candidates``:
+    (indices best first, their float64 scores), by the tie rule of ``argselect``.
+
+    A strategy with a ``shortlist`` hands over only the candidates that can be in
+    that top (its other items were scored approximately, or not kept); the answer
+    is the one ``argselect`` gives on all of ``fn``'s scores. With a seed, the
+    tie-break permutation of the candidates is drawn as ``argselect`` draws it,
+    except that the request's ``last`` draw is skipped when no two kept scores are
+    equal (it could not change the order, and drawing a permutation of millions of
+    positions costs more than the scores).
+    """
+    short = strategy.shortlist(arrays, params, ctx, budget) if strategy.shortlist else None
+    if short is None:
+        all_scores = strategy.fn(arrays, params, ctx)
+        indices = argselect(all_scores, budget, ctx.candidates, ctx.tiebreak_rng)
+        return indices, all_scores[indices]
+    items, values = short
+    picked = _order(items, values, budget, ctx.candidates, ctx.tiebreak_rng, last)
+    return items[picked], values[picked]
+
+
+def _order(items: np.ndarray, values: np.ndarray, budget: int, candidates: np.ndarray,
+           tiebreak_rng: np.random.Generator | None, last: bool) -> np.ndarray:
+    """Positions in ``items`` (sorted candidate indices) of the ``budget`` best
+    ``values``, best first: ``argselect``'s rule, with the priority of each item
+    taken at its position among all ``candidates``."""
+    if np.isnan(values).any():
+        raise InvalidInput("strategy produced NaN scores; check the inputs", field="inputs")
+    k = values.size
+    threshold = np.partition(values, k - budget)[k - budget]
+    above = np.flatnonzero(values > threshold)
+    ties = np.flatnonzero(values == threshold)
+    kept = values[values >= threshold]
+    kept.sort()
+    equal = kept.size > 1 and bool((kept[1:] == kept[:-1]).any())
+    if tiebreak_rng is None:
+        rank = items  # lower index first
+    elif equal or not last:
+        rank = tiebreak_rng.permutation(candidates.size)[np.searchsorted(candidates, items)]
+    else:
+        rank = np.zeros(k, dtype=np.int64)  # no equal scores: the priority is never read
+    ties = ties[np.argsort(rank[ties], kind="stable")[: budget - above.size]]
+    chosen = np.concatenate([above, ties])
+    return chosen[np.lexsort((rank[chosen], -values[chosen]))]
 
 
 def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],
@@ -200,6 +275,6 @@ def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],
     if k < budget:
         raise InvalidInput(f"params.prefilter_k {k} is smaller than the budget {budget}",
                            field="params.prefilter_k")
-    pre_scores = pre.fn(arrays, registry.resolve_params(pre, {}), ctx)
+    kept, _ = top_scores(pre, k, arrays, registry.resolve_params(pre, {}), ctx)
     ctx.metrics["prefilter_k"] = float(k)
-    return np.sort(argselect(pre_scores, k, ctx.candidates, ctx.tiebreak_rng))
+    return np.sort(kept)

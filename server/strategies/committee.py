@@ -21,8 +21,17 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import rel_entr
 
+from assay.kernels import rowwise, topscores
+
 from .registry import Context, Inputs, Strategy, register
-from .uncertainty import entropy, probs64
+from .uncertainty import entropy, exact_top, probs64
+
+
+def _compiled(samples: np.ndarray) -> np.ndarray | None:
+    """float32/float64 samples as a C-contiguous read-only array the kernels read, else None."""
+    if samples.ndim == 3 and samples.dtype in (np.float32, np.float64):
+        return rowwise.as_rows(samples)
+    return None
 
 
 def vote_counts(samples: np.ndarray) -> np.ndarray:
@@ -60,18 +69,50 @@ def kl_disagreement(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
 
 
 def bald(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
-    """Mutual information H(mean p) - mean H(p) (Houlsby 2011; Gal 2017)."""
+    """Mutual information H(mean p) - mean H(p) (Houlsby 2011; Gal 2017).
+
+    float32/float64 samples take one compiled float64 pass per item (members and
+    classes summed in order), the same kernel that rescores ``bald_top``'s
+    shortlist, so both give the same bits.
+    """
+    samples = _compiled(inputs["samples"])
+    if samples is not None:
+        return topscores.exact("bald", samples)
     p = probs64(inputs, "samples")
     return entropy(p.mean(axis=0)) - entropy(p).mean(axis=0)
+
+
+def bald_top(inputs: Inputs, params: dict, ctx: Context, budget: int):
+    """The top-``budget`` shortlist of ``bald``: a float32 first pass over [S, N, C],
+    then the float64 kernel on the candidates within its error bound of the
+    ``budget``-th (None for 16-bit samples)."""
+    samples = _compiled(inputs["samples"])
+    if samples is None:
+        return None
+    approx, error = topscores.bald_first(samples)
+    items = topscores.shortlist(approx, error, budget, ctx.candidates)
+    return items, topscores.exact("bald", rowwise.as_rows(samples[:, items]))
 
 
 def variation_ratio(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     """1 - f_mode / S over the members' argmax predictions (Freeman 1965).
 
     A function of the modal count alone, so equal modal counts give equal scores.
+    float32/float64 samples are counted by one compiled pass over [S, N, C].
     """
+    samples = _compiled(inputs["samples"])
+    if samples is not None:
+        return topscores.exact("variation_ratio", samples)
     samples = inputs["samples"]
     return 1.0 - vote_counts(samples).max(axis=1) / samples.shape[0]
+
+
+def variation_ratio_top(inputs: Inputs, params: dict, ctx: Context, budget: int):
+    """The top-``budget`` shortlist of ``variation_ratio`` (None for 16-bit samples)."""
+    samples = _compiled(inputs["samples"])
+    if samples is None:
+        return None
+    return exact_top(topscores.exact("variation_ratio", samples), budget, ctx)
 
 
 def mean_std(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
@@ -87,8 +128,10 @@ register(Strategy("consensus_entropy", "score", consensus_entropy, _S,
 register(Strategy("kl_disagreement", "score", kl_disagreement, _S,
                   "Mean KL(member || consensus) (McCallum & Nigam 1998)."))
 register(Strategy("bald", "score", bald, _S,
-                  "Mutual information between label and model (BALD; Houlsby 2011, Gal 2017)."))
+                  "Mutual information between label and model (BALD; Houlsby 2011, Gal 2017).",
+                  shortlist=bald_top))
 register(Strategy("variation_ratio", "score", variation_ratio, _S,
-                  "1 - share of the modal vote across passes (Freeman 1965; Gal 2017)."))
+                  "1 - share of the modal vote across passes (Freeman 1965; Gal 2017).",
+                  shortlist=variation_ratio_top))
 register(Strategy("mean_std", "score", mean_std, _S,
                   "Mean over classes of the std of p across passes (Kendall 2015; Gal 2017)."))

@@ -82,6 +82,13 @@ class Strategy:
     selected by the shared tie-breaking top-b. ``kind == "batch"``:
     ``fn(inputs, budget, params, ctx) -> Selection`` builds the batch jointly
     among ``ctx.candidates``.
+
+    ``shortlist`` (score strategies, optional): ``shortlist(inputs, params, ctx,
+    budget) -> (items, scores) | None``, sorted candidate indices and their float64
+    scores, equal to ``fn``'s, holding every candidate that the top ``budget`` of
+    ``fn``'s scores among ``ctx.candidates`` could hold, ties included; None where
+    it does not apply. The selection then orders the shortlist instead of all N
+    scores, so a strategy may score the rest approximately (``assay.kernels.topscores``).
     """
 
     name: str
@@ -92,6 +99,7 @@ class Strategy:
     params: tuple[Param, ...] = ()
     optional: tuple[str, ...] = ()
     min_classes: int = 1
+    shortlist: Callable[..., tuple[np.ndarray, np.ndarray] | None] | None = None
 
 
 #: Parameters every strategy accepts: the two-stage composition.

@@ -1,0 +1,388 @@
+"""The top ``b`` of a per-item score at memory speed, decided by float64 values only.
+
+A score strategy needs all N scores only to keep the best ``b``. Here a first pass
+computes each item's score cheaply (float32 with a vectorizable polynomial log,
+or the exact value where it costs no more), the ``b``-th best approximate score
+``t`` among the candidates is found, and only the items whose approximate score
+is at least ``t - 2 E`` are kept, ``E`` a proven bound on the first pass's
+absolute error: an item left out scores below ``t - E`` exactly, while at least
+``b`` kept items score ``t - E`` or more, so every item that the float64 top-b
+(ties included) could hold is kept. The caller rescores the kept items in float64
+with the strategy's own exact kernel and orders them by the shared tie rule.
+
+The polynomial log. ``log2 v = e + log2(1 + x)`` with ``v = 2^e (1 + x)``, ``x`` in
+[0, 1) read from the float's bits, ``log2(1 + x) ~ x q(x)`` with ``q`` of degree
+5 (a weighted least-squares fit, float32 coefficients). Every operation is a
+plain IEEE float32 operation, compiled without fast-math, so the scalar and
+vectorized code give the same bits and the error bound ``LOG_K`` holds for the
+compiled code: it was measured over every float32 in [2^-126, 1]
+(``max |L(v) - ln v| / (1 + |ln v|)``, 1.512e-6 by ``log_error`` over all
+2^30 values), rounded up. Values below 2^-126 score 0 (``-v ln v < 1.1e-36``).
+
+Kernels never validate; callers pass C-contiguous float32/float64 arrays.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .jit import kernel
+
+#: Bound on |L(v) - ln v| / (1 + |ln v|) over float32 v in [2^-126, 1], L the
+#: polynomial log in nats (exhaustive maximum 1.512e-6, rounded up).
+LOG_K = 1.6e-6
+#: The float32 unit roundoff.
+U32 = 2.0 ** -24
+#: The float64 unit roundoff.
+U64 = 2.0 ** -53
+#: The smallest normal float32; below it a term counts as 0.
+TINY = np.float32(2.0 ** -126)
+#: An upper bound on -v ln v for 0 <= v < TINY.
+TINY_TERM = 1.2e-36
+#: Rows per block of the first passes: the block's terms stay in L1.
+BLOCK_ROWS = 256
+#: Values (rows x classes) from which the parallel variants are used.
+PARALLEL_MIN_VALUES = 1 << 18
+
+_F = np.float32
+_LN2 = _F(math.log(2.0))
+# log2(1 + x) ~ x q(x) on [0, 1), highest power first.
+_Q5, _Q4, _Q3, _Q2, _Q1, _Q0 = (
+    _F(-0.0264571625739336), _F(0.12345064431428909), _F(-0.2795372009277344),
+    _F(0.4582703411579132), _F(-0.7182818055152893), _F(1.442553162574768),
+)
+
+
+@intrinsic
+def _bits(typingctx, x):
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _float(typingctx, i):
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def log2_poly(v):
+    """float32 log2 of a normal positive float32 ``v`` (no checks)."""
+    i = _bits(v)
+    e = _F((i >> 23) - 127)
+    x = _float((i & 0x007FFFFF) | 0x3F800000) - _F(1.0)
+    q = _Q5 * x + _Q4
+    q = q * x + _Q3
+    q = q * x + _Q2
+    q = q * x + _Q1
+    q = q * x + _Q0
+    return e + x * q
+
+
+@njit(inline="always")
+def xlog2x(v):
+    """v log2 v (<= 0) for float32 ``v`` in [0, 1]; 0 below ``TINY``."""
+    t = v * log2_poly(v)
+    return t if v >= TINY else _F(0.0)
+
+
+def _entropy_first(p, out, smax):
+    """out[i] ~ -sum_j p log p (float32, nats); smax[block] the largest row sum there."""
+    n, c = p.shape
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    flat = p.reshape(-1)
+    for b in prange(blocks):
+        r0 = b * BLOCK_ROWS
+        r1 = min(n, r0 + BLOCK_ROWS)
+        terms = np.empty((r1 - r0) * c, dtype=np.float32)
+        values = np.empty((r1 - r0) * c, dtype=np.float32)
+        base = r0 * c
+        for k in range(terms.size):
+            v = min(max(_F(flat[base + k]), _F(0.0)), _F(1.0))
+            values[k] = v
+            terms[k] = xlog2x(v)
+        top = _F(0.0)
+        for r in range(r1 - r0):
+            acc = _F(0.0)
+            mass = _F(0.0)
+            for j in range(r * c, r * c + c):
+                acc += terms[j]
+                mass += values[j]
+            out[r0 + r] = -(acc * _LN2)
+            top = max(top, mass)
+        smax[b] = top
+
+
+def _bald_first(samples, out, smax):
+    """out[i] ~ H(mean_s p) - mean_s H(p) (float32, nats); smax as in ``_entropy_first``.
+
+    One pass over [S, N, C]: per block of items, each member's rows are read once
+    and folded into two running sums per (item, class), sum_s p and sum_s p log p,
+    so the logs of the members never need a per-row reduction.
+    """
+    s_count, n, c = samples.shape
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    inv_s = _F(1.0) / _F(s_count)
+    for b in prange(blocks):
+        r0 = b * BLOCK_ROWS
+        r1 = min(n, r0 + BLOCK_ROWS)
+        width = (r1 - r0) * c
+        mass = np.zeros(width, dtype=np.float32)
+        plogp = np.zeros(width, dtype=np.float32)
+        for s in range(s_count):
+            flat = samples[s, r0:r1].reshape(-1)
+            for k in range(width):
+                v = min(max(_F(flat[k]), _F(0.0)), _F(1.0))
+                mass[k] += v
+                plogp[k] += xlog2x(v)
+        for k in range(width):
+            m = mass[k] * inv_s
+            # H(mean) - mean H, per (item, class), in log2 units
+            plogp[k] = plogp[k] * inv_s - xlog2x(m)
+            mass[k] = m
+        top = _F(0.0)
+        for r in range(r1 - r0):
+            acc = _F(0.0)
+            total = _F(0.0)
+            for j in range(r * c, r * c + c):
+                acc += plogp[j]
+                total += mass[j]
+            out[r0 + r] = acc * _LN2
+            top = max(top, total)
+        smax[b] = top
+
+
+def _variation_ratio_exact(samples, out):
+    """out[i] = 1 - (modal vote count) / S, votes the members' argmax (first maximum)."""
+    s_count, n, c = samples.shape
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for b in prange(blocks):
+        r0 = b * BLOCK_ROWS
+        r1 = min(n, r0 + BLOCK_ROWS)
+        counts = np.zeros((r1 - r0, c), dtype=np.int32)
+        for s in range(s_count):
+            for r in range(r1 - r0):
+                best = samples[s, r0 + r, 0]
+                vote = 0
+                for j in range(1, c):
+                    v = samples[s, r0 + r, j]
+                    if v > best:
+                        best = v
+                        vote = j
+                counts[r, vote] += 1
+        for r in range(r1 - r0):
+            top = 0
+            for j in range(c):
+                top = max(top, counts[r, j])
+            out[r0 + r] = 1.0 - top / s_count
+
+
+def _bald_exact(samples, out):
+    """out[i] = H(mean_s p) - mean_s H(p) in float64, values clipped into [0, 1].
+
+    Each sum runs in a fixed order (members in order, classes in order), so an
+    item's score does not depend on which other items are in ``samples``.
+    """
+    s_count, n, c = samples.shape
+    for i in prange(n):
+        mean_h = 0.0
+        for s in range(s_count):
+            h = 0.0
+            for j in range(c):
+                v = min(max(np.float64(samples[s, i, j]), 0.0), 1.0)
+                if v > 0.0:
+                    h -= v * math.log(v)
+            mean_h += h
+        mean_h /= s_count
+        h_mean = 0.0
+        for j in range(c):
+            m = 0.0
+            for s in range(s_count):
+                m += min(max(np.float64(samples[s, i, j]), 0.0), 1.0)
+            m /= s_count
+            if m > 0.0:
+                h_mean -= m * math.log(m)
+        out[i] = h_mean - mean_h
+
+
+def _kth_largest(values, b, candidates, every):
+    """The ``b``-th largest of values[candidates] (of all values when ``every``).
+
+    One pass keeping a buffer of the best values seen: when it holds 2b, it is cut
+    back to its best b and the cut-off rises, so later values below it are skipped.
+    """
+    m = values.size if every else candidates.size
+    buf = np.empty(2 * b, dtype=values.dtype)
+    count = 0
+    floor = -np.inf
+    for k in range(m):
+        v = values[k] if every else values[candidates[k]]
+        if v > floor or count < b:
+            buf[count] = v
+            count += 1
+            if count == 2 * b:
+                kept = np.sort(buf)[b:]
+                buf[:b] = kept
+                count = b
+                floor = kept[0]
+    return np.sort(buf[:count])[count - b]
+
+
+def _at_least(values, lower, candidates, every):
+    """Sorted item indices (among candidates) whose value is >= ``lower``."""
+    m = values.size if every else candidates.size
+    count = 0
+    for k in range(m):
+        v = values[k] if every else values[candidates[k]]
+        if v >= lower:
+            count += 1
+    out = np.empty(count, dtype=np.int64)
+    count = 0
+    for k in range(m):
+        item = k if every else candidates[k]
+        if values[item] >= lower:
+            out[count] = item
+            count += 1
+    return out
+
+
+_SERIAL = {f.__name__: kernel(nogil=True)(f) for f in (_kth_largest, _at_least)}
+_TWINS = {
+    f.__name__: (kernel(nogil=True)(f), kernel(parallel=True, nogil=True)(f))
+    for f in (_entropy_first, _bald_first, _variation_ratio_exact, _bald_exact)
+}
+
+
+def _run(name: str, array: np.ndarray, *args):
+    serial, parallel = _TWINS[name]
+    return (parallel if array.size >= PARALLEL_MIN_VALUES else serial)(array, *args)
+
+
+def variants(name: str) -> tuple:
+    """The (serial, parallel) compiled twins of first-pass kernel ``name``."""
+    return _TWINS[name]
+
+
+def gamma(k: int, u: float) -> float:
+    """Higham's gamma_k = k u / (1 - k u): the relative error bound of k roundings."""
+    return k * u / (1.0 - k * u)
+
+
+def _entropy_bound(c: int, mass: float) -> float:
+    """Largest -sum v ln v over rows of C values in [0, 1] summing to at most ``mass``."""
+    return mass * math.log(max(c, 2)) + 1.0 / math.e
+
+
+def entropy_error(c: int, smax: float) -> float:
+    """Bound on |first-pass entropy - float64 entropy| for rows of C values in [0, 1]
+    whose sums are at most ``smax``.
+
+    Terms: the log (``LOG_K (sum v + H)``), the float32 products and the C-term
+    float32 sum (``(u + gamma_C) H``, the terms all of one sign), the final scaling
+    by ln 2 (2u H), float64 inputs rounded to float32 (``u (H + sum v)``), terms
+    flushed below 2^-126 (``C TINY_TERM``), and the float64 reference's own
+    rounding (``gamma64_{C+2} H``); doubled for safety.
+    """
+    h = _entropy_bound(c, smax)
+    rel = LOG_K + 4 * U32 + gamma(c, U32) + gamma(c + 2, U64)
+    return 2.0 * ((LOG_K + U32) * smax + rel * h + c * TINY_TERM)
+
+
+def bald_error(s: int, c: int, smax: float) -> float:
+    """Bound on |first-pass BALD - float64 BALD| for S members of C values in [0, 1]
+    whose means per item sum to at most ``smax``.
+
+    BALD is H(mean) - mean H; each part is bounded as in ``entropy_error``, the
+    mean's own float32 rounding (``gamma_{S+1}``, relative per class) moves
+    H(mean) by at most ``gamma_{S+1} (H + sum m)``, the S-term float32 sums of the
+    members' terms add ``gamma_S H``, and the float64 reference rounds over S + C + 2
+    steps; doubled for safety.
+    """
+    h = _entropy_bound(c, smax)
+    g_s = gamma(s + 1, U32)
+    rel = LOG_K + 4 * U32 + gamma(c + 1, U32) + g_s + gamma(s + c + 2, U64)
+    per_part = (LOG_K + U32 + g_s) * smax + rel * h + c * TINY_TERM
+    return 2.0 * (2.0 * per_part)
+
+
+def entropy_first(p: np.ndarray) -> tuple[np.ndarray, float]:
+    """(float32[N] approximate entropies, their error bound) of rows ``p: float[N, C]``."""
+    n, c = p.shape
+    out = np.empty(n, dtype=np.float32)
+    smax = np.zeros((n + BLOCK_ROWS - 1) // BLOCK_ROWS, dtype=np.float32)
+    _run("_entropy_first", p, out, smax)
+    mass = float(smax.max()) * (1.0 + gamma(c, U32)) if n else 0.0
+    return out, entropy_error(c, mass)
+
+
+def bald_first(samples: np.ndarray) -> tuple[np.ndarray, float]:
+    """(float32[N] approximate BALD scores, their error bound) of ``samples: float[S, N, C]``."""
+    s, n, c = samples.shape
+    out = np.empty(n, dtype=np.float32)
+    smax = np.zeros((n + BLOCK_ROWS - 1) // BLOCK_ROWS, dtype=np.float32)
+    _run("_bald_first", samples, out, smax)
+    mass = float(smax.max()) * (1.0 + gamma(c + s + 2, U32)) if n else 0.0
+    return out, bald_error(s, c, mass)
+
+
+def exact(name: str, array: np.ndarray) -> np.ndarray:
+    """float64[N] scores by exact kernel ``name`` (variation_ratio, bald) of
+    ``samples: float[S, N, C]``."""
+    n = array.shape[1]
+    out = np.empty(n, dtype=np.float64)
+    _run(f"_{name}_exact", array, out)
+    return out
+
+
+def shortlist(approx: np.ndarray, error: float, budget: int,
+              candidates: np.ndarray) -> np.ndarray:
+    """Sorted candidate indices that hold every item of the exact top ``budget``.
+
+    ``approx`` are first-pass scores within ``error`` of the exact ones (0: they
+    are exact). Keeps the candidates with ``approx >= t - 2 error``, ``t`` the
+    ``budget``-th largest ``approx`` among the candidates (1 <= budget <= candidates).
+    """
+    every = candidates.size == approx.size  # sorted and unique: then all items
+    cand = np.asarray(candidates, dtype=np.int64)
+    t = float(_SERIAL["_kth_largest"](approx, budget, cand, every))
+    lower = t - 2.0 * error if error > 0 else t
+    if approx.dtype == np.float32:
+        # the largest float32 <= lower, so no kept value is lost to rounding
+        low32 = np.float32(lower)
+        if float(low32) > lower:
+            low32 = np.nextafter(low32, np.float32(-np.inf))
+        bound = low32
+    else:
+        bound = np.float64(lower)
+    return _SERIAL["_at_least"](approx, bound, cand, every)
+
+
+def log_error(step: int = 1) -> float:
+    """max |L(v) - ln v| / (1 + |ln v|) over float32 v in [2^-126, 1] (every
+    ``step``-th one): the measurement behind ``LOG_K``."""
+    return float(_log_error(0x00800000, 0x3F800001, step))
+
+
+@kernel(nogil=True)
+def _log_error(lo, hi, step):
+    worst = 0.0
+    for i in range(lo, hi, step):
+        v = _float(np.int32(i))
+        w = np.float64(v)
+        ln = math.log(w)
+        approx = np.float64(log2_poly(v)) * math.log(2.0)
+        worst = max(worst, abs(approx - ln) / (1.0 + abs(ln)))
+    return worst
