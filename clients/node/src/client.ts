@@ -1,6 +1,8 @@
 // Client of Assay over @grpc/grpc-js with ts-proto generated types.
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { once } from "node:events";
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
 import * as grpc from "@grpc/grpc-js";
 import {
   AppendPoolItemsRequest,
@@ -18,6 +20,14 @@ import {
   SelectRequest,
   paramTypeToJSON,
 } from "../gen/assay/v1/assay.js";
+import {
+  DeleteModelRequest,
+  GetModelRequest,
+  ListModelsRequest,
+  Model as ModelMessage,
+  ModelServiceClient,
+  RegisterModelRequest,
+} from "../gen/assay/v1/model.js";
 import { DataType, dataTypeToJSON } from "../gen/assay/v1/tensor.js";
 import { RichDetails, richDetails } from "./errors.js";
 import { DTYPE_ENUM, DType, Tensor } from "./tensor.js";
@@ -79,6 +89,25 @@ export type Role =
   | "scores" | "loss" | "discriminator" | "predictions"
   | "labeled_probs" | "labels" | "model_inputs";
 
+/** Prefix of the raw-input arrays of a model with several graph inputs. */
+export const NAMED_MODEL_INPUTS = "model_inputs.";
+
+/**
+ * The name of an array in a pool or an inline Select: a role, or `model_inputs.<name>`, a raw
+ * input of a model with several graph inputs (a transformer's `model_inputs.input_ids` and
+ * `model_inputs.attention_mask`; <name> is 1-100 of [A-Za-z0-9_.-], not starting with . or -).
+ */
+export type ArrayName = Role | `model_inputs.${string}`;
+
+/**
+ * Named raw model inputs as arrays: `{ input_ids: ids, attention_mask: mask }` gives
+ * `[["model_inputs.input_ids", ids], ["model_inputs.attention_mask", mask]]`, for `append`
+ * (or, through `Object.fromEntries`, for `SelectOptions.inputs`).
+ */
+export function modelInputs(named: Record<string, Tensor>): [ArrayName, Tensor][] {
+  return Object.entries(named).map(([name, t]) => [`${NAMED_MODEL_INPUTS}${name}`, t]);
+}
+
 /** Options of `append` and `replace`. */
 export interface UploadOptions {
   /** Bytes per streamed chunk (default 4 MiB). */
@@ -91,8 +120,8 @@ export interface UploadOptions {
 export interface SelectOptions {
   strategy: string;
   budget: number;
-  /** Inline arrays by role; or give `poolId`. */
-  inputs?: Partial<Record<Role, Tensor>>;
+  /** Inline arrays by role (and `model_inputs.<name>`); or give `poolId`. */
+  inputs?: Partial<Record<ArrayName, Tensor>>;
   poolId?: string;
   /** Integers (number or bigint) go as int_value; `{double: x}` forces a double. */
   params?: Record<string, Param>;
@@ -100,6 +129,15 @@ export interface SelectOptions {
   requestId?: string;
   exclude?: ArrayLike<number | bigint>;
   timeoutMs?: number;
+  /**
+   * Registered model ids: the server runs them over the raw `model_inputs` (inline or the
+   * pool's) and their declared outputs become the strategy's inputs; several form a committee.
+   */
+  models?: string[];
+  /** MC dropout: S > 0 runs each model S times with its Dropout nodes sampling (0: off). */
+  mcSamples?: number;
+  /** Items per inference batch (0: the server picks one). */
+  batchSize?: number;
 }
 
 export interface Selection {
@@ -115,6 +153,8 @@ export interface Selection {
   pseudoLabelIndices: BigInt64Array;
   pseudoLabels: BigInt64Array;
   computeSeconds: number;
+  /** Per entry of `models`, the onnxruntime execution provider that ran it. */
+  executionProviders: string[];
 }
 
 export interface Pool {
@@ -124,6 +164,45 @@ export interface Pool {
   version: number;
   arrays: { name: string; dtype: string; shape: number[] }[];
   sizeBytes: number;
+}
+
+/** A graph input of a registered model and the array that feeds it. */
+export interface ModelInput {
+  name: string;
+  /** "FP32", "INT64", ...: the element type the model expects. */
+  dtype: string;
+  /** Declared shape; -1 marks a dynamic axis. */
+  shape: number[];
+  /** `model_inputs` or `model_inputs.<name>`. */
+  array: string;
+}
+
+/** A registered ONNX model. */
+export interface Model {
+  modelId: string;
+  /** Role (logits or probs, embeddings, loss, discriminator) -> graph output name. */
+  outputs: Record<string, string>;
+  /** Every graph input, in the graph's order. */
+  inputs: ModelInput[];
+  sizeBytes: number;
+  /** Lower-case hex SHA-256 of the ONNX file. */
+  sha256: string;
+  opsetVersion: number;
+  /** Dropout nodes; MC dropout (`mcSamples`) needs at least one. */
+  dropoutCount: number;
+  createTime?: Date;
+}
+
+/** Options of `registerModel`. */
+export interface RegisterModelOptions {
+  /**
+   * Graph input name -> the array that feeds it (`model_inputs` or `model_inputs.<name>`).
+   * Absent: one graph input reads `model_inputs`, several read `model_inputs.<input name>`.
+   */
+  inputs?: Record<string, string>;
+  /** Bytes per streamed chunk (default 4 MiB). */
+  chunkBytes?: number;
+  timeoutMs?: number;
 }
 
 export interface StrategyInfo {
@@ -168,9 +247,48 @@ function pool(p: PoolMessage | undefined): Pool {
     poolId: p.poolId, itemCount: Number(p.itemCount), labeledCount: Number(p.labeledCount),
     version: Number(p.version), sizeBytes: Number(p.sizeBytes),
     arrays: p.arrays.map((a) => ({
-      name: a.name, dtype: dataTypeToJSON(a.dtype).replace("DATA_TYPE_", ""),
+      name: a.name, dtype: dtypeName(a.dtype),
       shape: a.shape.map(Number),
     })),
+  };
+}
+
+function dtypeName(d: DataType): string {
+  return dataTypeToJSON(d).replace("DATA_TYPE_", "");
+}
+
+function model(m: ModelMessage | undefined): Model {
+  if (!m) throw new AssayError(grpc.status.INTERNAL, "response without a model");
+  return {
+    modelId: m.modelId,
+    outputs: Object.fromEntries(m.outputs.map((o) => [o.role, o.outputName])),
+    inputs: m.inputs.map((i) => ({
+      name: i.name, dtype: dtypeName(i.dtype), shape: i.shape.map(Number), array: i.array,
+    })),
+    sizeBytes: Number(m.sizeBytes), sha256: m.sha256, opsetVersion: Number(m.opsetVersion),
+    dropoutCount: m.dropoutCount, createTime: m.createTime,
+  };
+}
+
+/** The bytes of a model, in chunks: from memory, or read from a file twice (digest, upload). */
+interface ModelSource {
+  size: number;
+  chunks(chunkBytes: number): AsyncIterable<Uint8Array>;
+}
+
+function bytesSource(data: Uint8Array): ModelSource {
+  return {
+    size: data.byteLength,
+    async *chunks(chunkBytes) {
+      for (let off = 0; off < data.byteLength; off += chunkBytes) yield data.subarray(off, off + chunkBytes);
+    },
+  };
+}
+
+async function fileSource(path: string): Promise<ModelSource> {
+  return {
+    size: (await stat(path)).size,
+    chunks: (chunkBytes) => createReadStream(path, { highWaterMark: chunkBytes }),
   };
 }
 
@@ -178,6 +296,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class Client {
   private readonly stub: AssayServiceClient;
+  private readonly models: ModelServiceClient;
   private readonly timeoutMs: number;
   private readonly retries: number;
   private readonly token?: string;
@@ -195,6 +314,9 @@ export class Client {
       if (serverName) channelOptions["grpc.ssl_target_name_override"] = serverName;
     }
     this.stub = new AssayServiceClient(target, creds, channelOptions);
+    // One channel for both services.
+    this.models = new ModelServiceClient(target, creds,
+                                         { ...channelOptions, channelOverride: this.stub.getChannel() });
     this.timeoutMs = options.timeoutMs ?? 60_000;
     this.retries = options.retries ?? 3;
     this.token = options.token;
@@ -210,10 +332,11 @@ export class Client {
     return [md, { deadline: Date.now() + (timeoutMs ?? this.timeoutMs) }];
   }
 
-  private unary<Req, Res>(method: string, request: Req, timeoutMs?: number): Promise<Res> {
+  private unary<Req, Res>(method: string, request: Req, timeoutMs?: number,
+                          stub: grpc.Client = this.stub): Promise<Res> {
     const [md, opts] = this.call(timeoutMs);
     return new Promise((resolve, reject) => {
-      (this.stub as any)[method](request, md, opts, (err: grpc.ServiceError | null, res: Res) =>
+      (stub as any)[method](request, md, opts, (err: grpc.ServiceError | null, res: Res) =>
         err ? reject(AssayError.from(err)) : resolve(res));
     });
   }
@@ -240,14 +363,22 @@ export class Client {
       excludeIndices: Array.from(o.exclude ?? [], (i) => BigInt(i)),
     });
     if (o.seed !== undefined) req.seed = BigInt(o.seed);
+    req.modelIds = [...(o.models ?? [])];
+    req.mcSamples = o.mcSamples ?? 0;
+    req.batchSize = o.batchSize ?? 0;
     for (const [k, v] of Object.entries(o.params ?? {})) req.params[k] = paramValue(v);
     if (o.poolId !== undefined) {
       req.poolId = o.poolId;
     } else {
       const inputs: Inputs = Inputs.fromPartial({});
-      for (const [role, t] of Object.entries(o.inputs ?? {})) {
-        const field = INPUT_FIELDS[role as Role];
-        if (!field) throw new RangeError(`unknown input role ${role}`);
+      for (const [name, t] of Object.entries(o.inputs ?? {})) {
+        if (name.startsWith(NAMED_MODEL_INPUTS)) {
+          // The server checks the name's alphabet, as it does for a pool's arrays.
+          inputs.namedModelInputs[name.slice(NAMED_MODEL_INPUTS.length)] = toWire(t as Tensor);
+          continue;
+        }
+        const field = INPUT_FIELDS[name as Role];
+        if (!field) throw new RangeError(`unknown input role ${name}`);
         (inputs as any)[field] = toWire(t as Tensor);
       }
       req.inputs = inputs;
@@ -268,7 +399,7 @@ export class Client {
           requestId: r.requestId, metrics: r.metrics,
           pseudoLabelIndices: BigInt64Array.from(r.pseudoLabelIndices as bigint[]),
           pseudoLabels: BigInt64Array.from(r.pseudoLabels as bigint[]),
-          computeSeconds: r.computeSeconds,
+          computeSeconds: r.computeSeconds, executionProviders: [...r.executionProviders],
         };
       } catch (e) {
         const err = e as AssayError;
@@ -276,6 +407,56 @@ export class Client {
         await sleep(Math.min(2000, 100 * 2 ** attempt));
       }
     }
+  }
+
+  /**
+   * Upload an ONNX model (its bytes, or a file path) under `modelId`. `outputs` maps roles
+   * (logits or probs, embeddings, loss, discriminator) to the graph's output names;
+   * `opts.inputs` binds graph inputs to arrays. The file is streamed in chunks with its
+   * SHA-256, which the server verifies before storing anything.
+   */
+  async registerModel(modelId: string, source: Uint8Array | string, outputs: Record<string, string>,
+                      opts: RegisterModelOptions = {}): Promise<Model> {
+    const chunkBytes = opts.chunkBytes ?? 4 << 20;
+    if (!(chunkBytes > 0)) throw new RangeError(`chunkBytes must be positive, not ${chunkBytes}`);
+    const src = typeof source === "string" ? await fileSource(source) : bytesSource(source);
+    const hash = createHash("sha256");
+    for await (const chunk of src.chunks(chunkBytes)) hash.update(chunk);
+    const header = {
+      modelId, sizeBytes: BigInt(src.size), sha256: hash.digest("hex"),
+      outputs: Object.entries(outputs).map(([role, outputName]) => ({ role, outputName })),
+      inputs: Object.entries(opts.inputs ?? {}).map(([inputName, array]) => ({ inputName, array })),
+    };
+    const r = await this.clientStream<RegisterModelRequest>(
+      (md, callOpts, cb) => this.models.registerModel(md, callOpts, cb), opts.timeoutMs,
+      async (write) => {
+        await write(RegisterModelRequest.fromPartial({ header }));
+        for await (const chunk of src.chunks(chunkBytes)) await write({ chunk });
+      });
+    return model(r.model);
+  }
+
+  async getModel(modelId: string): Promise<Model> {
+    const r: any = await this.unary("getModel", GetModelRequest.fromPartial({ modelId }), undefined,
+                                    this.models);
+    return model(r.model);
+  }
+
+  /** Every registered model, in id order, following pagination. */
+  async listModels(pageSize = 100): Promise<Model[]> {
+    const out: Model[] = [];
+    let pageToken = "";
+    do {
+      const r: any = await this.unary("listModels", ListModelsRequest.fromPartial({ pageSize, pageToken }),
+                                      undefined, this.models);
+      out.push(...r.models.map(model));
+      pageToken = r.nextPageToken;
+    } while (pageToken);
+    return out;
+  }
+
+  async deleteModel(modelId: string): Promise<void> {
+    await this.unary("deleteModel", DeleteModelRequest.fromPartial({ modelId }), undefined, this.models);
   }
 
   async createPool(poolId: string): Promise<Pool> {
@@ -312,7 +493,7 @@ export class Client {
   }
 
   /** Stream arrays into a pool in chunks (4 MiB by default); all or nothing. */
-  async append(poolId: string, arrays: [Role, Tensor][], opts: UploadOptions = {},
+  async append(poolId: string, arrays: [ArrayName, Tensor][], opts: UploadOptions = {},
   ): Promise<{ pool: Pool; firstIndex: number; appendedCount: number }> {
     const r = await this.upload("appendPoolItems", poolId, arrays, opts);
     return { pool: pool(r.pool), firstIndex: Number(r.firstIndex), appendedCount: Number(r.appendedCount) };
@@ -326,44 +507,67 @@ export class Client {
    * unless the whole stream arrives. Resolves to the pool at its new version
    * (`Selection.poolVersion` of later selects).
    */
-  async replace(poolId: string, arrays: [Role, Tensor][], opts: UploadOptions = {}): Promise<Pool> {
+  async replace(poolId: string, arrays: [ArrayName, Tensor][], opts: UploadOptions = {}): Promise<Pool> {
     return pool((await this.upload("replacePoolArrays", poolId, arrays, opts)).pool);
   }
 
   /** Stream a header, then every array in chunks, to an append or a replace. */
   private async upload(method: "appendPoolItems" | "replacePoolArrays", poolId: string,
-                       arrays: [Role, Tensor][], opts: UploadOptions): Promise<any> {
+                       arrays: [ArrayName, Tensor][], opts: UploadOptions): Promise<any> {
     const chunkBytes = opts.chunkBytes ?? 4 << 20;
-    const [md, callOpts] = this.call(opts.timeoutMs);
     // Both streams take messages of the same shape (AppendPoolItemsRequest's fields).
-    let call!: grpc.ClientWritableStream<AppendPoolItemsRequest>;
+    return this.clientStream<AppendPoolItemsRequest>(
+      (md, callOpts, cb) => (this.stub as any)[method](md, callOpts, cb), opts.timeoutMs,
+      async (write) => {
+        await write(AppendPoolItemsRequest.fromPartial({
+          header: {
+            poolId, requestId: opts.requestId ?? randomUUID(),
+            arrays: arrays.map(([name, t]) => ({
+              name, dtype: DTYPE_ENUM[t.dtype] as DataType, shape: t.shape.map(BigInt),
+            })),
+          },
+        }));
+        for (let i = 0; i < arrays.length; i++) {
+          const data = arrays[i][1].data;
+          for (let off = 0; off < data.byteLength; off += chunkBytes) {
+            await write({
+              chunk: { arrayIndex: i, offset: BigInt(off), data: data.subarray(off, off + chunkBytes) },
+            });
+          }
+        }
+      });
+  }
+
+  /**
+   * A client stream: `send` writes its messages (waiting for the stream to drain); resolves
+   * to the response, or rejects with the server's status as an AssayError.
+   */
+  private async clientStream<M>(
+    open: (md: grpc.Metadata, opts: Partial<grpc.CallOptions>,
+           cb: (err: grpc.ServiceError | null, res: any) => void) => grpc.ClientWritableStream<M>,
+    timeoutMs: number | undefined,
+    send: (write: (m: M) => Promise<void>) => Promise<void>,
+  ): Promise<any> {
+    const [md, callOpts] = this.call(timeoutMs);
+    let call!: grpc.ClientWritableStream<M>;
     const done = new Promise<any>((resolve, reject) => {
-      call = (this.stub as any)[method](md, callOpts,
-        (err: grpc.ServiceError | null, res: any) => (err ? reject(AssayError.from(err)) : resolve(res)));
+      call = open(md, callOpts,
+        (err, res) => (err ? reject(AssayError.from(err)) : resolve(res)));
     });
-    const write = async (m: AppendPoolItemsRequest) => {
+    const write = async (m: M) => {
       if (!call.write(m)) await Promise.race([once(call, "drain"), done]);
     };
     try {
-      await write(AppendPoolItemsRequest.fromPartial({
-        header: {
-          poolId, requestId: opts.requestId ?? randomUUID(),
-          arrays: arrays.map(([name, t]) => ({
-            name, dtype: DTYPE_ENUM[t.dtype] as DataType, shape: t.shape.map(BigInt),
-          })),
-        },
-      }));
-      for (let i = 0; i < arrays.length; i++) {
-        const data = arrays[i][1].data;
-        for (let off = 0; off < data.byteLength; off += chunkBytes) {
-          await write({
-            chunk: { arrayIndex: i, offset: BigInt(off), data: data.subarray(off, off + chunkBytes) },
-          });
-        }
-      }
+      await send(write);
       call.end();
-    } catch {
-      // The server ended the stream early: its status (awaited below) says why.
+    } catch (e) {
+      // The server ended the stream early: its status (awaited below) says why. Anything else
+      // (a file that cannot be read) cancels the call and is raised as it is.
+      if (!(e instanceof AssayError)) {
+        call.cancel();
+        done.catch(() => undefined);
+        throw e;
+      }
     }
     return done;
   }
