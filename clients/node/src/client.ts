@@ -368,6 +368,13 @@ export class Client {
     req.batchSize = o.batchSize ?? 0;
     for (const [k, v] of Object.entries(o.params ?? {})) req.params[k] = paramValue(v);
     if (o.poolId !== undefined) {
+      // A request holds a pool id or inline arrays, never both: the arrays would be dropped
+      // without a word and the pool's used instead.
+      const given = Object.keys(o.inputs ?? {});
+      if (given.length) {
+        throw new RangeError(`select got poolId "${o.poolId}" and inline inputs [${given}]; ` +
+          "choose one: append the arrays to the pool, or leave out poolId to send them inline");
+      }
       req.poolId = o.poolId;
     } else {
       const inputs: Inputs = Inputs.fromPartial({});

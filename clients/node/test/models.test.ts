@@ -30,10 +30,13 @@ test("a Select names models, MC samples, batch size and named raw inputs", () =>
   assert.equal(req.inputs!.modelInputs, undefined);
   assert.deepEqual(modelInputs({ input_ids: ids }).map(([name]) => name), ["model_inputs.input_ids"]);
   // Without models nothing of theirs is sent; an unknown role is refused before sending.
-  const plain = Client.selectRequest({ strategy: "entropy", budget: 1, inputs: { probs: f32(new Float32Array(2), [1, 2]) } });
+  const probs = f32(new Float32Array(2), [1, 2]);
+  const plain = Client.selectRequest({ strategy: "entropy", budget: 1, inputs: { probs } });
   assert.deepEqual([plain.modelIds, plain.mcSamples, plain.batchSize], [[], 0, 0]);
-  assert.throws(() => Client.selectRequest({ strategy: "entropy", budget: 1, inputs: { logits: ids } as any }),
-    RangeError);
+  assert.throws(() => Client.selectRequest(
+    { strategy: "entropy", budget: 1, inputs: { logits: ids } as any }), RangeError);
+  assert.throws(() => Client.selectRequest({ strategy: "entropy", budget: 1, poolId: "texts",
+                                             inputs: { "model_inputs.input_ids": ids } }), RangeError);
 });
 
 interface VTensor { dtype: string; shape: number[]; data: number[] }
@@ -74,7 +77,8 @@ test("model vectors", { skip }, async (t) => {
     assert.deepEqual(await client.getModel(modelId), model);
     // From bytes in memory, the same file under another id.
     const copy = await client.registerModel(`${modelId}-bytes`, new Uint8Array(bytes), v.outputs);
-    assert.deepEqual([copy.sha256, copy.sizeBytes, copy.inputs], [model.sha256, model.sizeBytes, model.inputs]);
+    assert.deepEqual([copy.sha256, copy.sizeBytes, copy.inputs],
+      [model.sha256, model.sizeBytes, model.inputs]);
     const listed = (await client.listModels(1)).map((m) => m.modelId);
     assert.ok(listed.includes(modelId) && listed.includes(`${modelId}-bytes`), `listModels: ${listed}`);
     await client.deleteModel(`${modelId}-bytes`);
