@@ -13,6 +13,7 @@ callers fall back to NumPy for 16-bit inputs. Kernels never validate shapes.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from numba import prange
@@ -53,66 +54,115 @@ def probability_rows_check(p, lo, hi, sum_tol):
     return first[0], first[1], first[2]
 
 
-def entropy_rows(p):
-    """-sum_y p log p per row in float64, values clipped into [0, 1], 0 log 0 = 0."""
-    n, c = p.shape
-    out = np.empty(n, dtype=np.float64)
-    for i in prange(n):
-        acc = 0.0
-        for j in range(c):
-            v = min(max(np.float64(p[i, j]), 0.0), 1.0)
-            if v > 0.0:
-                acc -= v * math.log(v)
-        out[i] = acc
-    return out
+def _entropy_rows(width):
+    def entropy_rows(p):
+        """-sum_y p log p per row in float64, values clipped into [0, 1], 0 log 0 = 0."""
+        n = p.shape[0]
+        c = width if width else p.shape[1]
+        out = np.empty(n, dtype=np.float64)
+        for i in prange(n):
+            acc = 0.0
+            for j in range(c):
+                v = min(max(np.float64(p[i, j]), 0.0), 1.0)
+                if v > 0.0:
+                    acc -= v * math.log(v)
+            out[i] = acc
+        return out
+
+    return entropy_rows
 
 
-def least_confident_rows(p):
-    """1 - max_y p per row, values clipped into [0, 1].
+def _least_confident_rows(width):
+    def least_confident_rows(p):
+        """1 - max_y p per row, values clipped into [0, 1].
 
-    Clipping is monotone, so the largest raw value is clipped once: one compare
-    per value in the input precision, one float64 conversion per row.
-    """
-    n, c = p.shape
-    out = np.empty(n, dtype=np.float64)
-    for i in prange(n):
-        best = p[i, 0]
-        for j in range(1, c):
-            best = max(best, p[i, j])
-        out[i] = 1.0 - min(max(np.float64(best), 0.0), 1.0)
-    return out
+        Clipping is monotone, so the largest raw value is clipped once: one compare
+        per value in the input precision, one float64 conversion per row.
+        """
+        n = p.shape[0]
+        c = width if width else p.shape[1]
+        out = np.empty(n, dtype=np.float64)
+        for i in prange(n):
+            best = p[i, 0]
+            for j in range(1, c):
+                best = max(best, p[i, j])
+            out[i] = 1.0 - min(max(np.float64(best), 0.0), 1.0)
+        return out
 
-
-def margin_rows(p):
-    """-(p1 - p2) per row for the two largest values, clipped into [0, 1]; needs C >= 2.
-
-    The two largest raw values are found first and clipped once (clipping is
-    monotone, so they are the two largest clipped values).
-    """
-    n, c = p.shape
-    out = np.empty(n, dtype=np.float64)
-    for i in prange(n):
-        first = max(p[i, 0], p[i, 1])
-        second = min(p[i, 0], p[i, 1])
-        for j in range(2, c):
-            v = p[i, j]  # branch-free: random rows mispredict a branch half the time
-            second = max(second, min(v, first))
-            first = max(first, v)
-        hi = min(max(np.float64(first), 0.0), 1.0)
-        lo = min(max(np.float64(second), 0.0), 1.0)
-        out[i] = -(hi - lo)
-    return out
+    return least_confident_rows
 
 
+def _margin_rows(width):
+    def margin_rows(p):
+        """-(p1 - p2) per row for the two largest values, clipped into [0, 1]; C >= 2.
+
+        The two largest raw values are found first and clipped once (clipping is
+        monotone, so they are the two largest clipped values).
+        """
+        n = p.shape[0]
+        c = width if width else p.shape[1]
+        out = np.empty(n, dtype=np.float64)
+        for i in prange(n):
+            first = max(p[i, 0], p[i, 1])
+            second = min(p[i, 0], p[i, 1])
+            for j in range(2, c):
+                v = p[i, j]  # branch-free: random rows mispredict a branch half the time
+                second = max(second, min(v, first))
+                first = max(first, v)
+            hi = min(max(np.float64(first), 0.0), 1.0)
+            lo = min(max(np.float64(second), 0.0), 1.0)
+            out[i] = -(hi - lo)
+        return out
+
+    return margin_rows
+
+
+#: Row widths C up to which a score kernel is compiled for its own C: with C a
+#: constant LLVM unrolls the row loop, about twice as fast for small C. Wider rows
+#: share the generic kernel. Each width compiles on first use (then the disk cache).
+SPECIALIZE_MAX_C = 16
+
+_lock = threading.Lock()
+_WIDTH_TEMPLATES: dict = {}
+_BY_WIDTH: dict = {}
+
+
+def by_width(templates: dict, name: str, width: int) -> tuple:
+    """The (serial, parallel) twins of template ``name`` compiled for rows of ``width``
+    values (generic above ``SPECIALIZE_MAX_C``, or for ``width`` 0)."""
+    key = (id(templates), name, width if width <= SPECIALIZE_MAX_C else 0)
+    twins = _BY_WIDTH.get(key)
+    if twins is None:
+        with _lock:
+            twins = _BY_WIDTH.get(key)
+            if twins is None:
+                f = templates[name](key[2])
+                twins = (kernel(nogil=True)(f), kernel(parallel=True, nogil=True)(f))
+                _BY_WIDTH[key] = twins
+    return twins
+
+
+_WIDTH_TEMPLATES.update({
+    "entropy_rows": _entropy_rows,
+    "least_confident_rows": _least_confident_rows,
+    "margin_rows": _margin_rows,
+})
+
+#: The generic twins of every kernel (any width), as the tests and the warm-up use them.
 _KERNELS = {
-    f.__name__: (kernel(nogil=True)(f), kernel(parallel=True, nogil=True)(f))
-    for f in (probability_rows_check, entropy_rows, least_confident_rows, margin_rows)
+    "probability_rows_check": (kernel(nogil=True)(probability_rows_check),
+                               kernel(parallel=True, nogil=True)(probability_rows_check)),
+    **{name: by_width(_WIDTH_TEMPLATES, name, 0) for name in _WIDTH_TEMPLATES},
 }
 
 
 def run(name: str, rows: np.ndarray, *args):
-    """Run kernel ``name`` on ``rows``, serial or parallel by size."""
-    serial, parallel = _KERNELS[name]
+    """Run kernel ``name`` on ``rows``, serial or parallel by size, compiled for the
+    rows' width where that is small."""
+    if name in _WIDTH_TEMPLATES:
+        serial, parallel = by_width(_WIDTH_TEMPLATES, name, rows.shape[1])
+    else:
+        serial, parallel = _KERNELS[name]
     return (parallel if rows.size >= PARALLEL_MIN_VALUES else serial)(rows, *args)
 
 

@@ -31,6 +31,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import rowwise
 from .jit import kernel
 
 #: Bound on |L(v) - ln v| / (1 + |ln v|) over float32 v in [2^-126, 1], L the
@@ -99,124 +100,139 @@ def xlog2x(v):
     return t if v >= TINY else _F(0.0)
 
 
-def _entropy_first(p, out, smax):
-    """out[i] ~ -sum_j p log p (float32, nats); smax[block] the largest row sum there."""
-    n, c = p.shape
-    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    flat = p.reshape(-1)
-    for b in prange(blocks):
-        r0 = b * BLOCK_ROWS
-        r1 = min(n, r0 + BLOCK_ROWS)
-        terms = np.empty((r1 - r0) * c, dtype=np.float32)
-        values = np.empty((r1 - r0) * c, dtype=np.float32)
-        base = r0 * c
-        for k in range(terms.size):
-            v = min(max(_F(flat[base + k]), _F(0.0)), _F(1.0))
-            values[k] = v
-            terms[k] = xlog2x(v)
-        top = _F(0.0)
-        for r in range(r1 - r0):
-            acc = _F(0.0)
-            mass = _F(0.0)
-            for j in range(r * c, r * c + c):
-                acc += terms[j]
-                mass += values[j]
-            out[r0 + r] = -(acc * _LN2)
-            top = max(top, mass)
-        smax[b] = top
-
-
-def _bald_first(samples, out, smax):
-    """out[i] ~ H(mean_s p) - mean_s H(p) (float32, nats); smax as in ``_entropy_first``.
-
-    One pass over [S, N, C]: per block of items, each member's rows are read once
-    and folded into two running sums per (item, class), sum_s p and sum_s p log p,
-    so the logs of the members never need a per-row reduction.
-    """
-    s_count, n, c = samples.shape
-    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    inv_s = _F(1.0) / _F(s_count)
-    for b in prange(blocks):
-        r0 = b * BLOCK_ROWS
-        r1 = min(n, r0 + BLOCK_ROWS)
-        width = (r1 - r0) * c
-        mass = np.zeros(width, dtype=np.float32)
-        plogp = np.zeros(width, dtype=np.float32)
-        for s in range(s_count):
-            flat = samples[s, r0:r1].reshape(-1)
-            for k in range(width):
-                v = min(max(_F(flat[k]), _F(0.0)), _F(1.0))
-                mass[k] += v
-                plogp[k] += xlog2x(v)
-        for k in range(width):
-            m = mass[k] * inv_s
-            # H(mean) - mean H, per (item, class), in log2 units
-            plogp[k] = plogp[k] * inv_s - xlog2x(m)
-            mass[k] = m
-        top = _F(0.0)
-        for r in range(r1 - r0):
-            acc = _F(0.0)
-            total = _F(0.0)
-            for j in range(r * c, r * c + c):
-                acc += plogp[j]
-                total += mass[j]
-            out[r0 + r] = acc * _LN2
-            top = max(top, total)
-        smax[b] = top
-
-
-def _variation_ratio_exact(samples, out):
-    """out[i] = 1 - (modal vote count) / S, votes the members' argmax (first maximum)."""
-    s_count, n, c = samples.shape
-    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
-    for b in prange(blocks):
-        r0 = b * BLOCK_ROWS
-        r1 = min(n, r0 + BLOCK_ROWS)
-        counts = np.zeros((r1 - r0, c), dtype=np.int32)
-        for s in range(s_count):
+def _entropy_first_for(width):
+    def _entropy_first(p, out, smax):
+        """out[i] ~ -sum_j p log p (float32, nats); smax[block] the largest row sum there."""
+        n = p.shape[0]
+        c = width if width else p.shape[1]
+        blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        flat = p.reshape(-1)
+        for b in prange(blocks):
+            r0 = b * BLOCK_ROWS
+            r1 = min(n, r0 + BLOCK_ROWS)
+            terms = np.empty((r1 - r0) * c, dtype=np.float32)
+            values = np.empty((r1 - r0) * c, dtype=np.float32)
+            base = r0 * c
+            for k in range(terms.size):
+                v = min(max(_F(flat[base + k]), _F(0.0)), _F(1.0))
+                values[k] = v
+                terms[k] = xlog2x(v)
+            top = _F(0.0)
             for r in range(r1 - r0):
-                best = samples[s, r0 + r, 0]
-                vote = 0
-                for j in range(1, c):
-                    v = samples[s, r0 + r, j]
-                    if v > best:
-                        best = v
-                        vote = j
-                counts[r, vote] += 1
-        for r in range(r1 - r0):
-            top = 0
-            for j in range(c):
-                top = max(top, counts[r, j])
-            out[r0 + r] = 1.0 - top / s_count
+                acc = _F(0.0)
+                mass = _F(0.0)
+                for j in range(r * c, r * c + c):
+                    acc += terms[j]
+                    mass += values[j]
+                out[r0 + r] = -(acc * _LN2)
+                top = max(top, mass)
+            smax[b] = top
+
+    return _entropy_first
 
 
-def _bald_exact(samples, out):
-    """out[i] = H(mean_s p) - mean_s H(p) in float64, values clipped into [0, 1].
+def _bald_first_for(width):
+    def _bald_first(samples, out, smax):
+        """out[i] ~ H(mean_s p) - mean_s H(p) (float32, nats); smax as in ``_entropy_first``.
 
-    Each sum runs in a fixed order (members in order, classes in order), so an
-    item's score does not depend on which other items are in ``samples``.
-    """
-    s_count, n, c = samples.shape
-    for i in prange(n):
-        mean_h = 0.0
-        for s in range(s_count):
-            h = 0.0
-            for j in range(c):
-                v = min(max(np.float64(samples[s, i, j]), 0.0), 1.0)
-                if v > 0.0:
-                    h -= v * math.log(v)
-            mean_h += h
-        mean_h /= s_count
-        h_mean = 0.0
-        for j in range(c):
-            m = 0.0
+        One pass over [S, N, C]: per block of items, each member's rows are read once
+        and folded into two running sums per (item, class), sum_s p and sum_s p log p,
+        so the logs of the members never need a per-row reduction.
+        """
+        s_count, n = samples.shape[0], samples.shape[1]
+        c = width if width else samples.shape[2]
+        blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        inv_s = _F(1.0) / _F(s_count)
+        for b in prange(blocks):
+            r0 = b * BLOCK_ROWS
+            r1 = min(n, r0 + BLOCK_ROWS)
+            span = (r1 - r0) * c
+            mass = np.zeros(span, dtype=np.float32)
+            plogp = np.zeros(span, dtype=np.float32)
             for s in range(s_count):
-                m += min(max(np.float64(samples[s, i, j]), 0.0), 1.0)
-            m /= s_count
-            if m > 0.0:
-                h_mean -= m * math.log(m)
-        out[i] = h_mean - mean_h
+                flat = samples[s, r0:r1].reshape(-1)
+                for k in range(span):
+                    v = min(max(_F(flat[k]), _F(0.0)), _F(1.0))
+                    mass[k] += v
+                    plogp[k] += xlog2x(v)
+            for k in range(span):
+                m = mass[k] * inv_s
+                # H(mean) - mean H, per (item, class), in log2 units
+                plogp[k] = plogp[k] * inv_s - xlog2x(m)
+                mass[k] = m
+            top = _F(0.0)
+            for r in range(r1 - r0):
+                acc = _F(0.0)
+                total = _F(0.0)
+                for j in range(r * c, r * c + c):
+                    acc += plogp[j]
+                    total += mass[j]
+                out[r0 + r] = acc * _LN2
+                top = max(top, total)
+            smax[b] = top
 
+    return _bald_first
+
+def _variation_ratio_exact_for(width):
+    def _variation_ratio_exact(samples, out):
+        """out[i] = 1 - (modal vote count) / S, votes the members' argmax (first maximum)."""
+        s_count, n = samples.shape[0], samples.shape[1]
+        c = width if width else samples.shape[2]
+        blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        for b in prange(blocks):
+            r0 = b * BLOCK_ROWS
+            r1 = min(n, r0 + BLOCK_ROWS)
+            counts = np.zeros((r1 - r0, c), dtype=np.int32)
+            for s in range(s_count):
+                rows = samples[s, r0:r1]
+                for r in range(r1 - r0):
+                    # the largest value, then the first class holding it: two
+                    # branch-free passes (random rows mispredict a running argmax)
+                    best = rows[r, 0]
+                    for j in range(1, c):
+                        best = max(best, rows[r, j])
+                    vote = c - 1
+                    for j in range(c - 1, -1, -1):
+                        vote = j if rows[r, j] == best else vote
+                    counts[r, vote] += 1
+            for r in range(r1 - r0):
+                top = 0
+                for j in range(c):
+                    top = max(top, counts[r, j])
+                out[r0 + r] = 1.0 - top / s_count
+
+    return _variation_ratio_exact
+
+def _bald_exact_for(width):
+    def _bald_exact(samples, out):
+        """out[i] = H(mean_s p) - mean_s H(p) in float64, values clipped into [0, 1].
+
+        Each sum runs in a fixed order (members in order, classes in order), so an
+        item's score does not depend on which other items are in ``samples``.
+        """
+        s_count, n = samples.shape[0], samples.shape[1]
+        c = width if width else samples.shape[2]
+        for i in prange(n):
+            mean_h = 0.0
+            for s in range(s_count):
+                h = 0.0
+                for j in range(c):
+                    v = min(max(np.float64(samples[s, i, j]), 0.0), 1.0)
+                    if v > 0.0:
+                        h -= v * math.log(v)
+                mean_h += h
+            mean_h /= s_count
+            h_mean = 0.0
+            for j in range(c):
+                m = 0.0
+                for s in range(s_count):
+                    m += min(max(np.float64(samples[s, i, j]), 0.0), 1.0)
+                m /= s_count
+                if m > 0.0:
+                    h_mean -= m * math.log(m)
+            out[i] = h_mean - mean_h
+
+    return _bald_exact
 
 def _kth_largest(values, b, candidates, every):
     """The ``b``-th largest of values[candidates] (of all values when ``every``).
@@ -260,20 +276,23 @@ def _at_least(values, lower, candidates, every):
 
 
 _SERIAL = {f.__name__: kernel(nogil=True)(f) for f in (_kth_largest, _at_least)}
-_TWINS = {
-    f.__name__: (kernel(nogil=True)(f), kernel(parallel=True, nogil=True)(f))
-    for f in (_entropy_first, _bald_first, _variation_ratio_exact, _bald_exact)
+_TEMPLATES = {
+    "_entropy_first": _entropy_first_for,
+    "_bald_first": _bald_first_for,
+    "_variation_ratio_exact": _variation_ratio_exact_for,
+    "_bald_exact": _bald_exact_for,
 }
 
 
 def _run(name: str, array: np.ndarray, *args):
-    serial, parallel = _TWINS[name]
+    serial, parallel = variants(name, array.shape[-1])
     return (parallel if array.size >= PARALLEL_MIN_VALUES else serial)(array, *args)
 
 
-def variants(name: str) -> tuple:
-    """The (serial, parallel) compiled twins of first-pass kernel ``name``."""
-    return _TWINS[name]
+def variants(name: str, width: int = 0) -> tuple:
+    """The (serial, parallel) compiled twins of kernel ``name`` for rows of ``width``
+    classes (0: any width)."""
+    return rowwise.by_width(_TEMPLATES, name, width)
 
 
 def gamma(k: int, u: float) -> float:
