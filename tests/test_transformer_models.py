@@ -9,7 +9,8 @@ length, its dropout kept. The pool holds the padded token ids and masks as
 What the server computes from raw token ids must equal the same strategy fed, inline,
 the outputs of onnxruntime run here in-process on the exported file: the deterministic
 pass through a plain onnxruntime session (checked against PyTorch itself), the MC passes
-through the keyed MC-dropout graph fed the documented keys of each (seed, pass, batch).
+through the sampling graph with onnxruntime's generator reset, as documented, to the seed
+of each (seed, pass, batch).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from test_onnx_safety import reason_of
 from assay.client import AssayError
 from assay.server.models import inference as model_inference
 from assay.server.models.inference import ModelRun, ModelRuntime
-from assay.server.models.mc_dropout import MC_KEYS, dropout_count, keyed_mc_dropout, mc_keys
+from assay.server.models.mc_dropout import (
+    DISABLED_OPTIMIZERS,
+    pass_seed,
+    sampling_dropout,
+    seeded,
+)
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -137,15 +143,17 @@ def in_process(data: bytes, ids: np.ndarray, mask: np.ndarray, *, mc: int = 0,
     """onnxruntime here, in the server's batches: probs and the CLS embeddings (mc = 0),
     or MC samples [mc, N, C] through the keyed graph fed the keys of each run."""
     if mc:
-        original = onnx.load_from_string(data)
-        k = dropout_count(original)
-        session = ort.InferenceSession(keyed_mc_dropout(original).SerializeToString(),
-                                       providers=["CPUExecutionProvider"])
-        samples = np.stack([np.concatenate([
-            session.run(["logits"], {"input_ids": ids[s:s + BATCH],
-                                     "attention_mask": mask[s:s + BATCH],
-                                     MC_KEYS: mc_keys(seed, p, s, k)})[0]
-            for s in range(0, len(ids), BATCH)]) for p in range(mc)])
+        model = sampling_dropout(onnx.load_from_string(data)).SerializeToString()
+        session = ort.InferenceSession(model, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(DISABLED_OPTIMIZERS))
+
+        def run(p: int, s: int) -> np.ndarray:
+            with seeded(pass_seed(seed, p, s)):  # the generator reset as documented
+                return session.run(["logits"], {"input_ids": ids[s:s + BATCH],
+                                                "attention_mask": mask[s:s + BATCH]})[0]
+
+        samples = np.stack([np.concatenate([run(p, s) for s in range(0, len(ids), BATCH)])
+                            for p in range(mc)])
         return {"samples": softmax(samples)}
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     parts = [session.run(["logits", "cls"], {"input_ids": ids[s:s + BATCH],

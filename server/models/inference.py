@@ -34,7 +34,13 @@ from assay.vocab.errors import InvalidInput, NotFound
 
 from ..strategies import registry
 from ..strategies.validation import validate_array
-from .mc_dropout import MC_KEYS, disable_dropout, keyed_mc_dropout, mc_keys
+from .mc_dropout import (
+    DISABLED_OPTIMIZERS,
+    disable_dropout,
+    pass_seed,
+    sampling_dropout,
+    seeded,
+)
 from .onnx_cost import ModelLimits
 from .onnx_runner import (
     Terminator,
@@ -169,10 +175,10 @@ class ModelRuntime:
 
     Each registration has at most two sessions, kept in an LRU of
     ``max_sessions``: the deterministic one (Dropout off) and the MC-dropout one,
-    whose masks come from a graph input (``mc_dropout.keyed_mc_dropout``) instead
-    of generators inside onnxruntime, so one session serves every request at once
-    and the same seed still gives the same samples. onnxruntime runs one session
-    from several threads safely.
+    whose runs reset onnxruntime's generator to a seed of their own
+    (``mc_dropout.seeded``), so one session serves every request and the same
+    seed still gives the same samples. onnxruntime runs one session from several
+    threads safely.
 
     Sessions are built on a small pool of threads of their own, and the request
     waits for its build while checking its deadline: a build cannot be stopped
@@ -238,11 +244,15 @@ class ModelRuntime:
     def _build(self, info: ModelInfo, key: tuple[str, str]) -> ort.InferenceSession:
         try:
             model = parse_model(self._read(info))
+            options = {"threads": self.threads}
             if key[1] == "mc":
-                model = keyed_mc_dropout(model)
+                model = sampling_dropout(model)
+                # MC runs take turns (mc_dropout.seeded), so each may use every core.
+                options = {"threads": max(self.threads, default_threads(whole=True)),
+                           "disabled_optimizers": DISABLED_OPTIMIZERS}
             elif info.signature.dropout_count:
                 model = disable_dropout(model)
-            session = make_session(model.SerializeToString(), threads=self.threads)
+            session = make_session(model.SerializeToString(), **options)
             with self._lock:
                 self._sessions[key] = session
                 while len(self._sessions) > self.max_sessions:
@@ -299,13 +309,13 @@ class ModelRuntime:
                  terminator: Terminator | None) -> _Passes:
         sig = info.signature
         roles = dict(sig.outputs)
-        run_feed = None
+        around = None
         if mc:
             roles = {r: n for r, n in roles.items() if r in ("logits", "probs")}
             session = self._session(info, check, mc=True)
 
-            def run_feed(p: int, start: int) -> dict[str, np.ndarray]:
-                return {MC_KEYS: mc_keys(seed, p, start, sig.dropout_count)}
+            def around(p: int, start: int):
+                return seeded(pass_seed(seed, p, start), check)
         else:
             session = self._session(info, check)
         names = list(roles.values())
@@ -313,7 +323,7 @@ class ModelRuntime:
                            batch_size=batch_size, passes=max(mc, 1),
                            fixed_batch=sig.fixed_batch or None,
                            input_dtypes={i.name: np.dtype(i.dtype) for i in sig.inputs},
-                           run_feed=run_feed, check_cancelled=check, terminator=terminator)
+                           around=around, check_cancelled=check, terminator=terminator)
         result: dict[str, np.ndarray] = {}
         for role, out in zip(roles, outs, strict=True):
             where = f"model {info.model_id!r} output {roles[role]!r} ({role})"

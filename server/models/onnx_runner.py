@@ -24,6 +24,7 @@ FAILED_PRECONDITION (``runtime``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -74,9 +75,11 @@ def runtime():
         "'assay[gpu]')", reason="BACKEND_UNAVAILABLE")
 
 
-def default_threads() -> int:
-    """Intra-op threads per session: half the cores, 1 to 4."""
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+def default_threads(whole: bool = False) -> int:
+    """Intra-op threads per session: half the cores, 1 to 4 (``whole``: every core, up to 8,
+    for sessions whose runs take turns)."""
+    cores = os.cpu_count() or 2
+    return max(1, min(8, cores)) if whole else max(1, min(4, cores // 2))
 
 
 #: Messages of onnxruntime's failed allocations (arena cap, CUDA limit, std::bad_alloc).
@@ -230,7 +233,7 @@ def run_batches(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray],
                 output_names: Sequence[str], *, batch_size: int, passes: int = 1,
                 fixed_batch: int | None = None,
                 input_dtypes: Mapping[str, np.dtype] | None = None,
-                run_feed: Callable[[int, int], Mapping[str, np.ndarray]] | None = None,
+                around: Callable[[int, int], contextlib.AbstractContextManager] | None = None,
                 check_cancelled: Callable[[], None] = lambda: None,
                 terminator: Terminator | None = None) -> list[np.ndarray]:
     """Run ``session`` over ``inputs`` and return each named output, [passes, N, ...].
@@ -244,8 +247,8 @@ def run_batches(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray],
     passes : runs per batch (MC dropout samples a fresh mask on every run).
     input_dtypes : graph input name -> the dtype the model takes (inputs are cast to
         it: lossless widening only, checked by the caller).
-    run_feed : (pass, first item of the batch) -> further feeds of that run (the
-        MC-dropout keys).
+    around : (pass, first item of the batch) -> a context each run happens in (MC
+        dropout seeds onnxruntime's generator there).
     check_cancelled : raises between batches once the request must stop.
     terminator : stops a batch that is running when the request must stop.
     """
@@ -268,8 +271,8 @@ def run_batches(session: ort.InferenceSession, inputs: Mapping[str, np.ndarray],
         rows = min(step, n - start)
         size = fixed_batch or rows
         for p in range(passes):
-            run = feed if run_feed is None else {**feed, **run_feed(p, start)}
-            outs = _run(session, output_names, run, options, terminator)
+            with contextlib.nullcontext() if around is None else around(p, start):
+                outs = _run(session, output_names, feed, options, terminator)
             for k, (name, out) in enumerate(zip(output_names, outs, strict=True)):
                 out = np.asarray(out)
                 if out.ndim == 0 or out.shape[0] != size:
