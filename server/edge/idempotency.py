@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import google_crc32c
+import numpy as np
 
 from assay.vocab.errors import InvalidInput
 
@@ -62,6 +63,12 @@ def fingerprint(message) -> str:
         message.request_id = request_id
 
 
+def crc32c(data: bytes | memoryview, crc: int = 0) -> int:
+    """CRC32C of ``data`` continuing ``crc``; takes the memoryviews of messages read in
+    place (the C extension accepts bytes and read-only NumPy arrays, not memoryviews)."""
+    return google_crc32c.extend(crc, np.frombuffer(data, dtype=np.uint8))
+
+
 class StreamDigest(ChunkCursor):
     """CRC32C of each array of an append stream, computed as the chunks arrive.
 
@@ -78,7 +85,7 @@ class StreamDigest(ChunkCursor):
     def update(self, index: int, offset: int, data: bytes) -> None:
         """Add one chunk; it must continue exactly where the array's last chunk ended."""
         self.advance(index, offset, data)
-        self._crc[index] = google_crc32c.extend(self._crc[index], data)
+        self._crc[index] = crc32c(data, self._crc[index])
 
     def value(self) -> str:
         """The digest as stored with the request record: ``crc32c:`` and one CRC per array."""

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 
 import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from assay.client.tensors import DTYPES, check_shape, from_proto, numpy_dtype
+from assay.client.tensors import DTYPES, check_shape, from_parts, from_proto, numpy_dtype
 from assay.v1 import assay_pb2, assay_pb2_grpc
 from assay.vocab import roles
 from assay.vocab.dtypes import stored_name
@@ -38,6 +38,7 @@ from .metrics import Metrics
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
 from .streams import stream_chunks, stream_header
+from .wire import SelectWire, read_select, read_upload
 
 _PARAM_TYPES = {
     float: assay_pb2.PARAM_TYPE_DOUBLE,
@@ -45,8 +46,6 @@ _PARAM_TYPES = {
     str: assay_pb2.PARAM_TYPE_STRING,
     bool: assay_pb2.PARAM_TYPE_BOOL,
 }
-#: The Inputs fields holding one array each (the named_model_inputs map aside).
-_INPUT_FIELDS = [f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields if not f.is_repeated]
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -189,6 +188,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     @contextlib.contextmanager
     def _once(self, message, method: str, context, pool_id: str = "",
               field: str = "request_id", pool_field: str = "pool_id",
+              digest: Callable[[], str] | None = None,
               ) -> Iterator[tuple[StoredResponse | None, RequestKey | None]]:
         """Idempotency (AIP-155), one execution per request id.
 
@@ -200,6 +200,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         attempt stored none (it failed or was cancelled). ``pool_id`` names the pool
         the request is about: a retry must name the same pool, not one deleted and
         created again under that id since (its uid is part of the key).
+        ``digest`` computes the request's
+        fingerprint when the message alone is not the request (a Select read in place).
         """
         request_id = message.request_id
         if not request_id:
@@ -209,7 +211,8 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         with self._flights.hold(request_id,
                                 cancellation_check(context, self.limits.max_deadline_seconds)):
             uid = self.store.pool_uid(pool_id, pool_field) if pool_id else ""
-            key = RequestKey(request_id, method, fingerprint(message), uid, field=field)
+            key = RequestKey(request_id, method, (digest or (lambda: fingerprint(message)))(),
+                             uid, field=field)
             stored = self.store.get_request(key)
             yield (stored, None) if stored is not None else (None, key)
 
@@ -276,6 +279,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     def _upload(self, request_iterator: Iterator, context, method: str):
         """An append or a replace stream: the same header checks, request ids, chunk
         reading and commit; only what the store does with the arrays differs."""
+        request_iterator = map(read_upload, request_iterator)
         header = stream_header(request_iterator, "an append stream")
         check_pool_id(header.pool_id, "header.pool_id")
         specs = []
@@ -341,15 +345,21 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
 
     # -- selection ---------------------------------------------------------------------
 
-    def Select(self, request, context):
+    def Select(self, raw: bytes, context):
+        """Registered with the request's wire bytes (``add_to_server``): the inline
+        tensors are read in place (``wire``)."""
+        wire = read_select(raw)
+        request = wire.message
         pool_id = request.pool_id if request.WhichOneof("source") == "pool_id" else ""
-        with self._once(request, "Select", context, pool_id) as (stored, key):
+        with self._once(request, "Select", context, pool_id,
+                        digest=wire.fingerprint) as (stored, key):
             if stored is not None:
                 return assay_pb2.SelectResponse.FromString(stored.response)
-            return self._select(request, context, key)
+            return self._select(wire, context, key)
 
-    def _select(self, request, context, key: RequestKey | None):
-        call = self._select_call(request)
+    def _select(self, wire: SelectWire, context, key: RequestKey | None):
+        request = wire.message
+        call = self._select_call(wire)
         selected = self.acquisition.select(call, caller(context, self.limits.max_deadline_seconds))
         result = selected.result
         self.metrics.observe_kernel(result.strategy, result.backend, result.compute_seconds)
@@ -368,9 +378,10 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             self.store.put_request(key, response.SerializeToString())
         return response
 
-    def _select_call(self, request) -> SelectCall:
+    def _select_call(self, wire: SelectWire) -> SelectCall:
         """Decode a SelectRequest; a budget whose answer could not be sent is refused here,
         before any work."""
+        request = wire.message
         if not request.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         strategy = registry.get(request.strategy)
@@ -380,16 +391,16 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         source = request.WhichOneof("source")
         inputs = None
         if source == "inputs":
-            inputs = {name: from_proto(getattr(request.inputs, name), f"inputs.{name}",
-                                       max_bytes=self.limits.max_inline_bytes)
-                      for name in _INPUT_FIELDS if request.inputs.HasField(name)}
-            for key, tensor in request.inputs.named_model_inputs.items():
-                name = roles.NAMED_MODEL_INPUTS + key
-                where = f"inputs.named_model_inputs[{key!r}]"
-                if not roles.is_named_model_input(name):
-                    raise InvalidInput(f"{where}: the name must be 1-100 of [A-Za-z0-9_.-], "
-                                       "not starting with . or -", field=where)
-                inputs[name] = from_proto(tensor, where, max_bytes=self.limits.max_inline_bytes)
+            inputs = {}
+            for name, t in wire.tensors.items():
+                where = f"inputs.{name}"
+                if name.startswith(roles.NAMED_MODEL_INPUTS):
+                    where = f"inputs.named_model_inputs[{name[len(roles.NAMED_MODEL_INPUTS):]!r}]"
+                    if not roles.is_named_model_input(name):
+                        raise InvalidInput(f"{where}: the name must be 1-100 of [A-Za-z0-9_.-], "
+                                           "not starting with . or -", field=where)
+                inputs[name] = from_parts(t.dtype, t.shape, t.data, where,
+                                          max_bytes=self.limits.max_inline_bytes)
         elif source != "pool_id":
             raise InvalidInput("set either inputs or pool_id", field="source")
         return SelectCall(
@@ -417,3 +428,28 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
                 name=s.name, description=s.description, required_inputs=list(s.required),
                 optional_inputs=list(s.optional), params=params, kind=s.kind))
         return assay_pb2.ListStrategiesResponse(strategies=infos)
+
+
+#: Methods registered with their wire bytes: their large payloads are read in place.
+_READ_IN_PLACE = ("Select", "AppendPoolItems", "ReplacePoolArrays")
+
+
+def add_to_server(servicer: AssayServicer, server: grpc.Server) -> None:
+    """Register ``servicer`` like the generated ``add_AssayServiceServicer_to_server``,
+    except that Select and the upload streams get each request's bytes unparsed
+    (``wire``)."""
+    service = assay_pb2.DESCRIPTOR.services_by_name["AssayService"]
+    handlers = {}
+    for method in service.methods:
+        request = getattr(assay_pb2, method.input_type.name)
+        response = getattr(assay_pb2, method.output_type.name)
+        make = (grpc.stream_unary_rpc_method_handler if method.client_streaming
+                else grpc.unary_unary_rpc_method_handler)
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=None if method.name in _READ_IN_PLACE else request.FromString,
+            response_serializer=response.SerializeToString)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+

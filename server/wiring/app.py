@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc
+from assay.v1 import assay_pb2, model_pb2, model_pb2_grpc
 
 from ..acquisition.service import AcquisitionService, SelectSlots
 from ..edge.admission import AdmissionGate
@@ -25,7 +25,7 @@ from ..edge.interceptors import ErrorInterceptor
 from ..edge.lanes import Lanes
 from ..edge.metrics import Metrics
 from ..edge.model_servicer import ModelServicer
-from ..edge.servicer import AssayServicer, EdgeLimits, cancellation_check
+from ..edge.servicer import AssayServicer, EdgeLimits, add_to_server, cancellation_check
 from ..models.inference import ModelRuntime
 from ..models.onnx_cost import ModelLimits
 from ..models.store import ModelStore
@@ -173,8 +173,7 @@ def start(config: ServerConfig) -> RunningServer:
     acquisition = AcquisitionService(
         store, models=runtime, max_inline_bytes=config.max_inline_bytes,
         slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects))
-    assay_pb2_grpc.add_AssayServiceServicer_to_server(
-        AssayServicer(store, acquisition, EdgeLimits.of(config), metrics), server)
+    add_to_server(AssayServicer(store, acquisition, EdgeLimits.of(config), metrics), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
                       lambda context: cancellation_check(context, config.max_deadline_seconds)),

@@ -9,6 +9,7 @@ a real NumPy dtype everywhere above the kernels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -102,22 +103,28 @@ def check_shape(shape, field: str, *, itemsize: int = 1, max_bytes: int = MAX_TE
 
 def from_proto(tensor: tensor_pb2.Tensor, field: str,
                max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
-    """Decode a Tensor into a read-only NumPy view of its bytes.
+    """Decode a Tensor into a read-only NumPy view of its bytes (see ``from_parts``)."""
+    return from_parts(tensor.dtype, tensor.shape, tensor.data, field, max_bytes)
+
+
+def from_parts(dtype_enum: int, dims: Sequence[int], data: bytes | memoryview, field: str,
+               max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
+    """A read-only NumPy view of ``data`` as a Tensor of that dtype and shape.
 
     Raises ``InvalidInput`` naming ``field`` when the dtype is unknown, the byte
     length does not match the shape, or a zero-size shape's other dimensions describe
     more than ``max_bytes`` (see ``check_shape``).
     """
-    dtype = numpy_dtype(tensor.dtype, field)
-    shape = check_shape(tensor.shape, field, itemsize=dtype.itemsize, max_bytes=max_bytes)
+    dtype = numpy_dtype(dtype_enum, field)
+    shape = check_shape(dims, field, itemsize=dtype.itemsize, max_bytes=max_bytes)
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
+    if len(data) != expected:
         raise InvalidInput(
-            f"{field}.data has {len(tensor.data)} bytes but shape {list(shape)} of "
-            f"{DTYPE_NAMES[tensor.dtype]} needs {expected}",
+            f"{field}.data has {len(data)} bytes but shape {list(shape)} of "
+            f"{DTYPE_NAMES[dtype_enum]} needs {expected}",
             field=f"{field}.data",
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
