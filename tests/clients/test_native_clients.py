@@ -94,6 +94,7 @@ def test_go_test(live_server, models_env):
                extra_env={**GO_ENV, **models_env})
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "--- SKIP: TestConformance" not in out, out[-4000:]
+    assert "--- PASS: TestModelVectors" in out, out[-4000:]
     assert "\nok " in out or out.startswith("ok "), out[-4000:]
 
 
@@ -108,6 +109,7 @@ def test_node_test(live_server, models_env):
     assert f"conformance: {n} passed, 0 failed" in out, out[-4000:]
     assert "# fail 0" in out, out[-4000:]
     assert "# SKIP ASSAY_TARGET" not in out, out[-4000:]
+    assert "# SKIP ASSAY_MODEL_VECTORS" not in out, out[-4000:]
 
 
 def test_python_model_vectors(live_server, models_env):
