@@ -1,17 +1,25 @@
-"""MC-dropout sessions: one keyed session shared by every request against one session
-built per request.
+"""MC-dropout sessions: one session per model shared by every request, each run seeded,
+against one session built per request.
 
-Run: ``python bench/mc_sessions.py [--requests R] [--passes S]``.
+Run: ``python bench/mc_sessions.py [--requests R] [--passes S] [--threads MODE ...]``.
 
 Per request, S MC passes over one batch, two ways, interleaved request by request so
 both see the same load:
 
-- ``per-request`` (the reference): ``enable_mc_dropout`` on the parsed model with the
-  request's seed, serialize, ``onnx_runner.make_session`` with ``DISABLED_OPTIMIZERS``,
-  then S runs (onnxruntime's Dropout kernel draws the masks);
-- ``keyed``: one ``keyed_mc_dropout`` session built once before the requests, then the
-  same S runs, each fed fresh ``mc_keys(seed, pass, 0, K)`` (the masks come from the
-  Squares generator inside the graph).
+- ``per-request`` (the reference, the earlier scheme): parse the model, force its
+  Dropout nodes to sample with ``seed`` attributes drawn from the request's seed
+  (``seeded_rewrite`` below), serialize, ``onnx_runner.make_session`` with
+  ``DISABLED_OPTIMIZERS``, then S runs (each node's generator advances run by run);
+- ``shared``: one ``sampling_dropout`` session built once before the requests, then the
+  same S runs, each inside ``seeded(pass_seed(seed, pass, 0))`` (onnxruntime's default
+  generator reset under the process-wide lock, as ``ModelRuntime`` runs them).
+
+Both draw with onnxruntime's own Dropout kernel; what differs is the build each request
+pays and, per run, the lock and ``set_seed``. Thread modes (``--threads``, several
+allowed): ``N`` gives both sessions N intra-op threads; ``server`` gives them what the
+server does: a per-request session would get ``default_threads()`` (half the cores, up
+to 4), the shared MC session gets ``default_threads(whole=True)`` (every core, up to 8),
+since MC runs take turns under the lock.
 
 Models: (i) ``mlp``, the demo's network (64 features -> 64 ReLU hidden -> Dropout(0.3) ->
 10 logits, an ONNX graph written from weights, like ``server/wiring/demo.py``), on the
@@ -22,11 +30,9 @@ linear head to 4 classes) exported by ``torch.onnx.export`` with ``input_ids`` a
 ``attention_mask`` and its Dropout nodes kept, on 64 sequences of up to 48 tokens with
 padding; (iii) ``transformer-30k``, the same with a BERT-sized vocabulary of 30,522
 tokens, d = 128 and feed-forward 512 (4.3 M weights, 17 MB). Reported: the session build
-each request pays (the seconds saved), the request's total both ways, and passes per
-second of the runs alone (the run-time cost of the in-graph generator against
-onnxruntime's Dropout), best and median of R requests; from the medians, the
-milliseconds the generator adds to a pass and the number of passes per request at which
-that added cost equals the build saved ("break-even").
+each request saves, passes per second of the runs alone both ways, the whole request both
+ways and their ratio, best and median of R requests, the load average before and after
+each model, and the cost of ``seeded`` itself per run.
 """
 
 from __future__ import annotations
@@ -40,19 +46,18 @@ import time
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from assay.server.models.mc_dropout import (
     DISABLED_OPTIMIZERS,
-    MC_KEYS,
-    dropout_count,
-    enable_mc_dropout,
-    keyed_mc_dropout,
-    mc_keys,
+    pass_seed,
+    sampling_dropout,
+    seeded,
 )
 from assay.server.models.onnx_runner import default_threads, make_session
-from assay.server.models.onnx_safety import parse_model
+from assay.server.models.onnx_safety import iter_graphs, parse_model
 
 
 def mlp(rng: np.random.Generator) -> tuple[bytes, dict[str, np.ndarray]]:
@@ -118,85 +123,107 @@ def transformer(rng: np.random.Generator, vocab: int = 1000, d: int = 64,
     return buffer.getvalue(), {"input_ids": ids, "attention_mask": mask}
 
 
+def seeded_rewrite(model: onnx.ModelProto, seed: int) -> onnx.ModelProto:
+    """The per-request reference: Dropout nodes forced to sample, each with a ``seed``
+    attribute drawn from the request's seed (so the session serves that request only)."""
+    out = sampling_dropout(model)
+    nodes = [n for g in iter_graphs(out.graph) for n in g.node
+             if n.op_type == "Dropout" and n.domain in ("", "ai.onnx")]
+    seeds = np.random.default_rng([seed, 0x6D63]).integers(1, 2**31 - 1, size=len(nodes))
+    for node, node_seed in zip(nodes, seeds, strict=True):
+        node.attribute.append(helper.make_attribute("seed", int(node_seed)))
+    return out
+
+
 def per_request(data: bytes, feed: dict, passes: int, seed: int, threads: int):
-    """The reference: a session built for the request, onnxruntime's Dropout."""
+    """A session built for the request, then its runs: (build s, runs s, outputs)."""
     started = time.perf_counter()
-    rewritten = enable_mc_dropout(parse_model(data), seed).SerializeToString()
-    rewrite = time.perf_counter() - started
+    rewritten = seeded_rewrite(parse_model(data), seed).SerializeToString()
     session = make_session(rewritten, threads=threads, disabled_optimizers=DISABLED_OPTIMIZERS)
     built = time.perf_counter()
     outs = [session.run(None, feed)[0] for _ in range(passes)]
-    return rewrite, built - started, time.perf_counter() - built, outs
+    return built - started, time.perf_counter() - built, outs
 
 
-def keyed(session: ort.InferenceSession, count: int, feed: dict, passes: int, seed: int):
-    """One shared session; the keys of each pass are fed with it."""
+def shared_runs(session: ort.InferenceSession, feed: dict, passes: int, seed: int):
+    """The shared session's runs, each under the generator reset to its pass seed."""
     started = time.perf_counter()
-    outs = [session.run(None, {**feed, MC_KEYS: mc_keys(seed, p, 0, count)})[0]
-            for p in range(passes)]
+    outs = []
+    for p in range(passes):
+        with seeded(pass_seed(seed, p, 0)):
+            outs.append(session.run(None, feed)[0])
     return time.perf_counter() - started, outs
+
+
+def thread_counts(mode: str) -> tuple[int, int]:
+    """(per-request threads, shared threads) of a ``--threads`` mode."""
+    if mode == "server":
+        return default_threads(), default_threads(whole=True)
+    return int(mode), int(mode)
+
+
+MODELS = (("mlp", mlp), ("transformer", transformer),
+          ("transformer-30k", lambda rng: transformer(rng, 30522, 128, 512)))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--requests", type=int, default=7)
+    ap.add_argument("--requests", type=int, default=5)
     ap.add_argument("--passes", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=default_threads(),
-                    help="intra-op threads per session (default: the server's)")
+    ap.add_argument("--threads", nargs="+", default=["server"],
+                    help="thread modes: N (both ways) or server (the server's defaults)")
+    ap.add_argument("--models", nargs="+", default=[name for name, _ in MODELS])
     args = ap.parse_args()
-    threads = args.threads
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{threads} intra-op threads per session, onnxruntime {ort.__version__} "
-          f"({ort.get_device()}); load average {os.getloadavg()[0]:.1f} at start")
-    print(f"{args.requests} requests of {args.passes} MC passes each way\n")
-    print("| model | graph nodes / Dropouts | keyed build once (s) | per-request build (s) "
-          "| of which parse + rewrite + serialize (s) "
-          "| request per-request / keyed (s) | per-request / keyed | passes/s ORT Dropout "
-          "| passes/s keyed | keyed / ORT | generator ms / pass | break-even passes | load |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    models = (("mlp", mlp), ("transformer", transformer),
-              ("transformer-30k", lambda rng: transformer(rng, 30522, 128, 512)))
-    for name, make in models:
-        data, feed = make(np.random.default_rng(0))
-        model = parse_model(data)
-        count = dropout_count(model)
-        started = time.perf_counter()
-        rewritten = keyed_mc_dropout(model)
-        shared = make_session(rewritten.SerializeToString(), threads=threads)
-        once = time.perf_counter() - started
-        per_request(data, feed, 1, 0, threads)  # warm both paths outside the timing
-        keyed(shared, count, feed, 1, 0)
-        rewrites, builds, old_runs, new_runs, old_totals, new_totals = [], [], [], [], [], []
-        for request in range(args.requests):
-            seed = 1000 + request
-            rewrite, build, run, old = per_request(data, feed, args.passes, seed, threads)
-            new_run, new = keyed(shared, count, feed, args.passes, seed)
-            if not np.isfinite(np.stack(old)).all() or not np.isfinite(np.stack(new)).all():
-                raise SystemExit(f"{name}: non-finite outputs")
-            rewrites.append(rewrite)
-            builds.append(build)
-            old_runs.append(run)
-            new_runs.append(new_run)
-            old_totals.append(build + run)
-            new_totals.append(new_run)
+          f"onnxruntime {ort.__version__} ({ort.get_device()}), Python "
+          f"{platform.python_version()}; default_threads() = {default_threads()}, "
+          f"default_threads(whole=True) = {default_threads(whole=True)}")
+    started, count = time.perf_counter(), 20_000
+    for k in range(count):
+        with seeded(k + 1):
+            pass
+    print(f"seeded() alone (lock, set_seed, release), uncontended: "
+          f"{(time.perf_counter() - started) / count * 1e6:.1f} us per run")
+    print(f"{args.requests} requests of {args.passes} MC passes each way; best / median\n")
+    print("| model | threads per-request / shared | shared build, once (s) "
+          "| build saved per request (s) | passes/s per-request | passes/s shared "
+          "| request per-request (s) | request shared (s) | per-request / shared (medians) "
+          "| load before / after |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    built = {name: make(np.random.default_rng(0)) for name, make in MODELS
+             if name in args.models}
+    for mode in args.threads:
+        old_threads, new_threads = thread_counts(mode)
+        for name, (data, feed) in built.items():
+            load = os.getloadavg()[0]
+            started = time.perf_counter()
+            shared = make_session(sampling_dropout(parse_model(data)).SerializeToString(),
+                                  threads=new_threads, disabled_optimizers=DISABLED_OPTIMIZERS)
+            once = time.perf_counter() - started
+            per_request(data, feed, 1, 0, old_threads)  # warm both paths outside the timing
+            shared_runs(shared, feed, 1, 0)
+            builds, old_runs, new_runs, old_totals = [], [], [], []
+            for request in range(args.requests):
+                seed = 1000 + request
+                build, run, old = per_request(data, feed, args.passes, seed, old_threads)
+                new_run, new = shared_runs(shared, feed, args.passes, seed)
+                if not np.isfinite(np.stack(old)).all() or not np.isfinite(np.stack(new)).all():
+                    raise SystemExit(f"{name}: non-finite outputs")
+                builds.append(build)
+                old_runs.append(run)
+                new_runs.append(new_run)
+                old_totals.append(build + run)
 
-        def bm(values, fmt="{:.3f}"):
-            return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))}"
+            def bm(values, fmt="{:.3f}", best=min):
+                return f"{fmt.format(best(values))} / {fmt.format(statistics.median(values))}"
 
-        rate_old = [args.passes / t for t in old_runs]
-        rate_new = [args.passes / t for t in new_runs]
-        ratio = statistics.median(old_totals) / statistics.median(new_totals)
-        speed = statistics.median(rate_new) / statistics.median(rate_old)
-        # what the in-graph generator adds to a pass, and the passes whose added cost
-        # equals the build a request saves
-        extra = 1 / statistics.median(rate_new) - 1 / statistics.median(rate_old)
-        even = f"{statistics.median(builds) / extra:.1f}" if extra > 0 else "never"
-        print(f"| {name} | {len(model.graph.node)} / {count} | {once:.3f} | {bm(builds)} | "
-              f"{bm(rewrites)} | "
-              f"{statistics.median(old_totals):.3f} / {statistics.median(new_totals):.3f} | "
-              f"{ratio:.2f} x | {max(rate_old):.0f} / {statistics.median(rate_old):.0f} | "
-              f"{max(rate_new):.0f} / {statistics.median(rate_new):.0f} | {speed:.2f} x | "
-              f"{extra * 1e3:.2f} | {even} | {os.getloadavg()[0]:.1f} |", flush=True)
+            rate_old = [args.passes / t for t in old_runs]
+            rate_new = [args.passes / t for t in new_runs]
+            ratio = statistics.median(old_totals) / statistics.median(new_runs)
+            print(f"| {name} | {old_threads} / {new_threads} | {once:.3f} | {bm(builds)} | "
+                  f"{bm(rate_old, '{:.0f}', max)} | {bm(rate_new, '{:.0f}', max)} | "
+                  f"{bm(old_totals)} | {bm(new_runs)} | {ratio:.2f} x | "
+                  f"{load:.1f} / {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
