@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,7 +56,7 @@ from .appends import AppendWriter
 from .compaction import compact
 from .durable import fsync_dir
 from .labels import check_labels
-from .request_records import RequestKey, RequestRecords, Retention, StoredResponse
+from .request_records import GroupCommit, RequestKey, RequestRecords, Retention, StoredResponse
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ class PoolStore:
         self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
         self.requests = RequestRecords(self._db, self._lock, retention)
+        self._responses = GroupCommit(self._put_requests)
         #: pool id -> ((uid, segment dirs), its data): one entry per pool, keyed by the
         #: segments it maps, so a new version with the same rows (a label round, an
         #: epoch) reuses the mapped arrays.
@@ -1000,11 +1002,16 @@ class PoolStore:
         return self.requests.get(key)
 
     def put_request(self, key: RequestKey, response: bytes) -> None:
-        """Store the response of a request that changed nothing (a Select)."""
+        """Store the response of a request that changed nothing (a Select); returns once
+        it is durable, sharing the transaction with concurrent ones (``GroupCommit``)."""
+        self._responses.put((key, response))
+
+    def _put_requests(self, records: Sequence[tuple[RequestKey, bytes]]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self.requests.put(key, response)
+                for key, response in records:
+                    self.requests.put(key, response)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
