@@ -16,7 +16,7 @@ import math
 import threading
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .jit import kernel
 
@@ -72,21 +72,37 @@ def _entropy_rows(width):
     return entropy_rows
 
 
+@njit(inline="always")
+def least_confident_row(p, i, c):
+    """1 - max_y p[i, y], clipped into [0, 1]: clipping is monotone, so the largest raw
+    value is clipped once (one compare per value, one float64 conversion per row)."""
+    best = p[i, 0]
+    for j in range(1, c):
+        best = max(best, p[i, j])
+    return 1.0 - min(max(np.float64(best), 0.0), 1.0)
+
+
+@njit(inline="always")
+def margin_row(p, i, c):
+    """-(p1 - p2) of row i's two largest values, clipped into [0, 1]; C >= 2 (the two
+    largest raw values, clipped once: clipping is monotone)."""
+    first = max(p[i, 0], p[i, 1])
+    second = min(p[i, 0], p[i, 1])
+    for j in range(2, c):
+        v = p[i, j]  # branch-free: random rows mispredict a branch half the time
+        second = max(second, min(v, first))
+        first = max(first, v)
+    return -(min(max(np.float64(first), 0.0), 1.0) - min(max(np.float64(second), 0.0), 1.0))
+
+
 def _least_confident_rows(width):
     def least_confident_rows(p):
-        """1 - max_y p per row, values clipped into [0, 1].
-
-        Clipping is monotone, so the largest raw value is clipped once: one compare
-        per value in the input precision, one float64 conversion per row.
-        """
+        """1 - max_y p per row, values clipped into [0, 1]."""
         n = p.shape[0]
         c = width if width else p.shape[1]
         out = np.empty(n, dtype=np.float64)
         for i in prange(n):
-            best = p[i, 0]
-            for j in range(1, c):
-                best = max(best, p[i, j])
-            out[i] = 1.0 - min(max(np.float64(best), 0.0), 1.0)
+            out[i] = least_confident_row(p, i, c)
         return out
 
     return least_confident_rows
@@ -94,24 +110,12 @@ def _least_confident_rows(width):
 
 def _margin_rows(width):
     def margin_rows(p):
-        """-(p1 - p2) per row for the two largest values, clipped into [0, 1]; C >= 2.
-
-        The two largest raw values are found first and clipped once (clipping is
-        monotone, so they are the two largest clipped values).
-        """
+        """-(p1 - p2) per row for the two largest values, clipped into [0, 1]; C >= 2."""
         n = p.shape[0]
         c = width if width else p.shape[1]
         out = np.empty(n, dtype=np.float64)
         for i in prange(n):
-            first = max(p[i, 0], p[i, 1])
-            second = min(p[i, 0], p[i, 1])
-            for j in range(2, c):
-                v = p[i, j]  # branch-free: random rows mispredict a branch half the time
-                second = max(second, min(v, first))
-                first = max(first, v)
-            hi = min(max(np.float64(first), 0.0), 1.0)
-            lo = min(max(np.float64(second), 0.0), 1.0)
-            out[i] = -(hi - lo)
+            out[i] = margin_row(p, i, c)
         return out
 
     return margin_rows

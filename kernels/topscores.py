@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import rowwise
+from .config import CHUNKS_PER_THREAD
 from .jit import kernel
 
 #: Bound on |L(v) - ln v| / (1 + |ln v|) over float32 v in [2^-126, 1], L the
@@ -100,78 +102,170 @@ def xlog2x(v):
     return t if v >= TINY else _F(0.0)
 
 
-def _entropy_first_for(width):
-    def _entropy_first(p, out, smax):
-        """out[i] ~ -sum_j p log p (float32, nats); smax[block] the largest row sum there."""
-        n = p.shape[0]
+def _entropy_block(width):
+    @njit(inline="always")
+    def block(p, r0, r1, out, terms, values):
+        """out[r - r0] ~ -sum_j p[r, j] ln p[r, j] (float32) for rows r0..r1; returns
+        the largest row sum. ``terms`` and ``values`` hold BLOCK_ROWS x C floats."""
         c = width if width else p.shape[1]
-        blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
         flat = p.reshape(-1)
-        for b in prange(blocks):
-            r0 = b * BLOCK_ROWS
-            r1 = min(n, r0 + BLOCK_ROWS)
-            terms = np.empty((r1 - r0) * c, dtype=np.float32)
-            values = np.empty((r1 - r0) * c, dtype=np.float32)
-            base = r0 * c
-            for k in range(terms.size):
-                v = min(max(_F(flat[base + k]), _F(0.0)), _F(1.0))
-                values[k] = v
-                terms[k] = xlog2x(v)
-            top = _F(0.0)
-            for r in range(r1 - r0):
-                acc = _F(0.0)
-                mass = _F(0.0)
-                for j in range(r * c, r * c + c):
-                    acc += terms[j]
-                    mass += values[j]
-                out[r0 + r] = -(acc * _LN2)
-                top = max(top, mass)
-            smax[b] = top
+        base = r0 * c
+        for k in range((r1 - r0) * c):
+            v = min(max(_F(flat[base + k]), _F(0.0)), _F(1.0))
+            values[k] = v
+            terms[k] = xlog2x(v)
+        top = _F(0.0)
+        for r in range(r1 - r0):
+            acc = _F(0.0)
+            mass = _F(0.0)
+            for j in range(r * c, r * c + c):
+                acc += terms[j]
+                mass += values[j]
+            out[r] = -(acc * _LN2)
+            top = max(top, mass)
+        return top
 
-    return _entropy_first
+    return block
 
 
-def _bald_first_for(width):
-    def _bald_first(samples, out, smax):
-        """out[i] ~ H(mean_s p) - mean_s H(p) (float32, nats); smax as in ``_entropy_first``.
+def _bald_block(width):
+    @njit(inline="always")
+    def block(samples, r0, r1, out, mass, plogp):
+        """out[r - r0] ~ H(mean_s p) - mean_s H(p) (float32) for items r0..r1; returns
+        the largest row sum of the mean.
 
-        One pass over [S, N, C]: per block of items, each member's rows are read once
-        and folded into two running sums per (item, class), sum_s p and sum_s p log p,
-        so the logs of the members never need a per-row reduction.
+        One pass over [S, N, C]: each member's rows of the block are read once and
+        folded into two running sums per (item, class), sum_s p and sum_s p log p,
+        so the members' logs never need a per-row reduction.
         """
-        s_count, n = samples.shape[0], samples.shape[1]
+        s_count = samples.shape[0]
         c = width if width else samples.shape[2]
-        blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+        span = (r1 - r0) * c
         inv_s = _F(1.0) / _F(s_count)
+        mass[:span] = 0.0
+        plogp[:span] = 0.0
+        for s in range(s_count):
+            flat = samples[s, r0:r1].reshape(-1)
+            for k in range(span):
+                v = min(max(_F(flat[k]), _F(0.0)), _F(1.0))
+                mass[k] += v
+                plogp[k] += xlog2x(v)
+        for k in range(span):
+            m = mass[k] * inv_s
+            # H(mean) - mean H, per (item, class), in log2 units
+            plogp[k] = plogp[k] * inv_s - xlog2x(m)
+            mass[k] = m
+        top = _F(0.0)
+        for r in range(r1 - r0):
+            acc = _F(0.0)
+            total = _F(0.0)
+            for j in range(r * c, r * c + c):
+                acc += plogp[j]
+                total += mass[j]
+            out[r] = acc * _LN2
+            top = max(top, total)
+        return top
+
+    return block
+
+
+def _least_confident_block(width):
+    @njit(inline="always")
+    def block(p, r0, r1, out, unused_a, unused_b):
+        """Exact float64 least-confidence of rows r0..r1 (``rowwise.least_confident_row``)."""
+        c = width if width else p.shape[1]
+        for r in range(r0, r1):
+            out[r - r0] = rowwise.least_confident_row(p, r, c)
+        return _F(0.0)
+
+    return block
+
+
+def _margin_block(width):
+    @njit(inline="always")
+    def block(p, r0, r1, out, unused_a, unused_b):
+        """Exact float64 margins of rows r0..r1 (``rowwise.margin_row``)."""
+        c = width if width else p.shape[1]
+        for r in range(r0, r1):
+            out[r - r0] = rowwise.margin_row(p, r, c)
+        return _F(0.0)
+
+    return block
+
+
+def _first_for(block):
+    def first(array, out, smax):
+        """out[i]: every item's block score; smax[block]: the block's largest row sum."""
+        n = array.shape[-2]
+        c = array.shape[-1]
+        blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
         for b in prange(blocks):
             r0 = b * BLOCK_ROWS
             r1 = min(n, r0 + BLOCK_ROWS)
-            span = (r1 - r0) * c
-            mass = np.zeros(span, dtype=np.float32)
-            plogp = np.zeros(span, dtype=np.float32)
-            for s in range(s_count):
-                flat = samples[s, r0:r1].reshape(-1)
-                for k in range(span):
-                    v = min(max(_F(flat[k]), _F(0.0)), _F(1.0))
-                    mass[k] += v
-                    plogp[k] += xlog2x(v)
-            for k in range(span):
-                m = mass[k] * inv_s
-                # H(mean) - mean H, per (item, class), in log2 units
-                plogp[k] = plogp[k] * inv_s - xlog2x(m)
-                mass[k] = m
-            top = _F(0.0)
-            for r in range(r1 - r0):
-                acc = _F(0.0)
-                total = _F(0.0)
-                for j in range(r * c, r * c + c):
-                    acc += plogp[j]
-                    total += mass[j]
-                out[r0 + r] = acc * _LN2
-                top = max(top, total)
-            smax[b] = top
+            a = np.empty(BLOCK_ROWS * c, dtype=np.float32)
+            w = np.empty(BLOCK_ROWS * c, dtype=np.float32)
+            smax[b] = block(array, r0, r1, out[r0:r1], a, w)
 
-    return _bald_first
+    return first
+
+
+def _top_for(block):
+    def top(array, budget, error, keep, every, vals, items, counts, smax):
+        """Each chunk's items that can be in the top ``budget``, scored by ``block``.
+
+        Chunk k (of vals.shape[0]) keeps in vals[k], items[k] every item scoring at
+        least (its b-th best so far) - 2 ``error``; when its row is full the kept
+        ones are cut back to that bound, and if that frees less than a quarter
+        (many near-equal scores) counts[k] = -1 and the chunk stops: the caller
+        then takes the unfused path. Items with keep[i] False are skipped unless
+        ``every``. smax[k] is the chunk's largest row sum.
+        """
+        n = array.shape[-2]
+        c = array.shape[-1]
+        chunks, cap = vals.shape
+        per = (n + chunks - 1) // chunks
+        for k in prange(chunks):
+            lo = min(n, k * per)
+            hi = min(n, lo + per)
+            scores = np.empty(BLOCK_ROWS, dtype=np.float64)
+            a = np.empty(BLOCK_ROWS * c, dtype=np.float32)
+            w = np.empty(BLOCK_ROWS * c, dtype=np.float32)
+            count = 0
+            floor = -np.inf
+            top_mass = _F(0.0)
+            full = False
+            for r0 in range(lo, hi, BLOCK_ROWS):
+                if full:
+                    break
+                r1 = min(hi, r0 + BLOCK_ROWS)
+                top_mass = max(top_mass, block(array, r0, r1, scores, a, w))
+                for r in range(r1 - r0):
+                    v = scores[r]
+                    if v < floor or not (every or keep[r0 + r]):
+                        continue
+                    if count == cap:
+                        ordered = np.sort(vals[k, :count])
+                        floor = ordered[count - budget] - 2.0 * error
+                        kept = 0
+                        for j in range(count):
+                            if vals[k, j] >= floor:
+                                vals[k, kept] = vals[k, j]
+                                items[k, kept] = items[k, j]
+                                kept += 1
+                        count = kept
+                        if count > cap - cap // 4:
+                            full = True
+                            break
+                        if v < floor:
+                            continue
+                    vals[k, count] = v
+                    items[k, count] = r0 + r
+                    count += 1
+            counts[k] = -1 if full else count
+            smax[k] = top_mass
+
+    return top
+
 
 def _variation_ratio_exact_for(width):
     def _variation_ratio_exact(samples, out):
@@ -276,11 +370,22 @@ def _at_least(values, lower, candidates, every):
 
 
 _SERIAL = {f.__name__: kernel(nogil=True)(f) for f in (_kth_largest, _at_least)}
+def _composed(driver, make):
+    """A width template: ``driver`` (a whole-array kernel) around ``make(width)``'s block."""
+    return lambda width: driver(make(width))
+
+
+_BLOCKS = {
+    "entropy": _entropy_block,
+    "bald": _bald_block,
+    "least_confident": _least_confident_block,
+    "margin": _margin_block,
+}
 _TEMPLATES = {
-    "_entropy_first": _entropy_first_for,
-    "_bald_first": _bald_first_for,
     "_variation_ratio_exact": _variation_ratio_exact_for,
     "_bald_exact": _bald_exact_for,
+    **{f"_{name}_first": _composed(_first_for, make) for name, make in _BLOCKS.items()},
+    **{f"_{name}_top": _composed(_top_for, make) for name, make in _BLOCKS.items()},
 }
 
 
@@ -337,24 +442,84 @@ def bald_error(s: int, c: int, smax: float) -> float:
     return 2.0 * (2.0 * per_part)
 
 
+#: Kinds of first pass: approximate (float32, with an error bound) or exact (float64).
+APPROXIMATE = ("entropy", "bald")
+EXACT = ("least_confident", "margin")
+
+#: The row sum the fused pass's error bound assumes (inputs are checked to sum to 1
+#: within 1e-3); a pass that meets a larger one is redone unfused with its real sum.
+ASSUMED_MASS = 1.01
+
+
+def error_bound(kind: str, array: np.ndarray, mass: float) -> float:
+    """The first pass's error bound for rows (or S members' rows) summing to at most ``mass``."""
+    if kind == "entropy":
+        return entropy_error(array.shape[-1], mass)
+    if kind == "bald":
+        return bald_error(array.shape[0], array.shape[-1], mass)
+    return 0.0
+
+
+def _mass(kind: str, array: np.ndarray, smax: np.ndarray) -> float:
+    """The largest row sum, from the float32 sums of the pass, rounded up."""
+    steps = array.shape[-1] + (array.shape[0] + 2 if kind == "bald" else 0)
+    return float(smax.max()) * (1.0 + gamma(steps, U32)) if smax.size else 0.0
+
+
+def first(kind: str, array: np.ndarray) -> tuple[np.ndarray, float]:
+    """Every item's first-pass score and its error bound: float32 within the bound
+    for ``APPROXIMATE`` kinds, the exact float64 scores (bound 0) for ``EXACT`` ones.
+    ``array``: probs float[N, C], or samples float[S, N, C] for bald."""
+    n = array.shape[-2]
+    out = np.empty(n, dtype=np.float32 if kind in APPROXIMATE else np.float64)
+    smax = np.zeros((n + BLOCK_ROWS - 1) // BLOCK_ROWS, dtype=np.float32)
+    _run(f"_{kind}_first", array, out, smax)
+    return out, error_bound(kind, array, _mass(kind, array, smax))
+
+
 def entropy_first(p: np.ndarray) -> tuple[np.ndarray, float]:
     """(float32[N] approximate entropies, their error bound) of rows ``p: float[N, C]``."""
-    n, c = p.shape
-    out = np.empty(n, dtype=np.float32)
-    smax = np.zeros((n + BLOCK_ROWS - 1) // BLOCK_ROWS, dtype=np.float32)
-    _run("_entropy_first", p, out, smax)
-    mass = float(smax.max()) * (1.0 + gamma(c, U32)) if n else 0.0
-    return out, entropy_error(c, mass)
+    return first("entropy", p)
 
 
 def bald_first(samples: np.ndarray) -> tuple[np.ndarray, float]:
     """(float32[N] approximate BALD scores, their error bound) of ``samples: float[S, N, C]``."""
-    s, n, c = samples.shape
-    out = np.empty(n, dtype=np.float32)
-    smax = np.zeros((n + BLOCK_ROWS - 1) // BLOCK_ROWS, dtype=np.float32)
-    _run("_bald_first", samples, out, smax)
-    mass = float(smax.max()) * (1.0 + gamma(c + s + 2, U32)) if n else 0.0
-    return out, bald_error(s, c, mass)
+    return first("bald", samples)
+
+
+def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray) -> np.ndarray:
+    """Sorted candidate indices holding every item of the exact top ``budget`` of
+    ``kind`` (ties included), and few others.
+
+    One fused pass first: scores are computed block by block and only the items
+    that can still reach the top are kept, so no N-sized array is written or read
+    again. Where that pass gives up (many near-equal scores, or row sums above
+    ``ASSUMED_MASS``), the scores of all items are computed and ``shortlist`` cuts.
+    """
+    n = array.shape[-2]
+    every = candidates.size == n  # sorted and unique: then all items
+    keep = np.ones(1, dtype=np.bool_)
+    if not every:
+        keep = np.zeros(n, dtype=np.bool_)
+        keep[candidates] = True
+    parallel = array.size >= PARALLEL_MIN_VALUES
+    chunks = numba.get_num_threads() * CHUNKS_PER_THREAD if parallel else 1
+    chunks = max(1, min(chunks, (n + BLOCK_ROWS - 1) // BLOCK_ROWS))
+    cap = max(4 * budget, 1024)
+    error = error_bound(kind, array, ASSUMED_MASS)
+    vals = np.empty((chunks, cap), dtype=np.float64)
+    items = np.empty((chunks, cap), dtype=np.int64)
+    counts = np.zeros(chunks, dtype=np.int64)
+    smax = np.zeros(chunks, dtype=np.float32)
+    serial, par = variants(f"_{kind}_top", array.shape[-1])
+    (par if parallel else serial)(array, budget, error, keep, every, vals, items, counts, smax)
+    if (counts < 0).any() or _mass(kind, array, smax) > ASSUMED_MASS:
+        scores, error = first(kind, array)
+        return shortlist(scores, error, budget, candidates)
+    values = np.concatenate([vals[k, :counts[k]] for k in range(chunks)])
+    found = np.concatenate([items[k, :counts[k]] for k in range(chunks)])
+    t = np.partition(values, values.size - budget)[values.size - budget]
+    return np.sort(found[values >= t - 2.0 * error])
 
 
 def exact(name: str, array: np.ndarray) -> np.ndarray:

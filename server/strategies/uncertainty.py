@@ -48,6 +48,16 @@ def exact_top(scores: np.ndarray, budget: int, ctx: Context) -> tuple[np.ndarray
     return items, scores[items]
 
 
+def _top(inputs: Inputs, kind: str, kernel: str, budget: int, ctx: Context):
+    """The shortlist of score ``kind``: ``topscores.top_items``, rescored by the
+    strategy's own float64 row kernel ``kernel`` (None for 16-bit input)."""
+    p = _rows(inputs)
+    if p is None:
+        return None
+    items = topscores.top_items(kind, p, budget, ctx.candidates)
+    return items, rowwise.run(kernel, rowwise.as_rows(p[items]))
+
+
 def least_confident(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
     """1 - max_y P(y|x) (Settles 2010)."""
     fused = _fused(inputs, "least_confident_rows")
@@ -56,8 +66,7 @@ def least_confident(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
 
 def least_confident_top(inputs: Inputs, params: dict, ctx: Context, budget: int):
     """The top-``budget`` shortlist of ``least_confident`` (None for 16-bit input)."""
-    fused = _fused(inputs, "least_confident_rows")
-    return None if fused is None else exact_top(fused, budget, ctx)
+    return _top(inputs, "least_confident", "least_confident_rows", budget, ctx)
 
 
 def margin(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
@@ -72,8 +81,7 @@ def margin(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
 
 def margin_top(inputs: Inputs, params: dict, ctx: Context, budget: int):
     """The top-``budget`` shortlist of ``margin`` (None for 16-bit input)."""
-    fused = _fused(inputs, "margin_rows")
-    return None if fused is None else exact_top(fused, budget, ctx)
+    return _top(inputs, "margin", "margin_rows", budget, ctx)
 
 
 def entropy_score(inputs: Inputs, params: dict, ctx: Context) -> np.ndarray:
@@ -86,12 +94,7 @@ def entropy_top(inputs: Inputs, params: dict, ctx: Context, budget: int):
     """The top-``budget`` shortlist of ``entropy_score``: a float32 first pass, then
     ``entropy_rows`` (the float64 kernel of ``entropy_score``) on the candidates
     within the first pass's error bound of the ``budget``-th (None for 16-bit input)."""
-    p = _rows(inputs)
-    if p is None:
-        return None
-    approx, error = topscores.entropy_first(p)
-    items = topscores.shortlist(approx, error, budget, ctx.candidates)
-    return items, rowwise.run("entropy_rows", rowwise.as_rows(p[items]))
+    return _top(inputs, "entropy", "entropy_rows", budget, ctx)
 
 
 register(Strategy("least_confident", "score", least_confident, ("probs",),

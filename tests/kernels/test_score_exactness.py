@@ -251,3 +251,42 @@ def test_shortlist_holds_every_item_of_the_exact_top():
             must = c[exact[c] >= t]
             assert np.isin(must, items).all(), seeding.current()
             assert np.isin(items, c).all() and np.all(np.diff(items) > 0)
+
+
+@pytest.mark.parametrize("name", PROBS)
+def test_the_parallel_fused_pass_and_its_fallbacks(name):
+    # 40,000 x 10 values take the parallel pass (several chunks); 20,000 copies of
+    # the top row overflow the chunks' buffers, and rows summing to 1.5 exceed the
+    # mass the bound assumes: both must fall back to the unfused path, same answer
+    rng = seeding.rng()
+    p = _rows(rng, 40_000, 10, np.float32)
+    assert p.size >= topscores.PARALLEL_MIN_VALUES
+    exclude = rng.choice(p.shape[0], size=4000, replace=False)
+    for budget in (1, 100, 2000):
+        _check(name, {"probs": p}, budget)
+        _check(name, {"probs": p}, budget, seed=budget, exclude=exclude)
+    tied = p.copy()
+    tied[rng.choice(tied.shape[0], size=20_000, replace=False)] = np.float32(1.0 / 10)
+    tied[::7, 0] = np.float32(0.5)  # for margin and least_confident: a common top score
+    tied[::7, 1] = np.float32(0.5)
+    tied[::7, 2:] = 0.0
+    _check(name, {"probs": tied}, 50)
+    _check(name, {"probs": tied}, 50, seed=3)
+    heavy = p.copy()
+    heavy[::3] *= np.float32(1.5)
+    _check(name, {"probs": heavy}, 100)
+
+
+def test_bald_parallel_fused_pass_and_its_fallbacks():
+    rng = seeding.rng()
+    samples = rng.dirichlet(np.full(10, 0.5), size=(3, 30_000)).astype(np.float32)
+    assert samples.size >= topscores.PARALLEL_MIN_VALUES
+    for budget in (1, 100):
+        _check("bald", {"samples": samples}, budget)
+        _check("bald", {"samples": samples}, budget, seed=7, exclude=np.arange(0, 30_000, 5))
+    tied = samples.copy()
+    tied[:, :20_000] = samples[:, :1]  # 20,000 copies of one item
+    tied[0, :20_000] = np.float32(0.1)  # ... made the most uncertain
+    _check("bald", {"samples": tied}, 20)
+    heavy = samples * np.float32(1.5)
+    _check("bald", {"samples": heavy}, 100)
