@@ -123,8 +123,16 @@ def _margin_rows(width):
 
 #: Row widths C up to which a score kernel is compiled for its own C: with C a
 #: constant LLVM unrolls the row loop, about twice as fast for small C. Wider rows
-#: share the generic kernel. Each width compiles on first use (then the disk cache).
+#: share the generic kernel. Each width compiles on first use (seconds, then the disk
+#: cache), so only arrays of ``SPECIALIZE_MIN_VALUES`` or more take it: small
+#: requests keep the generic kernels the warm-up compiled.
 SPECIALIZE_MAX_C = 16
+SPECIALIZE_MIN_VALUES = 1 << 18
+
+
+def width_of(array: np.ndarray) -> int:
+    """The width to compile a score kernel for: the array's C where that pays, else 0."""
+    return array.shape[-1] if array.size >= SPECIALIZE_MIN_VALUES else 0
 
 _lock = threading.Lock()
 _WIDTH_TEMPLATES: dict = {}
@@ -164,7 +172,7 @@ def run(name: str, rows: np.ndarray, *args):
     """Run kernel ``name`` on ``rows``, serial or parallel by size, compiled for the
     rows' width where that is small."""
     if name in _WIDTH_TEMPLATES:
-        serial, parallel = by_width(_WIDTH_TEMPLATES, name, rows.shape[1])
+        serial, parallel = by_width(_WIDTH_TEMPLATES, name, width_of(rows))
     else:
         serial, parallel = _KERNELS[name]
     return (parallel if rows.size >= PARALLEL_MIN_VALUES else serial)(rows, *args)

@@ -10,6 +10,15 @@ absolute error: an item left out scores below ``t - E`` exactly, while at least
 (ties included) could hold is kept. The caller rescores the kept items in float64
 with the strategy's own exact kernel and orders them by the shared tie rule.
 
+``top_items`` does this in one fused pass: blocks of rows are scored into a small
+buffer, and each chunk of the pass keeps only the items at or above (its own b-th
+best so far) - 2 E, cutting its list back when full; its own b-th best never
+exceeds the global ``t``, so nothing the top can hold is dropped, and no N-sized
+array is written or read again. A pass that cannot cut (more near-equal scores
+than its buffer) or that meets rows summing to more than the bound assumed is
+redone unfused (``first`` then ``shortlist``). Scores are computed from blocks of
+``BLOCK_ROWS`` rows: per member of [S, N, C] samples, one read of the block's rows.
+
 The polynomial log. ``log2 v = e + log2(1 + x)`` with ``v = 2^e (1 + x)``, ``x`` in
 [0, 1) read from the float's bits, ``log2(1 + x) ~ x q(x)`` with ``q`` of degree
 5 (a weighted least-squares fit, float32 coefficients). Every operation is a
@@ -390,7 +399,7 @@ _TEMPLATES = {
 
 
 def _run(name: str, array: np.ndarray, *args):
-    serial, parallel = variants(name, array.shape[-1])
+    serial, parallel = variants(name, rowwise.width_of(array))
     return (parallel if array.size >= PARALLEL_MIN_VALUES else serial)(array, *args)
 
 
@@ -511,7 +520,7 @@ def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray)
     items = np.empty((chunks, cap), dtype=np.int64)
     counts = np.zeros(chunks, dtype=np.int64)
     smax = np.zeros(chunks, dtype=np.float32)
-    serial, par = variants(f"_{kind}_top", array.shape[-1])
+    serial, par = variants(f"_{kind}_top", rowwise.width_of(array))
     (par if parallel else serial)(array, budget, error, keep, every, vals, items, counts, smax)
     if (counts < 0).any() or _mass(kind, array, smax) > ASSUMED_MASS:
         scores, error = first(kind, array)
