@@ -2,10 +2,11 @@
 
 For least_confident, margin and entropy on probs N x C and variation_ratio and
 bald on samples S x N x C (float32, b = 100, validated inputs), each repeat times
-in turn: a parallel Numba sum over the same bytes (the read roof, in the style of
-bench/roofline.py), the computation as it was before the shortlists (kept here:
-one float64 pass per item by the previous row kernels or NumPy, ``probs`` derived
-eagerly from samples, ``argselect`` over all N scores), and
+in turn: a parallel Numba sum over the same bytes (the read roof: bench/roofline.py's
+sum, over the array viewed as rows of about 1000 values), the computation as it
+was before the shortlists (kept here: one float64 pass per item by the previous row
+kernels or NumPy, ``probs`` derived eagerly from samples, ``argselect`` over all N
+scores), and
 ``acquisition.selection.select`` now, without and with a seed. Prints best and
 median of each, GB/s of input read, the ratio to the roof in the same run, the
 load average before and after, and baal's BALD on the same samples when baal is
@@ -29,6 +30,7 @@ from pathlib import Path
 import numba
 import numpy as np
 from numba import njit, prange
+from roofline import _chunked_sum
 from scipy.special import entr
 
 from assay.server.acquisition.selection import select
@@ -116,19 +118,12 @@ def _before_samples(name: str, samples: np.ndarray, budget: int) -> tuple[np.nda
 # -- measurement ------------------------------------------------------------------------
 
 
-@njit(parallel=True, nogil=True, fastmath=True)
-def _read_roof(flat, nchunks):
-    """A parallel sum over the same bytes, chunks per thread, vectorized (the style
-    of bench/roofline.py, over the flat array so every inner loop is long)."""
-    n = flat.size
-    per = (n + nchunks - 1) // nchunks
-    out = np.zeros(nchunks, np.float32)
-    for t in prange(nchunks):
-        acc = np.float32(0.0)
-        for i in range(t * per, min(n, (t + 1) * per)):
-            acc += flat[i]
-        out[t] = acc
-    return out.sum()
+def _roof_rows(data: np.ndarray) -> np.ndarray:
+    """The same bytes as rows of about 1000 values, for bench/roofline.py's sum (its
+    inner loop over a row vectorizes only when the row is long)."""
+    flat = data.reshape(-1)
+    width = next(w for w in range(1024, 0, -1) if flat.size % w == 0)
+    return flat.reshape(-1, width)
 
 
 def _load() -> str:
@@ -174,16 +169,16 @@ def _row(name: str, shape: str, nbytes: int, t: dict[str, list[float]]) -> dict:
 
 def _measure(name: str, arrays: dict, budget: int, repeats: int) -> dict[str, list[float]]:
     data = next(iter(arrays.values()))
-    flat = data.reshape(-1)
+    flat = _roof_rows(data)
     nchunks = numba.get_num_threads() * 4
     before = _before_probs if "probs" in arrays else _before_samples
-    _read_roof(flat, nchunks)
+    _chunked_sum(flat, nchunks)
     select(name, budget, arrays, validated=True)  # compile
     select(name, budget, arrays, validated=True, seed=1)
     before(name, data, budget)  # compile
     t: dict[str, list[float]] = {"roof": [], "before": [], "after": [], "seeded": []}
     for _ in range(repeats):  # interleaved, so a load change hits all alike
-        t["roof"].append(_timed(lambda: _read_roof(flat, nchunks))[0])
+        t["roof"].append(_timed(lambda: _chunked_sum(flat, nchunks))[0])
         seconds, old = _timed(lambda: before(name, data, budget))
         t["before"].append(seconds)
         seconds, new = _timed(lambda: select(name, budget, arrays, validated=True))

@@ -10,14 +10,15 @@ absolute error: an item left out scores below ``t - E`` exactly, while at least
 (ties included) could hold is kept. The caller rescores the kept items in float64
 with the strategy's own exact kernel and orders them by the shared tie rule.
 
-``top_items`` does this in one fused pass: blocks of rows are scored into a small
-buffer, and each chunk of the pass keeps only the items at or above (its own b-th
-best so far) - 2 E, cutting its list back when full; its own b-th best never
-exceeds the global ``t``, so nothing the top can hold is dropped, and no N-sized
-array is written or read again. A pass that cannot cut (more near-equal scores
-than its buffer) or that meets rows summing to more than the bound assumed is
-redone unfused (``first`` then ``shortlist``). Scores are computed from blocks of
-``BLOCK_ROWS`` rows: per member of [S, N, C] samples, one read of the block's rows.
+For least confident and margin, whose exact scores cost no more than approximate
+ones, ``top_items`` runs one fused pass: blocks of rows are scored into a small
+buffer, and each chunk of the pass keeps only the items at or above its own b-th
+best so far, cutting its list back when full (its b-th best never exceeds the
+global one, so nothing the top can hold is dropped), and no N-sized array is
+written or read again. A pass that cannot cut (more equal scores than its buffer)
+is redone unfused (``first`` then ``shortlist``). Scores are computed from blocks
+of ``BLOCK_ROWS`` rows: for [S, N, C] samples, one read of each member's rows of
+the block.
 
 The polynomial log. ``log2 v = e + log2(1 + x)`` with ``v = 2^e (1 + x)``, ``x`` in
 [0, 1) read from the float's bits, ``log2(1 + x) ~ x q(x)`` with ``q`` of degree
@@ -219,7 +220,7 @@ def _first_for(block):
 
 
 def _top_for(block):
-    def top(array, budget, error, keep, every, vals, items, counts, smax):
+    def top(array, budget, error, keep, every, vals, items, counts, smax, scratch):
         """Each chunk's items that can be in the top ``budget``, scored by ``block``.
 
         Chunk k (of vals.shape[0]) keeps in vals[k], items[k] every item scoring at
@@ -227,7 +228,8 @@ def _top_for(block):
         ones are cut back to that bound, and if that frees less than a quarter
         (many near-equal scores) counts[k] = -1 and the chunk stops: the caller
         then takes the unfused path. Items with keep[i] False are skipped unless
-        ``every``. smax[k] is the chunk's largest row sum.
+        ``every``. smax[k] is the chunk's largest row sum; scratch[k] holds a
+        block's scores.
         """
         n = array.shape[-2]
         c = array.shape[-1]
@@ -236,9 +238,7 @@ def _top_for(block):
         for k in prange(chunks):
             lo = min(n, k * per)
             hi = min(n, lo + per)
-            scores = np.empty(BLOCK_ROWS, dtype=np.float64)
-            a = np.empty(BLOCK_ROWS * c, dtype=np.float32)
-            w = np.empty(BLOCK_ROWS * c, dtype=np.float32)
+            scores = scratch[k]
             count = 0
             floor = -np.inf
             top_mass = _F(0.0)
@@ -247,9 +247,12 @@ def _top_for(block):
                 if full:
                     break
                 r1 = min(hi, r0 + BLOCK_ROWS)
+                # fresh per block, as in ``first``: LLVM then vectorizes without alias checks
+                a = np.empty(BLOCK_ROWS * c, dtype=np.float32)
+                w = np.empty(BLOCK_ROWS * c, dtype=np.float32)
                 top_mass = max(top_mass, block(array, r0, r1, scores, a, w))
                 for r in range(r1 - r0):
-                    v = scores[r]
+                    v = np.float64(scores[r])
                     if v < floor or not (every or keep[r0 + r]):
                         continue
                     if count == cap:
@@ -379,9 +382,16 @@ def _at_least(values, lower, candidates, every):
 
 
 _SERIAL = {f.__name__: kernel(nogil=True)(f) for f in (_kth_largest, _at_least)}
+
+
 def _composed(driver, make):
     """A width template: ``driver`` (a whole-array kernel) around ``make(width)``'s block."""
     return lambda width: driver(make(width))
+
+
+#: Kinds of first pass: approximate (float32, with an error bound) or exact (float64).
+APPROXIMATE = ("entropy", "bald")
+EXACT = ("least_confident", "margin")
 
 
 _BLOCKS = {
@@ -394,7 +404,7 @@ _TEMPLATES = {
     "_variation_ratio_exact": _variation_ratio_exact_for,
     "_bald_exact": _bald_exact_for,
     **{f"_{name}_first": _composed(_first_for, make) for name, make in _BLOCKS.items()},
-    **{f"_{name}_top": _composed(_top_for, make) for name, make in _BLOCKS.items()},
+    **{f"_{name}_top": _composed(_top_for, _BLOCKS[name]) for name in EXACT},
 }
 
 
@@ -451,15 +461,6 @@ def bald_error(s: int, c: int, smax: float) -> float:
     return 2.0 * (2.0 * per_part)
 
 
-#: Kinds of first pass: approximate (float32, with an error bound) or exact (float64).
-APPROXIMATE = ("entropy", "bald")
-EXACT = ("least_confident", "margin")
-
-#: The row sum the fused pass's error bound assumes (inputs are checked to sum to 1
-#: within 1e-3); a pass that meets a larger one is redone unfused with its real sum.
-ASSUMED_MASS = 1.01
-
-
 def error_bound(kind: str, array: np.ndarray, mass: float) -> float:
     """The first pass's error bound for rows (or S members' rows) summing to at most ``mass``."""
     if kind == "entropy":
@@ -500,11 +501,15 @@ def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray)
     """Sorted candidate indices holding every item of the exact top ``budget`` of
     ``kind`` (ties included), and few others.
 
-    One fused pass first: scores are computed block by block and only the items
-    that can still reach the top are kept, so no N-sized array is written or read
-    again. Where that pass gives up (many near-equal scores, or row sums above
-    ``ASSUMED_MASS``), the scores of all items are computed and ``shortlist`` cuts.
+    ``APPROXIMATE`` kinds: ``first`` then ``shortlist`` (a fused pass measured
+    slower here: the log loop vectorizes less well inside it). ``EXACT`` kinds:
+    one fused pass that keeps only the items that can still reach the top, so no
+    N-sized array is written or read again; where it cannot cut (more equal scores
+    than its buffers hold) the scores of all items are computed and cut.
     """
+    if kind in APPROXIMATE:
+        scores, error = first(kind, array)
+        return shortlist(scores, error, budget, candidates)
     n = array.shape[-2]
     every = candidates.size == n  # sorted and unique: then all items
     keep = np.ones(1, dtype=np.bool_)
@@ -515,20 +520,21 @@ def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray)
     chunks = numba.get_num_threads() * CHUNKS_PER_THREAD if parallel else 1
     chunks = max(1, min(chunks, (n + BLOCK_ROWS - 1) // BLOCK_ROWS))
     cap = max(4 * budget, 1024)
-    error = error_bound(kind, array, ASSUMED_MASS)
     vals = np.empty((chunks, cap), dtype=np.float64)
     items = np.empty((chunks, cap), dtype=np.int64)
     counts = np.zeros(chunks, dtype=np.int64)
     smax = np.zeros(chunks, dtype=np.float32)
+    scratch = np.empty((chunks, BLOCK_ROWS), dtype=np.float64)
     serial, par = variants(f"_{kind}_top", rowwise.width_of(array))
-    (par if parallel else serial)(array, budget, error, keep, every, vals, items, counts, smax)
-    if (counts < 0).any() or _mass(kind, array, smax) > ASSUMED_MASS:
+    (par if parallel else serial)(array, budget, 0.0, keep, every, vals, items, counts, smax,
+                                  scratch)
+    if (counts < 0).any():
         scores, error = first(kind, array)
         return shortlist(scores, error, budget, candidates)
     values = np.concatenate([vals[k, :counts[k]] for k in range(chunks)])
     found = np.concatenate([items[k, :counts[k]] for k in range(chunks)])
     t = np.partition(values, values.size - budget)[values.size - budget]
-    return np.sort(found[values >= t - 2.0 * error])
+    return np.sort(found[values >= t])
 
 
 def exact(name: str, array: np.ndarray) -> np.ndarray:

@@ -255,9 +255,9 @@ def test_shortlist_holds_every_item_of_the_exact_top():
 
 @pytest.mark.parametrize("name", PROBS)
 def test_the_parallel_fused_pass_and_its_fallbacks(name):
-    # 40,000 x 10 values take the parallel pass (several chunks); 20,000 copies of
-    # the top row overflow the chunks' buffers, and rows summing to 1.5 exceed the
-    # mass the bound assumes: both must fall back to the unfused path, same answer
+    # 40,000 x 10 values take the parallel passes (several chunks); 20,000 copies of
+    # the top row overflow the fused pass's buffers (least_confident, margin), which
+    # must fall back to the unfused path; rows summing to 1.5 widen entropy's bound
     rng = seeding.rng()
     p = _rows(rng, 40_000, 10, np.float32)
     assert p.size >= topscores.PARALLEL_MIN_VALUES
