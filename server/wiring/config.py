@@ -73,7 +73,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = field(default=48, metadata={
         "help": "RPCs in flight (running or queued for a worker) before new ones get "
                 "RESOURCE_EXHAUSTED at once: room for the bursts of a busy sidecar (open-loop "
-                "traffic at 70-90% of capacity queues tens of calls at moments), while its "
+                "traffic near capacity queues tens of calls at moments), while its "
                 "memory stays bounded by this times the message size"})
     max_concurrent_selects: int = field(default=4, metadata={
         "help": "Select calls computing at once"})
