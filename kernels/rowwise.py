@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -168,14 +170,48 @@ _KERNELS = {
 }
 
 
+def call(templates: dict, name: str, parallel: bool, *args):
+    """Run template ``name``'s serial or ``parallel`` twin on ``args`` (the rows first).
+
+    The twin compiled for the rows' width runs once it is compiled for these
+    argument types; until then the generic twin (warmed at start-up) answers and
+    the width's twin compiles, or loads from the disk cache, on a background
+    thread. So no call waits for a compile, and large requests get the faster
+    kernel from the next call on. The compile still takes the GIL by turns for a
+    few seconds, once per width and type on a machine (the disk cache keeps it).
+    """
+    generic = by_width(templates, name, 0)[parallel]
+    width = width_of(args[0])
+    if not width or width > SPECIALIZE_MAX_C:
+        return generic(*args)
+    twin = by_width(templates, name, width)[parallel]
+    signature = tuple(numba.typeof(a) for a in args)
+    if signature in twin.overloads:
+        return twin(*args)
+    _compile_soon(twin, signature)
+    return generic(*args)
+
+
+_compiler = ThreadPoolExecutor(1, thread_name_prefix="assay-kernel-width")
+_compiling: set = set()
+
+
+def _compile_soon(twin, signature: tuple) -> None:
+    key = (id(twin), signature)
+    with _lock:
+        if key in _compiling:
+            return
+        _compiling.add(key)
+    _compiler.submit(twin.compile, signature)
+
+
 def run(name: str, rows: np.ndarray, *args):
     """Run kernel ``name`` on ``rows``, serial or parallel by size, compiled for the
-    rows' width where that is small."""
+    rows' width where that is small and ready (``call``)."""
+    parallel = rows.size >= PARALLEL_MIN_VALUES
     if name in _WIDTH_TEMPLATES:
-        serial, parallel = by_width(_WIDTH_TEMPLATES, name, width_of(rows))
-    else:
-        serial, parallel = _KERNELS[name]
-    return (parallel if rows.size >= PARALLEL_MIN_VALUES else serial)(rows, *args)
+        return call(_WIDTH_TEMPLATES, name, parallel, rows, *args)
+    return _KERNELS[name][parallel](rows, *args)
 
 
 def variants(name: str) -> tuple:

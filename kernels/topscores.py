@@ -409,8 +409,7 @@ _TEMPLATES = {
 
 
 def _run(name: str, array: np.ndarray, *args):
-    serial, parallel = variants(name, rowwise.width_of(array))
-    return (parallel if array.size >= PARALLEL_MIN_VALUES else serial)(array, *args)
+    return rowwise.call(_TEMPLATES, name, array.size >= PARALLEL_MIN_VALUES, array, *args)
 
 
 def variants(name: str, width: int = 0) -> tuple:
@@ -525,9 +524,8 @@ def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray)
     counts = np.zeros(chunks, dtype=np.int64)
     smax = np.zeros(chunks, dtype=np.float32)
     scratch = np.empty((chunks, BLOCK_ROWS), dtype=np.float64)
-    serial, par = variants(f"_{kind}_top", rowwise.width_of(array))
-    (par if parallel else serial)(array, budget, 0.0, keep, every, vals, items, counts, smax,
-                                  scratch)
+    rowwise.call(_TEMPLATES, f"_{kind}_top", parallel, array, budget, 0.0, keep, every, vals,
+                 items, counts, smax, scratch)
     if (counts < 0).any():
         scores, error = first(kind, array)
         return shortlist(scores, error, budget, candidates)

@@ -159,15 +159,30 @@ def _array(role: str, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
     return a
 
 
+#: Classes of the arrays that warm the parallel score kernels: wider than the widths
+#: compiled per C (``rowwise.SPECIALIZE_MAX_C``), so the generic twins are the ones compiled.
+_WIDE = rowwise.SPECIALIZE_MAX_C + 1
+
+
 def _warm_parallel_rowwise() -> None:
-    """The parallel row kernels run only from ~1M values up: a tiny Select never
-    reaches them, so compile them directly."""
+    """The parallel row and score kernels run only on large inputs: a tiny Select never
+    reaches them, so compile them here, the row kernels directly and the per-item score
+    strategies' shortlists through a Select on just enough values."""
+    rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         p = np.full((2, _C), 1.0 / _C, dtype=dtype)
         p.flags.writeable = False
         for name in ("entropy_rows", "least_confident_rows", "margin_rows"):
             rowwise.variants(name)[1](p)
         rowwise.variants("probability_rows_check")[1](p, -1e-6, 1 + 1e-6, 1e-3)
+        rows = -(-rowwise.SPECIALIZE_MIN_VALUES // _WIDE)
+        probs = rng.dirichlet(np.ones(_WIDE), size=rows).astype(dtype)
+        samples = rng.dirichlet(np.ones(_WIDE), size=(4, -(-rows // 4))).astype(dtype)
+        for name, arrays in (("least_confident", {"probs": probs}),
+                             ("margin", {"probs": probs}), ("entropy", {"probs": probs}),
+                             ("bald", {"samples": samples}),
+                             ("variation_ratio", {"samples": samples})):
+            selection.select(name, 5, arrays, seed=0, validated=True)
 
 
 _once_lock = threading.Lock()
