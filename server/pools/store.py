@@ -54,7 +54,7 @@ from assay.vocab.errors import (
 from ..strategies.validation import rank_fits, shape_doc, validate_array
 from .appends import AppendWriter
 from .compaction import compact
-from .durable import fsync_dir
+from .durable import Checkpointer, fsync_dir
 from .labels import check_labels
 from .request_records import GroupCommit, RequestKey, RequestRecords, Retention, StoredResponse
 
@@ -108,6 +108,9 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 """
 
+
+#: Size the WAL file is cut back to once checkpointed (it otherwise keeps its largest size).
+_WAL_KEEP_BYTES = 32 << 20
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -224,6 +227,9 @@ class PoolStore:
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
+        self._db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
+        self._checkpoints = Checkpointer(self.data_dir / "assay.sqlite")
         self._db.executescript(_SCHEMA)
         if "shards" not in {r[1] for r in self._db.execute("PRAGMA table_info(pools)")}:
             self._db.execute("ALTER TABLE pools ADD COLUMN shards INTEGER NOT NULL DEFAULT 0")
@@ -305,6 +311,7 @@ class PoolStore:
                 entry.unlink(missing_ok=True)
 
     def close(self) -> None:
+        self._checkpoints.close()
         with self._lock:
             self._db.close()
 
