@@ -141,7 +141,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def in_process(data: bytes, ids: np.ndarray, mask: np.ndarray, *, mc: int = 0,
                seed: int = 0) -> dict[str, np.ndarray]:
     """onnxruntime here, in the server's batches: probs and the CLS embeddings (mc = 0),
-    or MC samples [mc, N, C] through the keyed graph fed the keys of each run."""
+    or MC samples [mc, N, C] through the sampling graph, each run seeded as documented."""
     if mc:
         model = sampling_dropout(onnx.load_from_string(data)).SerializeToString()
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"],

@@ -105,12 +105,6 @@ class _Inputs(Mapping[str, np.ndarray]):
         return len(self._arrays) + self._derivable
 
 
-def _derive(arrays: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-    """Fill in ``probs`` from ``samples`` (their mean, when first read) when only
-    samples were given."""
-    return _Inputs(arrays)
-
-
 def candidate_indices(n: int, exclude: np.ndarray | None) -> np.ndarray:
     """Sorted indices in [0, n) minus ``exclude`` (checked to be in range)."""
     if exclude is None or exclude.size == 0:
@@ -159,7 +153,7 @@ def select(
         for role, array in arrays.items():
             validate_array(role, array)
     n = check_consistency(arrays)
-    arrays = _derive(arrays)
+    arrays = _Inputs(arrays)
     _require(strategy, arrays)
     if not arrays or set(arrays) <= set(labeled_roles()):
         raise InvalidInput("no item arrays given: send at least one input with an item axis",

@@ -30,7 +30,7 @@ from assay.v1 import assay_pb2
 from assay.vocab.errors import InvalidInput
 from assay.vocab.roles import NAMED_MODEL_INPUTS
 
-from .idempotency import crc32c
+from .idempotency import crc32c, fingerprint
 
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 #: Field numbers of the messages read here (see protos/assay/v1).
@@ -42,7 +42,6 @@ _UPLOAD_HEADER, _UPLOAD_CHUNK = 1, 2
 _CHUNK_INDEX, _CHUNK_OFFSET, _CHUNK_DATA = 1, 2, 3
 _INPUT_FIELDS = {f.number: f.name for f in assay_pb2.Inputs.DESCRIPTOR.fields
                  if f.message_type is not None and not f.is_repeated}
-_NAMED = NAMED_MODEL_INPUTS
 
 
 class _Malformed(Exception):
@@ -133,10 +132,7 @@ class SelectWire:
     def fingerprint(self) -> str:
         """What a retry under the same request id must match: the payload-free message
         without its id, and each payload's name, length and CRC32C."""
-        message = assay_pb2.SelectRequest()
-        message.CopyFrom(self.message)
-        message.request_id = ""
-        digest = hashlib.sha256(message.SerializeToString(deterministic=True))
+        digest = hashlib.sha256(fingerprint(self.message).encode())
         for name in sorted(self.tensors):
             data = self.tensors[name].data
             digest.update(f"\0{name}\0{len(data)}\0{crc32c(data):08x}".encode())
@@ -160,8 +156,8 @@ def read_select(raw: bytes) -> SelectWire:
     if spans:
         message.inputs.SetInParent()
         for name, tensor in tensors.items():
-            if name.startswith(_NAMED):
-                target = message.inputs.named_model_inputs[name[len(_NAMED):]]
+            if name.startswith(NAMED_MODEL_INPUTS):
+                target = message.inputs.named_model_inputs[name[len(NAMED_MODEL_INPUTS):]]
             else:
                 target = getattr(message.inputs, name)
             target.dtype = tensor.dtype
@@ -183,7 +179,7 @@ def _inputs(buf: memoryview, start: int, end: int) -> Iterator[tuple[str, WireTe
                     key = bytes(buf[x:y]).decode()
                 elif n == _MAP_VALUE and k == _LEN:
                     value = _tensor(buf, x, y)
-            yield _NAMED + key, value
+            yield NAMED_MODEL_INPUTS + key, value
 
 
 def _without(buf: memoryview, spans: list[tuple[int, int]]) -> bytes:

@@ -46,6 +46,7 @@ from .onnx_runner import (
     Terminator,
     default_batch_size,
     default_threads,
+    execution_provider,
     make_session,
     run_batches,
     use_memory_cap,
@@ -346,7 +347,7 @@ class ModelRuntime:
                                    "[N, d]", field="model_ids", reason="OUTPUT_SHAPE")
             validate_array(role, array, field=where)
             result[role] = np.ascontiguousarray(array)
-        return _Passes(result, session.get_providers()[0])
+        return _Passes(result, execution_provider(session))
 
     # -- a Select's models ---------------------------------------------------------------
 

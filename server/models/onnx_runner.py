@@ -163,10 +163,10 @@ def _memory_error(what: str, field: str) -> ResourceExhausted:
         "run, or use a smaller model; nothing was stored", field=field, reason="MODEL_MEMORY")
 
 
-def session_backend(session: ort.InferenceSession) -> str:
-    """``onnxruntime-cuda`` or ``onnxruntime-cpu``: what actually runs the session."""
-    return ("onnxruntime-cuda" if "CUDAExecutionProvider" in session.get_providers()
-            else "onnxruntime-cpu")
+def execution_provider(session: ort.InferenceSession) -> str:
+    """The execution provider that runs ``session`` (onnxruntime lists the one it chose
+    first; CUDA falls back to CPU when no GPU answers)."""
+    return session.get_providers()[0]
 
 
 def _first_line(error: Exception) -> str:
