@@ -48,7 +48,7 @@ import warnings
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
 from assay.server.models.mc_dropout import (
     DISABLED_OPTIMIZERS,
@@ -58,29 +58,19 @@ from assay.server.models.mc_dropout import (
 )
 from assay.server.models.onnx_runner import default_threads, make_session
 from assay.server.models.onnx_safety import iter_graphs, parse_model
+from assay.server.wiring.demo import mlp_onnx
 
 
 def mlp(rng: np.random.Generator) -> tuple[bytes, dict[str, np.ndarray]]:
-    """The demo's MLP graph with random weights, and a batch of the demo's pool size."""
+    """The demo's MLP graph (``demo.mlp_onnx``) with random weights, and a batch of the
+    demo's pool size."""
     features, hidden, classes = 64, 64, 10
-    w = {"W1": rng.normal(size=(features, hidden)).astype(np.float32) / 8,
-         "b1": np.zeros(hidden, np.float32),
-         "W2": rng.normal(size=(hidden, classes)).astype(np.float32) / 8,
-         "b2": np.zeros(classes, np.float32), "ratio": np.array(0.3, np.float32)}
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["z1"]),
-             helper.make_node("Add", ["z1", "b1"], ["a1"]),
-             helper.make_node("Relu", ["a1"], ["features"]),
-             helper.make_node("Dropout", ["features", "ratio"], ["dropped"]),
-             helper.make_node("MatMul", ["dropped", "W2"], ["z2"]),
-             helper.make_node("Add", ["z2", "b2"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "demo_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-        [numpy_helper.from_array(v, k) for k, v in w.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
+    data = mlp_onnx(rng.normal(size=(features, hidden)).astype(np.float32) / 8,
+                    np.zeros(hidden, np.float32),
+                    rng.normal(size=(hidden, classes)).astype(np.float32) / 8,
+                    np.zeros(classes, np.float32))
     x = rng.uniform(0, 16, size=(1257, features)).astype(np.float32)
-    return model.SerializeToString(), {"x": x}
+    return data, {"x": x}
 
 
 def transformer(rng: np.random.Generator, vocab: int = 1000, d: int = 64,

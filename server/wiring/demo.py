@@ -65,26 +65,32 @@ class _Mlp:
         return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def onnx(self) -> bytes:
-        """The same network as ONNX: x -> features (ReLU hidden) -> Dropout -> logits."""
-        from onnx import TensorProto, helper, numpy_helper
+        """The same network as ONNX (``mlp_onnx``)."""
+        return mlp_onnx(self.w1, self.b1, self.w2, self.b2)
 
-        w = {"W1": self.w1, "b1": self.b1, "W2": self.w2, "b2": self.b2,
-             "ratio": np.array(DROPOUT, np.float32)}
-        nodes = [helper.make_node("MatMul", ["x", "W1"], ["z1"]),
-                 helper.make_node("Add", ["z1", "b1"], ["a1"]),
-                 helper.make_node("Relu", ["a1"], ["features"]),
-                 helper.make_node("Dropout", ["features", "ratio"], ["dropped"]),
-                 helper.make_node("MatMul", ["dropped", "W2"], ["z2"]),
-                 helper.make_node("Add", ["z2", "b2"], ["logits"])]
-        d, c = self.w2.shape[1], self.w1.shape[0]
-        graph = helper.make_graph(
-            nodes, "demo_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", d]),
-             helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", HIDDEN])],
-            [numpy_helper.from_array(v, k) for k, v in w.items()])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        return model.SerializeToString()
+
+def mlp_onnx(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+             dropout: float = DROPOUT) -> bytes:
+    """The demo's network as ONNX: x -> features (ReLU hidden) -> Dropout -> logits, with
+    ``features`` an output too (the embeddings)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = {"W1": w1, "b1": b1, "W2": w2, "b2": b2, "ratio": np.array(dropout, np.float32)}
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["z1"]),
+             helper.make_node("Add", ["z1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["features"]),
+             helper.make_node("Dropout", ["features", "ratio"], ["dropped"]),
+             helper.make_node("MatMul", ["dropped", "W2"], ["z2"]),
+             helper.make_node("Add", ["z2", "b2"], ["logits"])]
+    (c, hidden), d = w1.shape, w2.shape[1]
+    graph = helper.make_graph(
+        nodes, "demo_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", d]),
+         helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", hidden])],
+        [numpy_helper.from_array(v, k) for k, v in w.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def check_strategies(client: Client, strategies: list[str]) -> str | None:
