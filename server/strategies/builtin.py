@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     batchbald,
+    cold_start,
     committee,
     contrastive,
     dynamics,
