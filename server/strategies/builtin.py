@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     dynamics,
     geometry,
     hybrid,
+    large_batch,
     pseudolabel,
     sampling,
     scores,
