@@ -12,5 +12,7 @@ from . import (  # noqa: F401
     pseudolabel,
     sampling,
     scores,
+    stochastic,
+    target_aware,
     uncertainty,
 )
