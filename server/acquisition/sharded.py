@@ -27,10 +27,11 @@ from ..scaleout.kcenter import kcenter
 from ..scaleout.kmeanspp import kmeanspp
 from ..scaleout.topb import ROW_LOCAL, top_b
 from ..strategies import registry
+from . import sharded_large_batch
 from .selection import SelectResult, candidate_indices, qualify
 
 #: Batch strategies that run sharded, besides the row-local score strategies.
-SHARDED_BATCH = ("coreset", "badge")
+SHARDED_BATCH = ("coreset", "badge", "cluster_margin", "seals")
 #: Values of the sharded-only ``mode`` parameter of ``coreset``.
 MODES = ("exact", "composable")
 
@@ -111,6 +112,16 @@ def select(backend: ShardedBackend, pool: ShardedPool, strategy_name: str, budge
                                              field="params.backend")
                 r = kmeanspp(session, budget, rng=rng, check_cancelled=check_cancelled)
                 indices, scores, ran_on = r.indices, r.distances, r.backend
+            elif strategy.name == "cluster_margin":
+                r = sharded_large_batch.cluster_margin(
+                    backend, pool, excl, budget, resolved, rng=rng, tiebreak=tiebreak,
+                    metrics=metrics, check_cancelled=check_cancelled)
+                indices, scores = r.indices, r.scores
+            elif strategy.name == "seals":
+                r = sharded_large_batch.seals(backend, pool, excl, budget, resolved,
+                                              tiebreak=tiebreak, metrics=metrics,
+                                              check_cancelled=check_cancelled)
+                indices, scores = r.indices, r.scores
             else:
                 indices, scores = top_b(session, strategy.name, given, budget, tiebreak)
     except AssayError as error:

@@ -141,17 +141,46 @@ def inner_strategy(params: dict, inputs: Inputs) -> Strategy:
     return inner
 
 
+def search_width(k: int, m: int) -> int:
+    """Neighbours the float32 search returns before the float64 refinement keeps k."""
+    return int(min(2 * k + 8, m))
+
+
+def refine(queries: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int,
+           metric: str) -> np.ndarray:
+    """The ``k`` nearest of each query's found ``ids`` (-1: none) by float64 distance,
+    equal distances to the lower id; ``rows(ids)`` gives their embeddings.
+
+    FAISS rounds its float32 products differently for different base sizes (one
+    machine or one shard), so its order is taken only as a shortlist of 2k + 8;
+    the float64 order decides, the same on one machine and on shards.
+    """
+    found = np.unique(ids[ids >= 0])
+    x = np.asarray(rows(found), dtype=np.float64)
+    q = np.asarray(queries, dtype=np.float64)
+    pos = np.searchsorted(found, np.maximum(ids, 0))
+    if metric == "l2":
+        key = ((q[:, None, :] - x[pos]) ** 2).sum(axis=2)
+    else:
+        qn = np.linalg.norm(q, axis=1)
+        xn = np.linalg.norm(x, axis=1)
+        dots = np.einsum("qd,qkd->qk", q, x[pos])
+        denom = qn[:, None] * xn[pos]
+        key = -np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), 0.0)
+    key[ids < 0] = np.inf
+    order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), key), axis=1)
+    best = np.take_along_axis(ids, order, axis=1)[:, :k]
+    return np.unique(best[best >= 0])
+
+
 def neighbourhood(labeled: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray,
                   k: int, metric: str) -> np.ndarray:
-    """Sorted union of the ``k`` nearest candidates of every labeled row (ties to the
-    lower item id)."""
+    """Sorted union of the ``k`` nearest candidates of every labeled row (float64
+    distances, equal ones to the lower item id)."""
     base = np.take(embeddings, candidates, axis=0)
-    values, idx, _ = knn(labeled, base, k, metric=metric)
-    key = values.astype(np.float64) if metric == "l2" else -values.astype(np.float64)
-    key[idx < 0] = np.inf
-    order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), key), axis=1)
-    idx = np.take_along_axis(idx, order, axis=1)[:, :k]
-    return candidates[np.unique(idx[idx >= 0])]
+    _, idx, _ = knn(labeled, base, search_width(k, candidates.size), metric=metric)
+    ids = np.where(idx >= 0, candidates[np.maximum(idx, 0)], -1)
+    return refine(labeled, lambda found: np.take(embeddings, found, axis=0), ids, k, metric)
 
 
 def seals_subset(inputs: Inputs, params: dict, ctx: Context) -> tuple[np.ndarray, bool]:
