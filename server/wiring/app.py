@@ -31,7 +31,7 @@ from ..models.onnx_cost import ModelLimits
 from ..models.store import ModelStore
 from ..pools.request_records import Retention
 from ..pools.store import PoolStore
-from . import warmup
+from . import heap, warmup
 from .config import IN_PROCESS, ServerConfig
 
 if TYPE_CHECKING:
@@ -186,6 +186,9 @@ def start(config: ServerConfig) -> RunningServer:
     report = warmup.once(warm_names) if config.warmup else None
     if report is not None:
         log.info("%s", report.summary())
+    if (settled := heap.settle()) is not None:
+        log.info("start-up heap: %d objects frozen out of the collector's full passes "
+                 "(%.2f s)", *settled)
     for name in ("", SERVICE_NAME, MODEL_SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("start-up took %.1f s", time.perf_counter() - began)
