@@ -109,7 +109,8 @@ def test_over_the_limit_calls_get_error_info_and_retry_info(server_factory, held
         _wait_for(lambda: srv.gate.in_flight == 0, "both calls gave their places back")
         assert stub.ListStrategies(request, timeout=PATIENCE_S).strategies
     assert srv.gate.refused == 2
-    assert 'grpc_method="ListStrategies",grpc_code="RESOURCE_EXHAUSTED"} 1' in srv.metrics.render()
+    assert 'grpc_code="RESOURCE_EXHAUSTED",grpc_method="ListStrategies",' \
+           'grpc_service="assay.v1.AssayService"} 1.0' in srv.metrics.render()
 
 
 def test_a_call_cancelled_while_queued_gives_its_place_back(server_factory, held):

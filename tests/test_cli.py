@@ -155,11 +155,12 @@ def test_metrics_endpoint_counts_calls_by_code(server_factory):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         text = response.read().decode()
-    assert re.search(r'grpc_server_handled_total\{grpc_service="assay.v1.AssayService",'
-                     r'grpc_method="Select",grpc_code="OK"\} 1\n', text)
-    assert 'grpc_method="GetPool",grpc_code="NOT_FOUND"} 1' in text
-    assert 'grpc_server_handling_seconds_count{grpc_service="assay.v1.AssayService",' \
-           'grpc_method="Select"} 1' in text
+    assert re.search(r'grpc_server_handled_total\{grpc_code="OK",grpc_method="Select",'
+                     r'grpc_service="assay.v1.AssayService"\} 1\.0\n', text)
+    assert 'grpc_code="NOT_FOUND",grpc_method="GetPool",' \
+           'grpc_service="assay.v1.AssayService"} 1.0' in text
+    assert 'grpc_server_handling_seconds_count{grpc_method="Select",' \
+           'grpc_service="assay.v1.AssayService"} 1.0' in text
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
     assert err.value.code == 404

@@ -307,7 +307,8 @@ def test_rejections_are_counted_in_metrics(token_server):
     with Client(f"127.0.0.1:{token_server.port}", timeout=5, retries=0) as c:
         with pytest.raises(AssayError):
             c.list_strategies()
-    assert 'grpc_method="ListStrategies",grpc_code="UNAUTHENTICATED"} 1' in \
+    assert 'grpc_code="UNAUTHENTICATED",grpc_method="ListStrategies",' \
+           'grpc_service="assay.v1.AssayService"} 1.0' in \
         token_server.metrics.render()
 
 

@@ -19,8 +19,10 @@ the rows live differs (``acquisition.sharded``).
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +30,14 @@ from typing import Any
 import numpy as np
 
 from assay.vocab import roles
+from assay.vocab.dtypes import from_stored
 from assay.vocab.errors import FailedPrecondition, InvalidInput, ResourceExhausted
 
 from ..models.inference import ModelRun, ModelRuntime, needed_roles
 from ..models.onnx_runner import Terminator
 from ..pools.store import PoolData, PoolStore
 from ..strategies import registry
+from ..strategies.validation import item_count
 from . import selection, sharded
 from .selection import SelectResult
 
@@ -84,6 +88,15 @@ class Selection:
     metrics: dict[str, float]
     #: Per model of ``model_ids``, the onnxruntime execution provider that ran it.
     execution_providers: list[str] = field(default_factory=list)
+    #: Candidate items the strategy scored: the items minus labeled and excluded ones.
+    items: int = 0
+    #: Bytes of the input arrays the strategy (and the models) read.
+    bytes_read: int = 0
+
+
+#: Told of every Select when it ends: the call, its Selection (None when it failed) and
+#: the seconds it took, waiting for a slot included (the server's metrics and call log).
+SelectObserver = Callable[[SelectCall, Selection | None, float], None]
 
 
 class SelectSlots:
@@ -165,17 +178,31 @@ class AcquisitionService:
     models : the ONNX model runtime (None: the server runs no models).
     max_inline_bytes : the largest inline ``inputs`` accepted; larger belong in a pool.
     slots : the bound on concurrent and queued selections.
+    observe : told of every Select when it ends (``SelectObserver``).
     """
 
     def __init__(self, pools: PoolStore, *, models: ModelRuntime | None = None,
-                 max_inline_bytes: int, slots: SelectSlots):
+                 max_inline_bytes: int, slots: SelectSlots,
+                 observe: SelectObserver | None = None):
         self.pools, self.models = pools, models
         self.max_inline_bytes = max_inline_bytes
         self.slots = slots
+        self.observe = observe
 
     def select(self, call: SelectCall, caller: Caller = Caller()) -> Selection:
         """Run one Select. Every refusal is an ``AssayError`` raised before anything is
         computed or stored; the queue slot is held only while models and the strategy run."""
+        if self.observe is None:
+            return self._select(call, caller)
+        started = time.perf_counter()
+        selected = None
+        try:
+            selected = self._select(call, caller)
+            return selected
+        finally:
+            self.observe(call, selected, time.perf_counter() - started)
+
+    def _select(self, call: SelectCall, caller: Caller) -> Selection:
         if not call.strategy:
             raise InvalidInput("strategy is empty; ListStrategies names them", field="strategy")
         registry.get(call.strategy)
@@ -206,6 +233,7 @@ class AcquisitionService:
             raise InvalidInput("set either inputs or pool_id", field="source")
         model_metrics: dict[str, float] = {}
         providers: list[str] = []
+        read = _bytes_read(call, arrays)
         self.slots.acquire(caller.check)
         try:
             if call.model_ids:
@@ -217,7 +245,9 @@ class AcquisitionService:
                                       check_cancelled=caller.check)
         finally:
             self.slots.release()
-        return Selection(result, pool_version, {**result.metrics, **model_metrics}, providers)
+        items = item_count(arrays) - np.unique(exclude).size
+        return Selection(result, pool_version, {**result.metrics, **model_metrics}, providers,
+                         items, read)
 
     def _inline(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         size = sum(a.nbytes for a in inputs.values())
@@ -242,7 +272,13 @@ class AcquisitionService:
                                     check_cancelled=caller.check)
         finally:
             self.slots.release()
-        return Selection(result, pool.info.version, dict(result.metrics))
+        info = pool.info
+        wanted = _roles_read(call)
+        read = sum(math.prod(a.shape) * from_stored(a.dtype).itemsize for a in info.arrays
+                   if roles.base(a.name) in wanted)
+        items = info.item_count - np.union1d(call.exclude, pool.labeled).size
+        return Selection(result, info.version, dict(result.metrics), items=items,
+                         bytes_read=int(read))
 
     def _run_models(self, call: SelectCall, arrays: dict[str, np.ndarray], seed: int,
                     pool_key: tuple | None, labeled: np.ndarray | None, caller: Caller,
@@ -276,3 +312,20 @@ class AcquisitionService:
             if has_labeled and "labeled_probs" in needed:
                 arrays["labeled_probs"] = produced["probs"][labeled]
         return arrays, outputs.metrics, outputs.providers
+
+
+def _roles_read(call: SelectCall) -> set[str]:
+    """The input roles a Select reads: its strategy's, ``samples`` for a ``probs`` it may
+    derive from them, and the raw model inputs when models run."""
+    strategy = registry.get(call.strategy)
+    wanted = set(strategy.required) | set(strategy.optional)
+    if "probs" in wanted:
+        wanted.add("samples")
+    if call.model_ids:
+        wanted.add("model_inputs")
+    return wanted
+
+
+def _bytes_read(call: SelectCall, arrays: Mapping[str, np.ndarray]) -> int:
+    wanted = _roles_read(call)
+    return int(sum(a.nbytes for name, a in arrays.items() if roles.base(name) in wanted))

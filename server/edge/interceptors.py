@@ -1,17 +1,22 @@
-"""The one place where domain errors become gRPC statuses.
+"""The one place where domain errors become gRPC statuses, and the call log.
 
-Handlers raise ``AssayError`` subclasses; this interceptor maps each to its status
+Handlers raise ``AssayError`` subclasses; ``ErrorInterceptor`` maps each to its status
 code with ``google.rpc`` details (``ErrorInfo`` with a stable reason, ``BadRequest``
 naming the offending field for invalid arguments, and ``RetryInfo`` with a back-off
-hint for refusals the same request may retry), logs it, and turns anything
-unexpected into INTERNAL, with reason ``INTERNAL``, without leaking a traceback.
+hint for refusals the same request may retry), and turns anything unexpected into
+INTERNAL, with reason ``INTERNAL``, without leaking a traceback (which is logged).
+
+``CallLog``, the outermost interceptor, writes one line per call on the
+``assay.server.rpc`` logger: at INFO, at DEBUG for health checks and reflection.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -20,11 +25,12 @@ from grpc_status import rpc_status
 
 from assay.vocab.errors import DOMAIN, AssayError, InvalidInput
 
-from .metrics import Metrics
+from .metrics import CallRecord, Metrics, note_error, recording
 
 log = logging.getLogger("assay.server")
+rpc_log = logging.getLogger("assay.server.rpc")
 
-__all__ = ["DOMAIN", "ErrorInterceptor", "abort_with", "to_status"]
+__all__ = ["DOMAIN", "CallLog", "ErrorInterceptor", "abort_with", "to_status"]
 
 
 def to_status(error: AssayError) -> status_pb2.Status:
@@ -52,6 +58,7 @@ def to_status(error: AssayError) -> status_pb2.Status:
 
 def abort_with(context: grpc.ServicerContext, error: AssayError) -> None:
     """End the call with the rich status of ``error`` (raises, as ``context.abort`` does)."""
+    note_error(error.reason, error.message)
     context.abort_with_status(rpc_status.to_status(to_status(error)))
 
 
@@ -86,7 +93,6 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return behavior(request, context)
             except AssayError as error:
                 code = error.code_name
-                log.info("%s -> %s %s: %s", method, code, error.reason, error.message)
                 abort_with(context, error)
             except grpc.RpcError:
                 code = _code_name(context)
@@ -108,3 +114,139 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 def _code_name(context: grpc.ServicerContext) -> str:
     code = context.code()
     return code.name if code is not None else "UNKNOWN"
+
+
+#: Methods logged at DEBUG: probes and tooling, many a minute, nothing an operator reads.
+QUIET_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+#: Metadata a caller may tag a call with, logged as ``request_id`` when the request has none.
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class CallLog(grpc.ServerInterceptor):
+    """One log line per call, and the errors counted by code and reason.
+
+    The line names the method, the status code, the duration in ms, what the layers
+    ``note()``d on the way (a Select's strategy, N, budget and backend, the pool), the
+    request id (the request's ``request_id`` or an ``x-request-id`` header), and the
+    peer; an error adds its ``ErrorInfo`` reason and message. The fields travel as the
+    record's ``rpc`` attribute for a structured formatter (``--log-format json``).
+
+    Put it first among the server's interceptors, so refusals by the admission gate and
+    the stream lanes are logged too; the lane a behavior was given is kept.
+    """
+
+    def __init__(self, metrics: Metrics | None = None):
+        self.metrics = metrics
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codecs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method), **codecs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method), **codecs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, method), **codecs)
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(handler.stream_stream, method), **codecs)
+
+    def _unary(self, behavior: Callable, method: str) -> Callable:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            with recording(method) as record:
+                started = time.perf_counter()
+                try:
+                    response = behavior(request, context)
+                except BaseException:
+                    self._finish(record, context, started, request, None, failed=True)
+                    raise
+                self._finish(record, context, started, request, response, failed=False)
+                return response
+        return _same_lane(run, behavior)
+
+    def _streaming(self, behavior: Callable, method: str) -> Callable:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator:
+            with recording(method) as record:
+                started = time.perf_counter()
+                try:
+                    yield from behavior(request, context)
+                except BaseException:
+                    self._finish(record, context, started, request, None, failed=True)
+                    raise
+                self._finish(record, context, started, request, None, failed=False)
+        return _same_lane(run, behavior)
+
+    def _finish(self, record: CallRecord, context: grpc.ServicerContext, started: float,
+                request: Any, response: Any, *, failed: bool) -> None:
+        seconds = time.perf_counter() - started
+        code = context.code()
+        if code is None or (failed and code == grpc.StatusCode.OK):
+            code_name = "UNKNOWN" if failed else "OK"
+        else:
+            code_name = code.name
+        if code_name != "OK" and self.metrics is not None:
+            self.metrics.observe_error(record.method, code_name, record.reason)
+        level = logging.DEBUG if record.method.startswith(QUIET_PREFIXES) else logging.INFO
+        if not rpc_log.isEnabledFor(level):
+            return
+        fields: dict[str, Any] = {"method": record.method.lstrip("/"), "code": code_name,
+                                  "duration_ms": round(seconds * 1e3, 3)}
+        for name in _REQUEST_FIELDS:
+            value = getattr(request, name, None)
+            if isinstance(value, str) and value:
+                fields[name] = value
+        fields.update(record.fields)
+        if "request_id" not in fields:
+            request_id = _request_id(response, context)
+            if request_id:
+                fields["request_id"] = request_id
+        if code_name != "OK":
+            fields["reason"] = record.reason
+            if record.message:
+                fields["error"] = record.message
+        fields["peer"] = context.peer()
+        rpc_log.log(level, "%s", _text(fields), extra={"rpc": fields})
+
+
+def _same_lane(run: Callable, behavior: Callable) -> Callable:
+    pool = getattr(behavior, "experimental_thread_pool", None)
+    if pool is not None:
+        run.experimental_thread_pool = pool
+    return run
+
+
+#: Fields of a (unary) request message the call's log line repeats.
+_REQUEST_FIELDS = ("pool_id", "model_id", "request_id")
+
+
+def _request_id(response: Any, context: grpc.ServicerContext) -> str:
+    """The response's ``request_id`` (a Select's request arrives as bytes), else the
+    caller's ``x-request-id`` header."""
+    value = getattr(response, "request_id", None)
+    if isinstance(value, str) and value:
+        return value
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            return value[:200]
+    return ""
+
+
+def _text(fields: dict[str, Any]) -> str:
+    """``Method CODE 1.234 ms key=value ...``; values with spaces or quotes are quoted."""
+    head = f"{fields['method']} {fields['code']} {fields['duration_ms']:.3f} ms"
+    rest = []
+    for key, value in fields.items():
+        if key in ("method", "code", "duration_ms"):
+            continue
+        text = str(value)
+        if not text or any(c in text for c in ' "=\n'):
+            text = json.dumps(text)
+        rest.append(f"{key}={text}")
+    return " ".join([head, *rest])

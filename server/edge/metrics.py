@@ -1,67 +1,205 @@
-"""In-process counters, exposed in Prometheus text format.
+"""What a server reports about itself: Prometheus metrics, and the fields of each call's
+log line.
 
-Names follow go-grpc-prometheus (``grpc_server_handled_total``,
-``grpc_server_handling_seconds``) so existing dashboards work, plus Assay's own
-kernel time by strategy and backend and bytes received.
+Metrics are kept by ``prometheus_client`` in a registry of the server's own (several
+servers in one process, as in the tests, never share a series). gRPC names follow
+go-grpc-prometheus (``grpc_server_handled_total``, ``grpc_server_handling_seconds``) so
+existing dashboards work; the process (``process_*``), the interpreter
+(``python_info``) and its garbage collector (``python_gc_*``) come from the library's
+own collectors; Assay adds what a Select did, by strategy:
+
+==========================================  =====================================================
+``assay_select_seconds``                    histogram of a Select's time in the acquisition
+                                            service (queue, models, strategy) by
+                                            ``strategy``, ``backend``
+``assay_select_items_scored_total``         candidate items the strategy scored (the items
+                                            minus the labeled and excluded ones)
+``assay_select_read_bytes_total``           bytes of the input arrays the strategy read
+``assay_select_budget``                     histogram of the budget asked for, by ``strategy``
+``assay_kernel_seconds_total``              the strategy's own compute time
+``assay_rpc_errors_total``                  calls that ended in an error, by ``grpc_method``,
+                                            ``grpc_code`` and the ``ErrorInfo`` ``reason``
+``assay_received_bytes_total``              array bytes received by uploads
+==========================================  =====================================================
+
+Each call also has a ``CallRecord`` while it runs (``current()``): the layers the call
+passes through ``note()`` what they know (the strategy, N, the budget, the backend), and
+the call-log interceptor writes it as the call's one log line.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import defaultdict
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+
+if TYPE_CHECKING:
+    from ..acquisition.service import SelectCall, Selection
+
+# The ``*_created`` series double every counter and histogram for no dashboard's use.
+prometheus_client.disable_created_metrics()
 
 _BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0)
+_SELECT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 120.0, 300.0)
+_BUDGET_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 100_000)
+
+_GRPC = ("grpc_service", "grpc_method")
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """``/pkg.Service/Method`` -> ``("pkg.Service", "Method")``."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service, method
 
 
 class Metrics:
-    """Thread-safe counters and histograms with a ``render()`` to Prometheus text."""
+    """One server's metrics, in its own ``registry``; ``render()`` is the /metrics text."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.handled: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.latency: dict[tuple[str, str], list[float]] = {}
-        self.kernel_seconds: dict[tuple[str, str], float] = defaultdict(float)
-        self.bytes_received = 0
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.handled = Counter(
+            "grpc_server_handled_total", "RPCs completed on the server, by status code.",
+            (*_GRPC, "grpc_code"), registry=r)
+        self.handling = Histogram(
+            "grpc_server_handling_seconds", "Time from a call's start to its answer.", _GRPC,
+            buckets=_BUCKETS, registry=r)
+        self.errors = Counter(
+            "assay_rpc_errors_total", "Calls that ended in an error, by status code and "
+            "ErrorInfo reason (empty when the error carried none).",
+            (*_GRPC, "grpc_code", "reason"), registry=r)
+        self.kernel_seconds = Counter(
+            "assay_kernel_seconds_total", "Seconds strategies computed, by strategy and the "
+            "backend that ran them.", ("strategy", "backend"), registry=r)
+        self.received_bytes = Counter(
+            "assay_received_bytes_total", "Array bytes received by client-streaming uploads.",
+            registry=r)
+        self.select_seconds = Histogram(
+            "assay_select_seconds", "Seconds a successful Select spent in the acquisition "
+            "service (waiting for a slot, models, strategy).", ("strategy", "backend"),
+            buckets=_SELECT_BUCKETS, registry=r)
+        self.select_items = Counter(
+            "assay_select_items_scored_total", "Candidate items successful Selects scored "
+            "(items minus labeled and excluded ones).", ("strategy", "backend"), registry=r)
+        self.select_bytes = Counter(
+            "assay_select_read_bytes_total", "Bytes of the input arrays successful Selects "
+            "read.", ("strategy", "backend"), registry=r)
+        self.select_budget = Histogram(
+            "assay_select_budget", "Items successful Selects were asked to select.",
+            ("strategy",), buckets=_BUDGET_BUCKETS, registry=r)
+
+    # -- recorded by the edge --------------------------------------------------------------
 
     def observe_rpc(self, full_method: str, code: str, seconds: float) -> None:
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        with self._lock:
-            self.handled[(service, method, code)] += 1
-            hist = self.latency.setdefault((service, method), [0.0] * (len(_BUCKETS) + 2))
-            for i, bound in enumerate(_BUCKETS):
-                if seconds <= bound:
-                    hist[i] += 1
-            hist[-2] += 1
-            hist[-1] += seconds
+        """One finished call: its status code and how long it took."""
+        service, method = split_method(full_method)
+        self.handled.labels(service, method, code).inc()
+        self.handling.labels(service, method).observe(seconds)
+
+    def observe_error(self, full_method: str, code: str, reason: str) -> None:
+        """One call that ended in an error (the call log records every one)."""
+        service, method = split_method(full_method)
+        self.errors.labels(service, method, code, reason).inc()
 
     def observe_kernel(self, strategy: str, backend: str, seconds: float) -> None:
-        with self._lock:
-            self.kernel_seconds[(strategy, backend)] += seconds
+        self.kernel_seconds.labels(strategy, backend).inc(seconds)
 
     def add_bytes(self, n: int) -> None:
-        with self._lock:
-            self.bytes_received += n
+        self.received_bytes.inc(n)
+
+    # -- recorded by the acquisition service (``AcquisitionService(observe=...)``) ----------
+
+    def observe_select(self, call: SelectCall, selection: Selection | None,
+                       seconds: float) -> None:
+        """One Select, ``selection`` None when it failed: the call's log fields always, the
+        Select series when it succeeded (so an unknown strategy name never becomes a label)."""
+        note(strategy=call.strategy, budget=call.budget)
+        if call.pool_id:
+            note(pool_id=call.pool_id)
+        if selection is None:
+            return
+        result = selection.result
+        note(n=selection.items, backend=result.backend)
+        self.select_seconds.labels(result.strategy, result.backend).observe(seconds)
+        self.select_items.labels(result.strategy, result.backend).inc(selection.items)
+        self.select_bytes.labels(result.strategy, result.backend).inc(selection.bytes_read)
+        self.select_budget.labels(result.strategy).observe(call.budget)
+
+    # -- exposition ------------------------------------------------------------------------
 
     def render(self) -> str:
-        lines = ["# TYPE grpc_server_handled_total counter"]
-        with self._lock:
-            for (svc, m, code), n in sorted(self.handled.items()):
-                lines.append(f'grpc_server_handled_total{{grpc_service="{svc}",'
-                             f'grpc_method="{m}",grpc_code="{code}"}} {n}')
-            lines.append("# TYPE grpc_server_handling_seconds histogram")
-            for (svc, m), hist in sorted(self.latency.items()):
-                labels = f'grpc_service="{svc}",grpc_method="{m}"'
-                for bound, count in zip(_BUCKETS, hist, strict=False):
-                    lines.append(f'grpc_server_handling_seconds_bucket{{{labels},le="{bound}"}} '
-                                 f"{int(count)}")
-                lines.append(f'grpc_server_handling_seconds_bucket{{{labels},le="+Inf"}} '
-                             f"{int(hist[-2])}")
-                lines.append(f"grpc_server_handling_seconds_count{{{labels}}} {int(hist[-2])}")
-                lines.append(f"grpc_server_handling_seconds_sum{{{labels}}} {hist[-1]}")
-            lines.append("# TYPE assay_kernel_seconds_total counter")
-            for (strategy, backend), s in sorted(self.kernel_seconds.items()):
-                lines.append(f'assay_kernel_seconds_total{{strategy="{strategy}",'
-                             f'backend="{backend}"}} {s}')
-            lines.append("# TYPE assay_received_bytes_total counter")
-            lines.append(f"assay_received_bytes_total {self.bytes_received}")
-        return "\n".join(lines) + "\n"
+        """The registry in Prometheus text format."""
+        return prometheus_client.generate_latest(self.registry).decode()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The body and content type for a scrape's ``Accept`` header (Prometheus text, or
+        OpenMetrics when the scraper asks for it)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+# -- the record of the call in progress ----------------------------------------------------
+
+
+@dataclass
+class CallRecord:
+    """What the layers a call passes through know about it, for its log line."""
+
+    method: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    #: The ``ErrorInfo`` reason and message the call was aborted with, if any.
+    reason: str = ""
+    message: str = ""
+
+
+_CURRENT: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
+    "assay_call", default=None)
+
+
+@contextmanager
+def recording(method: str) -> Iterator[CallRecord]:
+    """Make a fresh record the current one while the body runs (in this thread)."""
+    record = CallRecord(method)
+    token = _CURRENT.set(record)
+    try:
+        yield record
+    finally:
+        try:
+            _CURRENT.reset(token)
+        except ValueError:  # a streaming behavior resumed in another context
+            _CURRENT.set(None)
+
+
+def current() -> CallRecord | None:
+    """The record of the call this thread is handling, or None outside a call."""
+    return _CURRENT.get()
+
+
+def note(**fields: Any) -> None:
+    """Add fields to the current call's log line (nothing outside a call)."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.fields.update(fields)
+
+
+def note_error(reason: str, message: str) -> None:
+    """The ``ErrorInfo`` reason and the message the current call ends with."""
+    record = _CURRENT.get()
+    if record is not None:
+        record.reason, record.message = reason, message

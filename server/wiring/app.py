@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -21,7 +23,7 @@ from assay.v1 import assay_pb2, model_pb2, model_pb2_grpc
 from ..acquisition.service import AcquisitionService, SelectSlots
 from ..edge.admission import AdmissionGate
 from ..edge.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
-from ..edge.interceptors import ErrorInterceptor
+from ..edge.interceptors import CallLog, ErrorInterceptor
 from ..edge.lanes import Lanes
 from ..edge.metrics import Metrics
 from ..edge.model_servicer import ModelServicer
@@ -98,11 +100,44 @@ def _options(config: ServerConfig) -> list[tuple[str, int]]:
 
 def _bind(server: grpc.Server, address: str,
           credentials: grpc.ServerCredentials | None) -> int:
-    port = (server.add_insecure_port(address) if credentials is None
-            else server.add_secure_port(address, credentials))
+    try:
+        port = (server.add_insecure_port(address) if credentials is None
+                else server.add_secure_port(address, credentials))
+    except RuntimeError:  # grpcio's "Failed to bind to address ..."
+        port = 0
     if port == 0:
         raise OSError(f"could not bind {address}")
     return port
+
+
+def check_free(address: str, what: str = "listen") -> None:
+    """Raise ``OSError`` naming ``address`` when its TCP port is taken or not ours to bind.
+
+    Asked before gRPC binds: its own failure is a bare "Failed to bind" after a line of
+    C-core log on stderr. Port 0, sockets and hosts that do not resolve here are left to
+    the bind itself.
+    """
+    if _is_socket(address):
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port),
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise OSError(f"cannot {what} on {address}: the port is in use") from None
+                if error.errno == errno.EACCES:
+                    raise OSError(f"cannot {what} on {address}: permission denied (ports "
+                                  "below 1024 need privileges)") from None
 
 
 def _health_only_server(address: str, servicer: health.HealthServicer) -> tuple[grpc.Server, int]:
@@ -131,7 +166,24 @@ def start(config: ServerConfig) -> RunningServer:
     check_exposure(config)
     credentials = server_credentials(config)
     warm_names = warmup.prepare(config.kernel_cache_dir, config.warmup_strategies)
+    for address in config.addresses():
+        check_free(address)
+    if config.health_address:
+        check_free(config.health_address)
     metrics = Metrics()
+    # Bound before anything starts, so a busy port stops the start with nothing to undo.
+    http = _metrics_server(config, metrics) if config.metrics_port else None
+    try:
+        return _start(config, credentials, warm_names, metrics, http, began)
+    except BaseException:
+        if http is not None:
+            http.server_close()
+        raise
+
+
+def _start(config: ServerConfig, credentials: grpc.ServerCredentials | None,
+           warm_names: list[str], metrics: Metrics, http: ThreadingHTTPServer | None,
+           began: float) -> RunningServer:
     # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
     # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
     gate = AdmissionGate(config.max_concurrent_rpcs, metrics=metrics)
@@ -141,8 +193,9 @@ def start(config: ServerConfig) -> RunningServer:
                   stream_threads=config.max_concurrent_rpcs,
                   idle_timeout=config.stream_idle_timeout_seconds,
                   ceiling=config.max_deadline_seconds, metrics=metrics)
-    interceptors: list[grpc.ServerInterceptor] = [gate.interceptor, lanes.interceptor,
-                                                  ErrorInterceptor(metrics)]
+    # The call log outermost, so that it sees refusals by the gate and the lanes too.
+    interceptors: list[grpc.ServerInterceptor] = [CallLog(metrics), gate.interceptor,
+                                                  lanes.interceptor, ErrorInterceptor(metrics)]
     if config.auth_token_file:
         # Inside the error interceptor, so rejected calls are counted as UNAUTHENTICATED.
         interceptors.append(TokenInterceptor(load_tokens(config.auth_token_file)))
@@ -172,7 +225,8 @@ def start(config: ServerConfig) -> RunningServer:
         config.max_model_memory_bytes, config.max_model_macs, config.model_load_seconds))
     acquisition = AcquisitionService(
         store, models=runtime, max_inline_bytes=config.max_inline_bytes,
-        slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects))
+        slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects),
+        observe=metrics.observe_select)
     add_to_server(AssayServicer(store, acquisition, EdgeLimits.of(config), metrics), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
@@ -181,11 +235,16 @@ def start(config: ServerConfig) -> RunningServer:
     server.start()
     if health_server is not None:
         health_server.start()
-    http = _serve_metrics(config, metrics) if config.metrics_port else None
+    if http is not None:
+        threading.Thread(target=http.serve_forever, daemon=True, name="assay-metrics").start()
+        log.info("metrics on http://%s/metrics", _host_port(http))
     # Kernels compile (or load from the disk cache) while health still says NOT_SERVING.
-    report = warmup.once(warm_names) if config.warmup else None
-    if report is not None:
+    if not config.warmup:
+        log.info("kernel warm-up off (--no-warmup): each kernel compiles on its first use")
+    elif (report := warmup.once(warm_names)) is not None:
         log.info("%s", report.summary())
+    else:
+        log.info("kernel warm-up: done before in this process")
     if (settled := heap.settle()) is not None:
         log.info("start-up heap: %d objects frozen out of the collector's full passes "
                  "(%.2f s)", *settled)
@@ -229,15 +288,17 @@ def metrics_host(config: ServerConfig) -> str:
     return "127.0.0.1"
 
 
-def _serve_metrics(config: ServerConfig, metrics: Metrics) -> ThreadingHTTPServer:
+def _metrics_server(config: ServerConfig, metrics: Metrics) -> ThreadingHTTPServer:
+    """The /metrics endpoint, bound (``serve_forever`` on a thread starts it): the
+    registry's exposition, in OpenMetrics when the scraper asks for it."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            if self.path != "/metrics":
+            if self.path.split("?", 1)[0] != "/metrics":
                 self.send_error(404)
                 return
-            body = metrics.render().encode()
+            body, content_type = metrics.exposition(self.headers.get("Accept"))
             self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -245,9 +306,22 @@ def _serve_metrics(config: ServerConfig, metrics: Metrics) -> ThreadingHTTPServe
         def log_message(self, *args):
             pass
 
-    http = ThreadingHTTPServer((metrics_host(config), config.metrics_port), Handler)
-    threading.Thread(target=http.serve_forever, daemon=True).start()
-    return http
+    host = metrics_host(config)
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
+    try:
+        return Server((host, config.metrics_port), Handler)
+    except OSError as error:
+        raise OSError(f"cannot serve /metrics on {host}:{config.metrics_port}: "
+                      f"{error.strerror or error}") from None
+
+
+def _host_port(http: ThreadingHTTPServer) -> str:
+    host, port = http.server_address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def serve_forever(config: ServerConfig) -> None:

@@ -40,6 +40,10 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(f"{raw!r} is not a boolean; use one of {sorted(_TRUE | _FALSE - {''})}")
 
 
+#: Values of ``log_level`` and ``log_format``.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
 #: ``ray_address`` value that runs sharded pools' shards inside the server, without Ray.
 IN_PROCESS = "in-process"
 
@@ -140,6 +144,13 @@ class ServerConfig:
     metrics_host: str = field(default="", metadata={
         "help": "host the /metrics endpoint binds (empty: the first TCP listen host, or "
                 "127.0.0.1 when listening on sockets only)"})
+    log_level: str = field(default="INFO", metadata={
+        "help": "least severe log records written to stderr: DEBUG, INFO, WARNING or ERROR "
+                "(INFO: one line per call, health checks only at DEBUG)"})
+    log_format: str = field(default="text", metadata={
+        "help": "text: 'time LEVEL logger message' lines; json: one JSON object per line, "
+                "a call's fields (method, code, duration_ms, strategy, n, budget, backend, "
+                "request_id, peer) as keys"})
     ray_address: str = field(default="", metadata={
         "help": "Ray cluster for sharded pools: auto, ray://host:port, host:port, or local (a "
                 "private single-node instance); in-process: shards run inside the server, "
@@ -227,6 +238,12 @@ class ServerConfig:
             raise ValueError("auto_shard_items needs ray_address (sharded pools live on Ray)")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in [0, 65535], got {self.metrics_port}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got "
+                             f"{self.log_level!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got "
+                             f"{self.log_format!r}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:

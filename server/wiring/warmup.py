@@ -55,12 +55,17 @@ class WarmupReport:
     refused: int = 0
     #: ``strategy[dtype] params: error`` for runs that failed unexpectedly.
     failures: list[str] = field(default_factory=list)
+    #: The strategies warmed up, and whether they are every registered one.
+    strategies: tuple[str, ...] = ()
+    every: bool = False
 
     def summary(self) -> str:
         cache = self.cache_dir or "off"
+        warmed = (f"every strategy ({len(self.strategies)})" if self.every
+                  else ", ".join(self.strategies))
         return (f"kernel warm-up {self.seconds:.1f} s: {self.selects} selects, "
                 f"{self.cache_hits} kernels from cache, {self.compiles} compiled "
-                f"(cache {cache}); {self.refused} refused")
+                f"(cache {cache}); {self.refused} refused; warmed {warmed}")
 
 
 def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> WarmupReport:
@@ -107,7 +112,8 @@ def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> War
     _warm_parallel_rowwise()
     hits, compiles = jit.stats()
     return WarmupReport(time.perf_counter() - started, jit.directory(), hits - hits0,
-                        compiles - compiles0, selects, refused, failures)
+                        compiles - compiles0, selects, refused, failures,
+                        tuple(s.name for s in chosen), not strategies)
 
 
 def _role_sets(strategy: registry.Strategy) -> Iterator[tuple[str, ...]]:
