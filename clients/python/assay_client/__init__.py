@@ -9,9 +9,11 @@ Arrays go inline (``select(probs=...)``) or into a pool (``append``, then
 ``select(pool=...)``), not both in one call. Any byte order is accepted: arrays
 are sent little-endian, as the wire requires, converting big-endian ones.
 
-Large arrays go to pools with ``append``, which streams them in chunks; every
-call has a deadline; ``select`` is retried on UNAVAILABLE with the same request
-id (the server answers a retried id identically). Every failure surfaces as
+Large arrays go to pools with ``append``, which streams them in chunks. Every
+call has one deadline, which covers all its attempts: gRPC itself retries
+UNAVAILABLE for the methods safe to send twice, by the contract's service config
+(``assay/v1/service_config.json``, shipped in ``assay.v1``), and the writes among
+them carry a request id (the server answers a retried id identically). Every failure surfaces as
 ``AssayError`` carrying the gRPC status code and the server's ``reason``, ``field``
 and ``retry_delay``.
 """
@@ -19,11 +21,12 @@ and ``retry_delay``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +38,26 @@ from assay.client.tensors import enum_of, to_proto
 from assay.v1 import assay_pb2, assay_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
 from assay.vocab import roles
 
-__all__ = ["AssayError", "Client", "Model", "Pool", "Selection", "StrategyInfo"]
+__all__ = ["AssayError", "Client", "Model", "Pool", "Selection", "StrategyInfo", "service_config"]
 
 #: Bytes per streamed chunk: large enough to amortize per-message cost, far below limits.
 CHUNK_BYTES = 4 << 20
 #: Inline arrays above this go to a temporary pool instead (the server's default is 32 MiB).
 INLINE_HINT = "upload large arrays with create_pool/append and select(pool=...)"
+
+
+def service_config(retries: int | None = None) -> str:
+    """The contract's gRPC service config (JSON), as every Assay client uses it.
+
+    ``retries`` replaces the extra attempts of its retry policy (``maxAttempts`` =
+    ``retries + 1``; gRPC caps attempts at 5); None keeps the shipped policy.
+    """
+    config = json.loads(resources.files("assay.v1").joinpath("service_config.json").read_text())
+    if retries is not None:
+        for method in config["methodConfig"]:
+            if "retryPolicy" in method:
+                method["retryPolicy"]["maxAttempts"] = retries + 1
+    return json.dumps(config)
 
 
 class AssayError(Exception):
@@ -224,17 +241,24 @@ class Client:
     Parameters
     ----------
     target : "host:port" or "unix:/path".
-    timeout : default deadline in seconds for every call.
-    retries : attempts of ``select`` on UNAVAILABLE (same request id each time).
+    timeout : default deadline in seconds for every call: one deadline covers all the
+        attempts of a call.
+    retries : extra attempts on UNAVAILABLE of the methods that are safe to send twice
+        (the contract's service config, ``service_config()``; None keeps its policy of
+        at most 3; 0 turns retries off).
     credentials : ``grpc.ChannelCredentials`` for TLS; None for plaintext.
     token : bearer token sent as ``authorization: Bearer <token>``.
     """
 
-    def __init__(self, target: str, *, timeout: float = 60.0, retries: int = 3,
+    def __init__(self, target: str, *, timeout: float = 60.0, retries: int | None = None,
                  credentials: grpc.ChannelCredentials | None = None, token: str | None = None,
                  max_message_bytes: int = 64 << 20):
+        # Retries are gRPC's own (gRFC A6), by the contract's service config: the call's
+        # deadline covers every attempt, and a pushback from the server replaces the backoff.
         options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.enable_retries", 0 if retries == 0 else 1),
+                   ("grpc.service_config", service_config(retries or None))]
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -297,8 +321,9 @@ class Client:
         a model with several graph inputs takes a dict, ``model_inputs={"input_ids":
         ids, "attention_mask": mask}`` (the arrays ``model_inputs.<name>``).
         ``mc_samples`` > 0 samples each with MC dropout; several models form a
-        committee. Retries on UNAVAILABLE with the same ``request_id`` (one is
-        generated when not given), so a retry never yields a second, different answer.
+        committee. gRPC retries it on UNAVAILABLE, within the one deadline, with the same
+        ``request_id`` (one is generated when not given), so a retry never yields a
+        second, different answer.
         """
         given = {name: value for name, value in {
             "probs": probs, "samples": samples, "embeddings": embeddings,
@@ -330,15 +355,7 @@ class Client:
                     request.inputs.named_model_inputs[key].CopyFrom(to_proto(np.asarray(value)))
                 else:
                     getattr(request.inputs, name).CopyFrom(to_proto(np.asarray(value)))
-        for attempt in range(self.retries + 1):
-            try:
-                r = self._stub.Select(request, timeout=timeout or self.timeout,
-                                      metadata=self._metadata)
-                break
-            except grpc.RpcError as error:
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
-                    raise AssayError.from_rpc(error) from None
-                time.sleep(min(0.1 * 2**attempt, 2.0))
+        r = self._call(self._stub.Select, request, timeout)
         return Selection(
             indices=np.asarray(r.indices, dtype=np.int64),
             scores=np.asarray(r.scores, dtype=np.float64),
