@@ -64,7 +64,8 @@ def test_blocks_do_not_change_the_scores(rng):
     target = _samples(rng, 4, 23, 5)
     rows = np.arange(3, 50, 2)
     whole = epig_scores(samples, target, rows)
-    blocked = epig_scores(samples, target, rows, block_values=7 * 20, target_block_values=3 * 20)
+    blocked = epig_scores(samples, target, rows, pool_block_values=7 * 20,
+                          target_block_values=3 * 20)
     np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=1e-15)
     want = ref_epig(samples.astype(np.float64)[:, rows], target)
     np.testing.assert_allclose(whole, want, rtol=1e-11, atol=1e-14)
