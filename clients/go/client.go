@@ -6,8 +6,12 @@
 //		Strategy: "entropy", Budget: 10, Inputs: map[string]assay.Tensor{"probs": probs}})
 //	// sel.Indices: best first
 //
-// Every call gets a deadline (Options.Timeout unless ctx has one); Select is
-// retried on UNAVAILABLE with the same request id; errors are *Error values that
+// Every call gets one deadline (Options.Timeout unless ctx has one) that covers all
+// its attempts: gRPC itself retries UNAVAILABLE for the methods that are safe to send
+// twice, by the contract's service config (service_config.json, a copy of
+// protos/assay/v1/service_config.json embedded in the package; ServiceConfig returns
+// it), and the writes among them carry a request id. grpc-go before 1.40 retries only
+// when the process starts with GRPC_GO_RETRY=on. Errors are *Error values that
 // carry the gRPC status code and the server's Reason, Field and RetryDelay
 // (status.FromError works on them too).
 package assay
@@ -17,6 +21,8 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	_ "embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +44,8 @@ import (
 type Options struct {
 	// Timeout is the deadline of each call whose context has none (default 60 s).
 	Timeout time.Duration
-	// Retries is the number of extra Select attempts on UNAVAILABLE (default 3; -1 for none).
+	// Retries is the number of extra attempts on UNAVAILABLE of the methods that are safe
+	// to send twice (0: the service config's policy, at most 3; -1: none).
 	Retries int
 	// TLS: set TLS, and CAFile for a private CA; CertFile and KeyFile for mTLS.
 	TLS        bool
@@ -138,16 +145,20 @@ func Dial(ctx context.Context, target string, opts Options) (*Client, error) {
 	if opts.Timeout == 0 {
 		opts.Timeout = 60 * time.Second
 	}
-	if opts.Retries == 0 {
-		opts.Retries = 3
-	} else if opts.Retries < 0 {
-		opts.Retries = 0
-	}
 	if opts.MaxMessageBytes == 0 {
 		opts.MaxMessageBytes = 64 << 20
 	}
 	dial := []grpc.DialOption{grpc.WithDefaultCallOptions(
 		grpc.MaxCallRecvMsgSize(opts.MaxMessageBytes), grpc.MaxCallSendMsgSize(opts.MaxMessageBytes))}
+	if opts.Retries < 0 {
+		dial = append(dial, grpc.WithDisableRetry())
+	} else {
+		config, err := ServiceConfig(opts.Retries)
+		if err != nil {
+			return nil, err
+		}
+		dial = append(dial, grpc.WithDefaultServiceConfig(config))
+	}
 	if opts.TLS {
 		cfg := &tls.Config{ServerName: opts.ServerName, MinVersion: tls.VersionTLS12}
 		if opts.CAFile != "" {
@@ -177,6 +188,31 @@ func Dial(ctx context.Context, target string, opts Options) (*Client, error) {
 	}
 	return &Client{conn: conn, stub: assayv1.NewAssayServiceClient(conn),
 		models: assayv1.NewModelServiceClient(conn), opts: opts}, nil
+}
+
+//go:embed service_config.json
+var serviceConfigJSON []byte
+
+// ServiceConfig is the contract's gRPC service config (JSON), which every Assay client
+// uses: retryPolicy on UNAVAILABLE for the methods that are safe to send twice. retries
+// > 0 replaces its extra attempts (maxAttempts = retries + 1; gRPC caps attempts at 5);
+// 0 keeps the shipped policy.
+func ServiceConfig(retries int) (string, error) {
+	if retries <= 0 {
+		return string(serviceConfigJSON), nil
+	}
+	var config map[string]any
+	if err := json.Unmarshal(serviceConfigJSON, &config); err != nil {
+		return "", err
+	}
+	methods, _ := config["methodConfig"].([]any)
+	for _, m := range methods {
+		if policy, ok := m.(map[string]any)["retryPolicy"].(map[string]any); ok {
+			policy["maxAttempts"] = retries + 1
+		}
+	}
+	out, err := json.Marshal(config)
+	return string(out), err
 }
 
 // Close releases the connection.
@@ -341,31 +377,16 @@ func BuildSelect(r SelectRequest) (*assayv1.SelectRequest, error) {
 	return req, nil
 }
 
-// Select runs a strategy. On UNAVAILABLE it retries with the same request id, with
-// exponential backoff, as long as ctx allows.
+// Select runs a strategy. gRPC retries it on UNAVAILABLE, by the service config, with
+// the same request id, within the call's one deadline.
 func (c *Client) Select(ctx context.Context, r SelectRequest) (*Selection, error) {
 	req, err := BuildSelect(r)
 	if err != nil {
 		return nil, err
 	}
-	var resp *assayv1.SelectResponse
-	for attempt := 0; ; attempt++ {
-		cctx, cancel := c.callCtx(ctx, r.Timeout)
-		resp, err = c.stub.Select(cctx, req)
-		cancel()
-		if err == nil || status.Code(err) != codes.Unavailable || attempt >= c.opts.Retries {
-			break
-		}
-		backoff := time.Duration(100<<attempt) * time.Millisecond
-		if backoff > 2*time.Second {
-			backoff = 2 * time.Second
-		}
-		select {
-		case <-ctx.Done():
-			return nil, wrap(err)
-		case <-time.After(backoff):
-		}
-	}
+	cctx, cancel := c.callCtx(ctx, r.Timeout)
+	resp, err := c.stub.Select(cctx, req)
+	cancel()
 	if err != nil {
 		return nil, wrap(err)
 	}
