@@ -30,12 +30,16 @@ import {
 } from "../gen/assay/v1/model.js";
 import { DataType, dataTypeToJSON } from "../gen/assay/v1/tensor.js";
 import { RichDetails, richDetails } from "./errors.js";
+import { SERVICE_CONFIG_JSON } from "./service_config.js";
 import { DTYPE_ENUM, DType, Tensor } from "./tensor.js";
 
 export interface ClientOptions {
-  /** Deadline of every call, in milliseconds (default 60 000). */
+  /** Deadline of every call, in milliseconds (default 60 000): one deadline covers all its attempts. */
   timeoutMs?: number;
-  /** Extra Select attempts on UNAVAILABLE, same request id (default 3). */
+  /**
+   * Extra attempts on UNAVAILABLE of the methods that are safe to send twice (default: the
+   * contract's service config, at most 3; 0 turns retries off). See `serviceConfig`.
+   */
   retries?: number;
   /** TLS: PEM bytes of a private CA; `cert` + `key` for mTLS. `{}` uses the system roots. */
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer; serverName?: string };
@@ -292,13 +296,25 @@ async function fileSource(path: string): Promise<ModelSource> {
   };
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/**
+ * The contract's gRPC service config (JSON; protos/assay/v1/service_config.json, copied into
+ * src/service_config.ts), which every Assay client uses: retryPolicy on UNAVAILABLE for the
+ * methods that are safe to send twice. `retries` replaces its extra attempts (maxAttempts =
+ * retries + 1; gRPC caps attempts at 5); undefined keeps the shipped policy.
+ */
+export function serviceConfig(retries?: number): string {
+  if (retries === undefined) return SERVICE_CONFIG_JSON;
+  const config = JSON.parse(SERVICE_CONFIG_JSON);
+  for (const method of config.methodConfig) {
+    if (method.retryPolicy) method.retryPolicy.maxAttempts = retries + 1;
+  }
+  return JSON.stringify(config);
+}
 
 export class Client {
   private readonly stub: AssayServiceClient;
   private readonly models: ModelServiceClient;
   private readonly timeoutMs: number;
-  private readonly retries: number;
   private readonly token?: string;
 
   constructor(target: string, options: ClientOptions = {}) {
@@ -306,6 +322,10 @@ export class Client {
     const channelOptions: Record<string, string | number> = {
       "grpc.max_send_message_length": max,
       "grpc.max_receive_message_length": max,
+      // Retries are gRPC's own (gRFC A6), by the contract's service config: the call's one
+      // deadline covers every attempt, and a pushback from the server replaces the backoff.
+      "grpc.enable_retries": options.retries === 0 ? 0 : 1,
+      "grpc.service_config": serviceConfig(options.retries || undefined),
     };
     let creds = grpc.credentials.createInsecure();
     if (options.tls) {
@@ -318,7 +338,6 @@ export class Client {
     this.models = new ModelServiceClient(target, creds,
                                          { ...channelOptions, channelOverride: this.stub.getChannel() });
     this.timeoutMs = options.timeoutMs ?? 60_000;
-    this.retries = options.retries ?? 3;
     this.token = options.token;
   }
 
@@ -393,27 +412,22 @@ export class Client {
     return req;
   }
 
-  /** Select items; retried on UNAVAILABLE with the same request id and backoff. */
+  /**
+   * Select items. gRPC retries it on UNAVAILABLE, by the service config, with the same
+   * request id, within the call's one deadline.
+   */
   async select(o: SelectOptions): Promise<Selection> {
     const req = Client.selectRequest(o);
-    for (let attempt = 0; ; attempt++) {
-      try {
-        const r: any = await this.unary("select", req, o.timeoutMs);
-        return {
-          indices: BigInt64Array.from(r.indices as bigint[]),
-          scores: Float64Array.from(r.scores as number[]),
-          strategy: r.strategy, backend: r.backend, seed: r.seed, poolVersion: r.poolVersion,
-          requestId: r.requestId, metrics: r.metrics,
-          pseudoLabelIndices: BigInt64Array.from(r.pseudoLabelIndices as bigint[]),
-          pseudoLabels: BigInt64Array.from(r.pseudoLabels as bigint[]),
-          computeSeconds: r.computeSeconds, executionProviders: [...r.executionProviders],
-        };
-      } catch (e) {
-        const err = e as AssayError;
-        if (err.code !== grpc.status.UNAVAILABLE || attempt >= this.retries) throw err;
-        await sleep(Math.min(2000, 100 * 2 ** attempt));
-      }
-    }
+    const r: any = await this.unary("select", req, o.timeoutMs);
+    return {
+      indices: BigInt64Array.from(r.indices as bigint[]),
+      scores: Float64Array.from(r.scores as number[]),
+      strategy: r.strategy, backend: r.backend, seed: r.seed, poolVersion: r.poolVersion,
+      requestId: r.requestId, metrics: r.metrics,
+      pseudoLabelIndices: BigInt64Array.from(r.pseudoLabelIndices as bigint[]),
+      pseudoLabels: BigInt64Array.from(r.pseudoLabels as bigint[]),
+      computeSeconds: r.computeSeconds, executionProviders: [...r.executionProviders],
+    };
   }
 
   /**

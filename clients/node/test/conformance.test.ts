@@ -142,12 +142,11 @@ test("client behaviour", { skip }, async (t) => {
       await assert.rejects(client.select({ ...o, budget: 3 }),
         (e: AssayError) => e.codeName === "FAILED_PRECONDITION");
     });
-    await t.test("UNAVAILABLE is retried with backoff, then raised", async () => {
+    await t.test("UNAVAILABLE is retried by the service config, then raised", async () => {
+      // retry.test.ts counts the attempts.
       const dead = new Client("127.0.0.1:1", { retries: 2, timeoutMs: 2000 });
-      const start = Date.now();
       await assert.rejects(dead.select({ strategy: "entropy", budget: 1, inputs: { probs: probs() } }),
         (e: AssayError) => e.codeName === "UNAVAILABLE");
-      assert.ok(Date.now() - start >= 300, "no backoff between retries");
       dead.close();
     });
     await t.test("every call has a deadline", async () => {
