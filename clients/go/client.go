@@ -30,7 +30,7 @@ import (
 	"strings"
 	"time"
 
-	assayv1 "assay/gen/assayv1"
+	assayv1 "github.com/assay-dev/assay/clients/go/gen/assayv1"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"

@@ -11,7 +11,7 @@ import (
 	"sort"
 	"time"
 
-	assayv1 "assay/gen/assayv1"
+	assayv1 "github.com/assay-dev/assay/clients/go/gen/assayv1"
 )
 
 // ModelInput is a graph input of a registered model and the pool array that feeds it.

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"testing"
 
-	assayv1 "assay/gen/assayv1"
+	assayv1 "github.com/assay-dev/assay/clients/go/gen/assayv1"
 
 	"google.golang.org/grpc/codes"
 )

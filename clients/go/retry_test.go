@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	assayv1 "assay/gen/assayv1"
+	assayv1 "github.com/assay-dev/assay/clients/go/gen/assayv1"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

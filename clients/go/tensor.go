@@ -6,7 +6,7 @@ import (
 	"math"
 	"unsafe"
 
-	assayv1 "assay/gen/assayv1"
+	assayv1 "github.com/assay-dev/assay/clients/go/gen/assayv1"
 )
 
 // DType is the element type of a Tensor; values equal the wire enum assay.v1.DataType.

@@ -27,8 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"assay"
-	assayv1 "assay/gen/assayv1"
+	assay "github.com/assay-dev/assay/clients/go"
+	assayv1 "github.com/assay-dev/assay/clients/go/gen/assayv1"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"

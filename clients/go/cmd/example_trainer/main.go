@@ -29,7 +29,7 @@ import (
 	"math/rand"
 	"os"
 
-	"assay"
+	assay "github.com/assay-dev/assay/clients/go"
 )
 
 const d, classes = 16, 4 // feature width, classes
