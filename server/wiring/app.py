@@ -159,7 +159,7 @@ def start(config: ServerConfig) -> RunningServer:
         For settings out of range, or (``auth.ConfigError``) an exposed address
         without TLS or token, or unreadable certificates / token file.
     OSError
-        When an address cannot be bound.
+        When an address (the /metrics one included) is taken or cannot be bound.
     """
     began = time.perf_counter()
     config.validate()
@@ -184,6 +184,7 @@ def start(config: ServerConfig) -> RunningServer:
 def _start(config: ServerConfig, credentials: grpc.ServerCredentials | None,
            warm_names: list[str], metrics: Metrics, http: ThreadingHTTPServer | None,
            began: float) -> RunningServer:
+    """``start`` once the settings are checked and the ports are known to be free."""
     # In place of grpcio's maximum_concurrent_rpcs, whose refusal carries no details: the
     # gate refuses with ErrorInfo TOO_MANY_REQUESTS and RetryInfo, and exempts health.
     gate = AdmissionGate(config.max_concurrent_rpcs, metrics=metrics)
