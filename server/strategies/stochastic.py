@@ -67,9 +67,28 @@ def gumbel_top_k(log_w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndar
     """
     g = rng.gumbel(size=log_w.size)
     zero = np.isneginf(log_w)
-    key = np.where(zero, g, log_w + g)
-    order = np.lexsort((np.arange(log_w.size), -key, zero))
-    return order[:k]
+    key = log_w + g
+    positive = log_w.size - int(zero.sum())
+    if positive >= k:
+        return _largest(key, k)
+    rest = np.flatnonzero(zero)
+    first = np.flatnonzero(~zero)
+    return np.concatenate([first[_largest(key[first], positive)],
+                           rest[_largest(g[rest], k - positive)]])
+
+
+def _largest(key: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest ``key``, largest first, equal keys by lower position:
+    a partition then a sort of the ``k`` only (O(n + k log k))."""
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k < key.size:
+        threshold = key[np.argpartition(key, key.size - k)[key.size - k:]].min()
+        above = np.flatnonzero(key > threshold)
+        chosen = np.concatenate([above, np.flatnonzero(key == threshold)[:k - above.size]])
+    else:
+        chosen = np.arange(key.size)
+    return chosen[np.lexsort((chosen, -key[chosen]))]
 
 
 def inner_params(inner: registry.Strategy, text: str) -> dict:
