@@ -172,6 +172,43 @@ def test_bad_appends_leave_the_pool_unchanged(client, pool):
     assert client.get_pool("p") == pool
 
 
+def test_transposed_samples_are_refused_with_the_transpose(client, pool):
+    """``samples`` is [S, N, C]; [N, S, C] is refused wherever N is known otherwise."""
+    rng = np.random.default_rng(2)
+    n, s, c = 6, 4, 3
+    transposed = rng.dirichlet(np.ones(c), size=(n, s)).astype(np.float32)
+    probs = transposed.mean(axis=1)
+    with pytest.raises(AssayError) as err:  # inline, next to probs [N, C]
+        client.select("bald", 2, probs=probs, samples=transposed)
+    e = err.value
+    assert (e.code, e.reason, e.field) == (INVALID, "SHAPE_MISMATCH", "inputs.samples"), e
+    assert "looks transposed" in e.message and ".transpose(1, 0, 2)" in e.message, e.message
+    assert client.select("bald", 2, probs=probs,
+                         samples=transposed.transpose(1, 0, 2)).indices.size == 2
+    # A replace covers the pool's 100 items; an append carries them in its other arrays.
+    members = rng.dirichlet(np.ones(3), size=(100, s)).astype(np.float32)
+    with pytest.raises(AssayError) as err:
+        client.replace("p", samples=members)
+    assert (err.value.code, err.value.field) == (INVALID, "header.arrays[0].shape"), err.value
+    assert "looks transposed" in err.value.message, err.value.message
+    with pytest.raises(AssayError) as err:
+        client.append("p", probs=members[:5, 0], embeddings=np.zeros((5, 4), np.float32),
+                      samples=members[:5])
+    assert (err.value.code, err.value.field) == (INVALID, "header.arrays[2].shape"), err.value
+    assert client.get_pool("p") == pool
+
+
+def test_transposition_is_refused_only_where_the_shape_says_so():
+    from assay.server.strategies.validation import check_not_transposed
+    from assay.vocab.errors import InvalidInput
+
+    check_not_transposed("samples", (4, 6, 3), 6, "inputs.samples")  # [S, N, C]
+    check_not_transposed("samples", (6, 6, 3), 6, "inputs.samples")  # S == N: ambiguous
+    check_not_transposed("probs", (6, 3), 6, "inputs.probs")  # items first already
+    with pytest.raises(InvalidInput, match=r"\[T, N\].*\.transpose\(1, 0\)"):
+        check_not_transposed("predictions", (6, 2), 6, "inputs.predictions")
+
+
 def _stream(stub, messages):
     return stub.AppendPoolItems(iter(messages), timeout=10)
 

@@ -51,7 +51,7 @@ from assay.vocab.errors import (
     ResourceExhausted,
 )
 
-from ..strategies.validation import rank_fits, shape_doc, validate_array
+from ..strategies.validation import check_not_transposed, rank_fits, shape_doc, validate_array
 from .appends import AppendWriter
 from .compaction import compact
 from .durable import Checkpointer, fsync_dir
@@ -467,12 +467,23 @@ class PoolStore:
                     "carries at least one item and every dimension must be >= 1",
                     field=f"{where}.shape", reason="EMPTY_DIMENSION")
             counts.add(spec.shape[spec.item_axis])
+        first = {s.shape[s.item_axis] for s in specs if s.item_axis == 0}
+        if len(counts) != 1 and len(first) == 1:
+            # [N, S, C] samples next to [N, ...] arrays: name the transposed one.
+            for i, spec in enumerate(specs):
+                check_not_transposed(spec.name, spec.shape, next(iter(first)),
+                                     f"header.arrays[{i}].shape")
         if len(counts) != 1:
             raise InvalidInput("the appended arrays disagree on the number of new items",
                                field="header.arrays", reason="SHAPE_MISMATCH")
         with self._lock:
             info = self._info(self._row(pool_id))
             uid = self._row(pool_id)[1]
+        if replace and info.item_count:
+            # A replace covers the pool's N items: an [N, S, C] samples array is transposed.
+            for i, spec in enumerate(specs):
+                check_not_transposed(spec.name, spec.shape, info.item_count,
+                                     f"header.arrays[{i}].shape")
         added = counts.pop()
         total = sum(_nbytes(s) for s in specs)
         if replace:

@@ -168,17 +168,49 @@ def _validate_model_inputs(array: np.ndarray, field: str) -> None:
                                field=field, reason="NON_FINITE")
 
 
+def check_not_transposed(role: str, shape: tuple[int, ...] | list[int], n: int,
+                         field: str) -> None:
+    """Reject a ``role`` array whose item axis is not first (``samples`` ``[S, N, C]``,
+    ``predictions`` ``[T, N]``) sent items first (``[N, S, C]``, ``[N, T]``), where the
+    item count ``n`` is known from elsewhere and the shape says so unambiguously:
+    ``shape[0] == n != shape[item_axis]``. Such an array would otherwise be read with its
+    axes swapped whenever the sizes happen to allow it, and answer nonsense."""
+    if not is_role(role):
+        return
+    spec = _role(role)
+    axis = spec.item_axis
+    if axis == 0 or spec.rank is None or len(shape) != spec.rank:
+        return
+    if shape[0] == n and shape[axis] != n:
+        names = spec.axis_names()
+        order = list(range(len(shape)))
+        order[0], order[axis] = axis, 0
+        raise InvalidInput(
+            f"{field} has shape {list(shape)}: its first axis is the {n} items, but {role} is "
+            f"{spec.shape} ({names[0]} first, the items on axis {axis}); it looks transposed: "
+            f"send it as {spec.shape} (NumPy: .transpose({', '.join(map(str, order))}))",
+            field=field, reason="SHAPE_MISMATCH")
+
+
 def item_count(arrays: Mapping[str, np.ndarray]) -> int:
     """The common item count N of ``arrays``, or raise if they disagree.
 
-    The labeled-set roles (``Role.labeled``) have their own count and are skipped.
+    The labeled-set and target-set roles (``Role.labeled``, ``Role.target``) have their
+    own count and are skipped.
     """
     counts = {
         name: a.shape[_role(name).item_axis]
         for name, a in arrays.items()
-        if not _role(name).labeled
+        if not (_role(name).labeled or _role(name).target)
     }
     if len(set(counts.values())) > 1:
+        # Arrays with the items first agree on N: one with its items later is transposed?
+        first = {n for name, n in counts.items() if _role(name).item_axis == 0}
+        if len(first) == 1:
+            n = next(iter(first))
+            for name, a in arrays.items():
+                if name in counts:
+                    check_not_transposed(name, a.shape, n, f"inputs.{name}")
         detail = ", ".join(f"{r}: {n}" for r, n in counts.items())
         raise InvalidInput(f"inputs disagree on the number of items N ({detail})",
                            field="inputs", reason="SHAPE_MISMATCH")
