@@ -42,7 +42,7 @@ def cluster_margin(backend: ShardedBackend, pool: ShardedPool, exclude: np.ndarr
         rows = backend.gather(pool, np.arange(n, dtype=np.int64), "embeddings")
         return average_linkage_clusters(
             rows, params["epsilon"], params["neighbors"], graph=params["graph"],
-            ef_search=params["ef_search"])
+            nprobe=params["nprobe"])
 
     identity = ("sharded", pool.uid, pool.segments, large_batch.clustering_key(params))
     clustering, hit = large_batch.cached_clustering(identity, compute)

@@ -42,7 +42,7 @@ _cache_lock = threading.Lock()
 def clustering_key(params: dict) -> tuple:
     """The parameters a clustering depends on, besides the embeddings."""
     return (float(params["epsilon"]), int(params["neighbors"]), params["graph"],
-            int(params["ef_search"]))
+            int(params["nprobe"]))
 
 
 def cached_clustering(identity: Hashable, compute, *, owner: np.ndarray | None = None
@@ -70,7 +70,7 @@ def pool_clustering(embeddings: np.ndarray, params: dict) -> tuple[Clustering, b
     """The clustering of ``embeddings``; cached when the array is read-only (pool rows)."""
     def compute() -> Clustering:
         return average_linkage_clusters(embeddings, params["epsilon"], params["neighbors"],
-                                        graph=params["graph"], ef_search=params["ef_search"])
+                                        graph=params["graph"], nprobe=params["nprobe"])
 
     if isinstance(embeddings, np.ndarray) and not embeddings.flags.writeable:
         identity = ("array", id(embeddings), embeddings.shape, embeddings.dtype.str,
@@ -226,9 +226,9 @@ CLUSTER_PARAMS = (
           "Nearest neighbours per item in the clustering graph; >= N - 1 gives exact "
           "average linkage.", minimum=1, maximum=4096),
     Param("graph", str, "auto",
-          "kNN graph index: exact (FAISS flat), hnsw (FAISS HNSW, approximate) or auto "
-          "(hnsw from 200,000 items).", choices=GRAPHS),
-    Param("ef_search", int, 64, "HNSW search beam per item (graph = hnsw).", minimum=1,
+          "kNN graph index: exact (FAISS flat), ivf (FAISS IVF-flat, approximate) or auto "
+          "(ivf from 200,000 items).", choices=GRAPHS),
+    Param("nprobe", int, 16, "IVF lists searched per item (graph = ivf).", minimum=1,
           maximum=65536),
 )
 
