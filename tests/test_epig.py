@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import seeding
 
+from assay.client import AssayError
 from assay.kernels.epig import epig_scores
 from assay.server.acquisition.selection import select
 from assay.vocab.errors import InvalidInput
@@ -141,3 +142,40 @@ def test_scores_and_picks_match_baal(monkeypatch, target_size):
     top = select("epig", 25, {"samples": samples}, {"target_size": target_size}, seed=seed)
     np.testing.assert_array_equal(top.indices, np.argsort(-peer, kind="stable")[:25],
                                   err_msg=f"seed={seed}")
+
+
+# -- a given target ------------------------------------------------------------------------
+
+def test_a_given_target_is_used_as_it_is(rng):
+    samples = _samples(rng, 5, 25, 3)
+    target = _samples(rng, 5, 11, 3)  # its own M
+    got = select("epig", 25, {"samples": samples, "target_samples": target},
+                 {"target_size": 2})
+    want = ref_epig(samples, target)
+    np.testing.assert_allclose(got.scores, want[got.indices], rtol=1e-11, atol=1e-14,
+                               err_msg=f"seed={seeding.current()}")
+    assert got.metrics["epig_target_size"] == 11.0
+
+
+@pytest.mark.parametrize("shape", [(4, 9, 3), (5, 9, 4)])
+def test_a_target_of_other_s_or_c_is_refused(shape, rng):
+    samples = _samples(rng, 5, 20, 3)
+    target = _samples(rng, shape[0], shape[1], shape[2])
+    with pytest.raises(InvalidInput) as caught:
+        select("epig", 2, {"samples": samples, "target_samples": target})
+    assert caught.value.field == "inputs.target_samples"
+    assert caught.value.reason == "SHAPE_MISMATCH"
+
+
+def test_the_client_sends_a_target_and_a_pool_refuses_one(client, rng):
+    samples = _samples(rng, 4, 30, 3).astype(np.float32)
+    target = _samples(rng, 4, 7, 3).astype(np.float32)
+    got = client.select("epig", 4, samples=samples, target_samples=target)
+    want = ref_epig(samples.astype(np.float64), target.astype(np.float64))
+    np.testing.assert_array_equal(got.indices, np.argsort(-want, kind="stable")[:4])
+    np.testing.assert_allclose(got.scores, want[got.indices], rtol=1e-11)
+    client.create_pool("t")
+    with pytest.raises(AssayError) as caught:
+        client.append("t", samples=samples, target_samples=target)
+    assert "target_samples" in str(caught.value)
+    assert caught.value.code.name == "INVALID_ARGUMENT", caught.value

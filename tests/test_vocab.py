@@ -58,15 +58,19 @@ def test_each_role_is_consistent_with_itself():
             assert axes[-1] == "...", r
         else:
             assert len(axes) == r.rank, r
-        assert axes[r.item_axis] == ("L" if r.labeled else "N"), r
+        assert axes[r.item_axis] == ("L" if r.labeled else "M" if r.target else "N"), r
         assert not r.labeled or r.derived, r  # the labeled set always comes from labels
     assert len({r.name for r in roles.ROLES}) == len(roles.ROLES)
     assert len({r.number for r in roles.ROLES}) == len(roles.ROLES)
 
 
 def test_the_views_partition_the_table():
-    assert set(roles.stored_roles()) | set(roles.derived_roles()) == set(roles.names())
+    assert (set(roles.stored_roles()) | set(roles.derived_roles())
+            | set(roles.target_roles())) == set(roles.names())
     assert not set(roles.stored_roles()) & set(roles.derived_roles())
+    assert not set(roles.target_roles()) & (set(roles.stored_roles())
+                                            | set(roles.derived_roles()))
+    assert set(roles.own_count_roles()) == set(roles.labeled_roles()) | set(roles.target_roles())
     assert set(roles.labeled_roles()) <= set(roles.derived_roles())
     assert roles.row_local_roles() <= set(roles.names())
     assert set(roles.geometric_roles()) == {"embeddings", "labeled_embeddings"}

@@ -142,7 +142,7 @@ register(Strategy(
     fn=stochastic,
     required=(),
     optional=("probs", "samples", "embeddings", "scores", "loss", "discriminator",
-              "predictions"),
+              "predictions", "target_samples"),
     description="Stochastic batch acquisition (Kirsch et al. 2023): the batch sampled without "
                 "replacement (Gumbel-top-k, seeded) from softmax(beta s), s^beta or "
                 "rank^-beta of any score strategy's scores s.",

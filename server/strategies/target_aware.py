@@ -65,6 +65,7 @@ register(Strategy(
     kind="score",
     fn=epig,
     required=("samples",),
+    optional=(TARGET,),
     description="EPIG (Bickford Smith et al. 2023): expected information gain about the "
                 "label of a target input, E_x* I(y; y* | x, x*) = H[y] + E H[y*] - E H[y, y*] "
                 "under the S parameter samples; the target is target_samples, else target_size "

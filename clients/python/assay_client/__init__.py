@@ -313,7 +313,8 @@ class Client:
                models: Sequence[str] = (),
                mc_samples: int = 0, batch_size: int = 0,
                labeled_probs: np.ndarray | None = None,
-               labels: np.ndarray | None = None) -> Selection:
+               labels: np.ndarray | None = None,
+               target_samples: np.ndarray | None = None) -> Selection:
         """Select ``budget`` items by ``strategy`` from inline arrays or a stored pool.
 
         With ``models`` (registered model ids), the server runs them over the raw
@@ -330,7 +331,7 @@ class Client:
             "labeled_embeddings": labeled_embeddings, "scores": scores, "loss": loss,
             "discriminator": discriminator, "predictions": predictions,
             "model_inputs": model_inputs, "labeled_probs": labeled_probs,
-            "labels": labels}.items() if value is not None}
+            "labels": labels, "target_samples": target_samples}.items() if value is not None}
         request = assay_pb2.SelectRequest(
             strategy=strategy, budget=int(budget),
             params={k: _param(v) for k, v in (params or {}).items()},

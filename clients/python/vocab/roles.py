@@ -37,7 +37,7 @@ class Role:
     rank : int or None
         The array's rank; None for any rank >= 1 (raw model inputs).
     item_axis : int
-        The axis that runs over the items (N, or L for the labeled set).
+        The axis that runs over the items (N; L for the labeled set, M for a target set).
     shape : str
         The documented shape, one letter per axis (``"[S, N, C]"``; ``"..."`` for
         axes of any size and number).
@@ -50,6 +50,9 @@ class Role:
         pool array, only sent inline.
     labeled : bool
         Describes the labeled set: its item count is L, not the pool's N.
+    target : bool
+        Describes a target set of its own (EPIG's target inputs): its item count is
+        M, not the pool's N; sent inline only, never stored in a pool.
     row_local : bool
         Its checks look at one last-axis row (or one element) at a time, so an
         upload can be validated chunk by chunk; other roles are validated whole.
@@ -66,6 +69,7 @@ class Role:
     number: int
     derived: bool = False
     labeled: bool = False
+    target: bool = False
     row_local: bool = True
     geometric: bool = False
 
@@ -92,6 +96,8 @@ ROLES: tuple[Role, ...] = (
     Role("labeled_probs", 2, 0, "[L, C]", "probabilities", 9, derived=True, labeled=True),
     # True class label per item, -1 where unlabeled (forgetting events).
     Role("labels", 1, 0, "[N]", "labels", 10, derived=True),
+    # The parameter samples' probabilities on target inputs (EPIG), M of them.
+    Role("target_samples", 3, 1, "[S, M, C]", "probabilities", 11, target=True),
 )
 
 _BY_NAME: dict[str, Role] = {r.name: r for r in ROLES}
@@ -127,7 +133,7 @@ def is_role(name: str) -> bool:
 
 def is_stored(name: str) -> bool:
     """Whether a pool can store an array called ``name``."""
-    return is_role(name) and not role(name).derived
+    return is_role(name) and not role(name).derived and not role(name).target
 
 
 def names() -> tuple[str, ...]:
@@ -142,7 +148,7 @@ def item_axis(name: str) -> int:
 
 def stored_roles() -> tuple[str, ...]:
     """The roles a pool stores: what ``AppendPoolItems`` accepts."""
-    return tuple(r.name for r in ROLES if not r.derived)
+    return tuple(r.name for r in ROLES if not r.derived and not r.target)
 
 
 def derived_roles() -> tuple[str, ...]:
@@ -153,6 +159,16 @@ def derived_roles() -> tuple[str, ...]:
 def labeled_roles() -> tuple[str, ...]:
     """The roles describing the labeled set, with their own item count L."""
     return tuple(r.name for r in ROLES if r.labeled)
+
+
+def target_roles() -> tuple[str, ...]:
+    """The roles describing a target set, with their own item count M (inline only)."""
+    return tuple(r.name for r in ROLES if r.target)
+
+
+def own_count_roles() -> tuple[str, ...]:
+    """The roles whose item count is their own (L or M), not the pool's N."""
+    return tuple(r.name for r in ROLES if r.labeled or r.target)
 
 
 def row_local_roles() -> frozenset[str]:

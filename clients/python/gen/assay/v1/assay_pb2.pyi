@@ -211,7 +211,7 @@ class DeletePoolResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Inputs(_message.Message):
-    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs", "named_model_inputs")
+    __slots__ = ("probs", "samples", "embeddings", "labeled_embeddings", "scores", "loss", "discriminator", "predictions", "labeled_probs", "labels", "target_samples", "model_inputs", "named_model_inputs")
     class NamedModelInputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class Inputs(_message.Message):
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     LABELED_PROBS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     NAMED_MODEL_INPUTS_FIELD_NUMBER: _ClassVar[int]
     probs: _tensor_pb2.Tensor
@@ -241,9 +242,10 @@ class Inputs(_message.Message):
     predictions: _tensor_pb2.Tensor
     labeled_probs: _tensor_pb2.Tensor
     labels: _tensor_pb2.Tensor
+    target_samples: _tensor_pb2.Tensor
     model_inputs: _tensor_pb2.Tensor
     named_model_inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
-    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., named_model_inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
+    def __init__(self, probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_embeddings: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., loss: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., discriminator: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., predictions: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labeled_probs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., labels: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., target_samples: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., model_inputs: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., named_model_inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ...) -> None: ...
 
 class ParamValue(_message.Message):
     __slots__ = ("double_value", "int_value", "string_value", "bool_value")
