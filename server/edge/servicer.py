@@ -34,7 +34,7 @@ from ..pools.request_records import RequestKey, StoredResponse
 from ..pools.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from ..strategies import registry
 from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
-from .metrics import Metrics
+from .metrics import Metrics, note
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
 from .streams import stream_chunks, stream_header
@@ -208,6 +208,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
             yield None, None
             return
         check_request_id(request_id, field)
+        note(request_id=request_id)
         with self._flights.hold(request_id,
                                 cancellation_check(context, self.limits.max_deadline_seconds)):
             uid = self.store.pool_uid(pool_id, pool_field) if pool_id else ""
@@ -359,6 +360,7 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
 
     def _select(self, wire: SelectWire, context, key: RequestKey | None):
         request = wire.message
+        note(strategy=request.strategy, budget=request.budget)
         call = self._select_call(wire)
         selected = self.acquisition.select(call, caller(context, self.limits.max_deadline_seconds))
         result = selected.result
