@@ -2,12 +2,15 @@
 
 The concurrency limit has its own tests (test_admission.py); here: a full Select queue,
 a full disk, and a shard actor that went away (UNAVAILABLE). Refusals that retrying
-cannot cure carry no RetryInfo.
+cannot cure carry no RetryInfo. The same hint travels as gRPC's server pushback, which a
+service config's retries obey.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -16,10 +19,13 @@ import pytest
 from google.rpc import error_details_pb2
 
 from assay.client import AssayError, Client
+from assay.client.tensors import to_proto
 from assay.server.acquisition import selection
-from assay.server.edge.interceptors import to_status
+from assay.server.acquisition.service import SelectSlots
+from assay.server.edge.interceptors import PUSHBACK, pushback, to_status
 from assay.server.scaleout.cluster import ShardUnavailable
-from assay.vocab.errors import REASONS
+from assay.v1 import assay_pb2, assay_pb2_grpc
+from assay.vocab.errors import REASONS, InvalidInput, ResourceExhausted
 
 SEED = 1107
 
@@ -93,3 +99,94 @@ def test_an_unavailable_shard_carries_retry_info():
     assert found["ErrorInfo"].reason == "SHARD_UNAVAILABLE"
     delay = found["RetryInfo"].retry_delay.ToTimedelta().total_seconds()
     assert delay == REASONS["SHARD_UNAVAILABLE"].retry_after > 0
+
+
+def test_pushback_follows_retry_info():
+    """gRPC's own retries read the pushback: the RetryInfo hint, or -1 (never) for a
+    RESOURCE_EXHAUSTED that retrying cannot cure; other codes carry none."""
+    full = ResourceExhausted("full", reason="TOO_MANY_SELECTS")
+    assert pushback(full) == str(round(REASONS["TOO_MANY_SELECTS"].retry_after * 1000))
+    assert pushback(ResourceExhausted("too many", reason="TOO_MANY_ITEMS")) == "-1"
+    assert pushback(InvalidInput("bad", field="budget")) is None
+    assert pushback(ShardUnavailable("restarting")) == str(
+        round(REASONS["SHARD_UNAVAILABLE"].retry_after * 1000))
+
+
+def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, monkeypatch):
+    """A channel whose service config retries RESOURCE_EXHAUSTED gets the refusal's
+    pushback as trailing metadata and succeeds on the retry, with no loop of its own."""
+    entered, release = threading.Event(), threading.Event()
+    refused = []
+    real_select, real_acquire = selection.select, SelectSlots.acquire
+
+    def held(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60), "the test never released the held selection"
+        return real_select(*args, **kwargs)
+
+    def counting(self, check):
+        try:
+            return real_acquire(self, check)
+        except ResourceExhausted:
+            refused.append(1)
+            raise
+
+    monkeypatch.setattr(selection, "select", held)
+    monkeypatch.setattr(SelectSlots, "acquire", counting)
+    srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
+    config = json.dumps({"methodConfig": [{
+        "name": [{"service": "assay.v1.AssayService", "method": "Select"}],
+        "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["RESOURCE_EXHAUSTED"]}}]})
+    request = assay_pb2.SelectRequest(strategy="entropy", budget=3,
+                                      inputs=assay_pb2.Inputs(probs=to_proto(_probs(40))))
+    with grpc.insecure_channel(f"127.0.0.1:{srv.port}", options=[
+            ("grpc.service_config", config), ("grpc.enable_retries", 1)]) as channel, \
+            ThreadPoolExecutor(2) as pool:
+        stub = assay_pb2_grpc.AssayServiceStub(channel)
+        first = pool.submit(stub.Select, request, timeout=60)
+        assert entered.wait(60)
+        second = pool.submit(stub.Select.with_call, request, timeout=60)
+        deadline = time.monotonic() + 60
+        while not refused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert refused, f"the second Select was never refused (seed {SEED})"
+        release.set()
+        response, call = second.result(60)
+        assert list(response.indices) == list(first.result(60).indices)
+    # The attempt that succeeded carries no pushback; the refusal's was checked above.
+    assert PUSHBACK not in dict(call.trailing_metadata() or ())
+
+
+def test_a_refusal_carries_the_pushback_trailer(server_factory, monkeypatch):
+    entered, release = threading.Event(), threading.Event()
+    real = selection.select
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(60), "the test never released the held selection"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "select", held)
+    srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
+    request = assay_pb2.SelectRequest(strategy="entropy", budget=3,
+                                      inputs=assay_pb2.Inputs(probs=to_proto(_probs(40))))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}",
+                                   options=[("grpc.enable_retries", 0)]) as channel, \
+                ThreadPoolExecutor(1) as pool:
+            stub = assay_pb2_grpc.AssayServiceStub(channel)
+            first = pool.submit(stub.Select, request, timeout=60)
+            assert entered.wait(60)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Select(request, timeout=60)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            trailers = dict(err.value.trailing_metadata())
+            assert trailers[PUSHBACK] == str(round(REASONS["TOO_MANY_SELECTS"].retry_after
+                                                   * 1000))
+            release.set()
+            first.result(60)
+    finally:
+        release.set()

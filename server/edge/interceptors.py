@@ -56,10 +56,33 @@ def to_status(error: AssayError) -> status_pb2.Status:
                              details=packed)
 
 
+#: gRPC's server pushback (gRFC A6): a client whose service config retries the code waits
+#: this many milliseconds before the next attempt, or does not retry when it is negative.
+PUSHBACK = "grpc-retry-pushback-ms"
+
+
+def pushback(error: AssayError) -> str | None:
+    """The pushback a refusal carries, so gRPC's own retries follow ``RetryInfo``.
+
+    A ``retryPolicy`` can only name status codes, and RESOURCE_EXHAUSTED is both "come
+    back later" (the server is full) and "this will never fit" (a pool over its
+    limit). The hint of the first becomes the retry delay; the second says "-1", do
+    not retry, so ``protos/assay/v1/service_config.json`` may list the code safely.
+    """
+    if error.retry_after is not None:
+        return str(max(0, round(error.retry_after * 1000)))
+    if error.code_name == "RESOURCE_EXHAUSTED":
+        return "-1"
+    return None
+
+
 def abort_with(context: grpc.ServicerContext, error: AssayError) -> None:
     """End the call with the rich status of ``error`` (raises, as ``context.abort`` does)."""
     note_error(error.reason, error.message)
-    context.abort_with_status(rpc_status.to_status(to_status(error)))
+    status = rpc_status.to_status(to_status(error))
+    if (delay := pushback(error)) is not None:
+        status = status._replace(trailing_metadata=(*status.trailing_metadata, (PUSHBACK, delay)))
+    context.abort_with_status(status)
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
