@@ -5,6 +5,9 @@
 #include <sstream>
 #include <thread>
 
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
+
 #include "assay/client.h"
 #include "assay/v1/assay.grpc.pb.h"
 #include "assay/v1/model.grpc.pb.h"
@@ -157,6 +160,34 @@ std::string new_request_id() {
   return buf;
 }
 
+namespace {
+// protos/assay/v1/service_config.json, copied by protos/gen_service_config.py.
+constexpr const char* kServiceConfig =
+#include "service_config.inc"
+    ;
+}  // namespace
+
+std::string service_config(std::optional<int> retries) {
+  if (!retries) return kServiceConfig;
+  google::protobuf::Struct config;
+  if (!google::protobuf::util::JsonStringToMessage(kServiceConfig, &config).ok()) {
+    throw std::logic_error("the compiled-in service config is not JSON");
+  }
+  auto& methods = *(*config.mutable_fields())["methodConfig"].mutable_list_value()->mutable_values();
+  for (auto& method : methods) {
+    auto& fields = *method.mutable_struct_value()->mutable_fields();
+    auto policy = fields.find("retryPolicy");
+    if (policy == fields.end()) continue;
+    (*policy->second.mutable_struct_value()->mutable_fields())["maxAttempts"].set_number_value(
+        *retries + 1);
+  }
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(config, &out).ok()) {
+    throw std::logic_error("the service config does not serialize");
+  }
+  return out;
+}
+
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot read " + path);
@@ -182,6 +213,11 @@ Client::Client(const std::string& target, ClientOptions options)
   grpc::ChannelArguments args;
   args.SetMaxSendMessageSize(options_.max_message_bytes);
   args.SetMaxReceiveMessageSize(options_.max_message_bytes);
+  // Retries are gRPC's own (gRFC A6), by the contract's service config: the call's one
+  // deadline covers every attempt, and a pushback from the server replaces the backoff.
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, options_.retries == 0 ? 0 : 1);
+  args.SetServiceConfigJSON(service_config(
+      options_.retries.value_or(0) > 0 ? options_.retries : std::nullopt));
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (options_.tls) {
     grpc::SslCredentialsOptions ssl;
@@ -243,18 +279,13 @@ Selection Client::select(const SelectOptions& r) {
     auto* inputs = req.mutable_inputs();
     for (const auto& [role, view] : r.inputs) view.to_proto(input_field(inputs, role));
   }
+  // gRPC retries it on UNAVAILABLE, by the service config, with the same request id,
+  // within the call's one deadline.
   v1::SelectResponse resp;
-  for (int attempt = 0;; ++attempt) {
-    grpc::ClientContext ctx;
-    impl_->prepare(&ctx, options_, r.timeout);
-    auto status = impl_->stub->Select(&ctx, req, &resp);
-    if (status.ok()) break;
-    if (status.error_code() != grpc::StatusCode::UNAVAILABLE || attempt >= options_.retries) {
-      throw to_error(status);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(
-        static_cast<int>(std::min(2000.0, 100.0 * std::pow(2.0, attempt)))));
-  }
+  grpc::ClientContext ctx;
+  impl_->prepare(&ctx, options_, r.timeout);
+  auto status = impl_->stub->Select(&ctx, req, &resp);
+  if (!status.ok()) throw to_error(status);
   Selection out;
   out.indices.assign(resp.indices().begin(), resp.indices().end());
   out.scores.assign(resp.scores().begin(), resp.scores().end());

@@ -198,23 +198,20 @@ int run_client_checks(const std::string& target) {
       require(e.code() == grpc::StatusCode::FAILED_PRECONDITION, e.what());
     }
   });
-  check("UNAVAILABLE is retried, then raised", [&] {
+  check("UNAVAILABLE is retried by the service config, then raised", [&] {
+    // error_test counts the attempts.
     assay::ClientOptions o;
     o.retries = 2;
     o.timeout = std::chrono::seconds(2);
     assay::Client dead("127.0.0.1:1", o);
     assay::SelectOptions s{.strategy = "entropy", .budget = 1};
     s.inputs.emplace("probs", assay::TensorView::f32(probs, {4, 2}));
-    const auto t0 = std::chrono::steady_clock::now();
     try {
       dead.select(s);
       require(false, "a dead target answered");
     } catch (const assay::Error& e) {
       require(e.code() == grpc::StatusCode::UNAVAILABLE, e.what());
     }
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - t0).count();
-    require(ms >= 300, "no backoff between retries (" + std::to_string(ms) + " ms)");
   });
   check("deadline on every call", [&] {
     std::vector<float> big(400'000 * 10, 0.1f);

@@ -1,11 +1,23 @@
 // The error type's own tests: assay::Error decodes code, reason, field and retry delay from
 // a status built here; with --live, from a live server's (ASSAY_TARGET=host:port; exit 77,
-// skipped, when unset).
+// skipped, when unset). Retries come from the contract's service config, with one deadline
+// per call: an in-process server counts the attempts (tests/clients/test_service_config.py
+// has the same tests for the Python client).
+#include <atomic>
 #include <chrono>
 #include <iostream>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
 
 #include "assay/client.h"
+#include "assay/v1/assay.grpc.pb.h"
 #include "common.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -60,6 +72,126 @@ void decoding() {
          "unreadable details keep the code");
 }
 
+// Answers UNAVAILABLE to the first `failures` attempts (each after `delay`), then OK.
+class Flaky final : public assay::v1::AssayService::Service {
+ public:
+  Flaky(int failures, std::chrono::milliseconds delay) : failures_(failures), delay_(delay) {}
+  std::atomic<int> attempts{0};
+  std::set<std::string> request_ids;
+
+  grpc::Status Select(grpc::ServerContext*, const assay::v1::SelectRequest* req,
+                      assay::v1::SelectResponse* resp) override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      request_ids.insert(req->request_id());
+    }
+    if (auto s = attempt(); !s.ok()) return s;
+    resp->add_indices(1);
+    resp->add_scores(0.5);
+    resp->set_strategy(req->strategy());
+    resp->set_request_id(req->request_id());
+    return grpc::Status::OK;
+  }
+  grpc::Status CreatePool(grpc::ServerContext*, const assay::v1::CreatePoolRequest* req,
+                          assay::v1::CreatePoolResponse* resp) override {
+    if (auto s = attempt(); !s.ok()) return s;
+    resp->mutable_pool()->set_pool_id(req->pool_id());
+    return grpc::Status::OK;
+  }
+
+ private:
+  grpc::Status attempt() {
+    const int n = ++attempts;
+    std::this_thread::sleep_for(delay_);
+    if (n <= failures_) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "attempt " + std::to_string(n) + ": restarting");
+    }
+    return grpc::Status::OK;
+  }
+  const int failures_;
+  const std::chrono::milliseconds delay_;
+  std::mutex mu_;
+};
+
+struct FlakyServer {
+  Flaky service;
+  std::unique_ptr<grpc::Server> server;
+  std::string target;
+  FlakyServer(int failures, std::chrono::milliseconds delay) : service(failures, delay) {
+    int port = 0;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+    target = "127.0.0.1:" + std::to_string(port);
+  }
+  ~FlakyServer() { server->Shutdown(std::chrono::system_clock::now()); }
+};
+
+assay::SelectOptions flaky_select() {
+  static const std::vector<float> probs{0.5f, 0.5f, 0.5f, 0.5f};
+  assay::SelectOptions s{.strategy = "entropy", .budget = 1};
+  s.inputs.emplace("probs", assay::TensorView::f32(probs, {2, 2}));
+  return s;
+}
+
+void retries() {
+  {  // UNAVAILABLE twice is retried by the service config.
+    FlakyServer f(2, std::chrono::milliseconds(0));
+    assay::ClientOptions o;
+    o.timeout = std::chrono::seconds(30);
+    assay::Client client(f.target, o);
+    try {
+      const auto sel = client.select(flaky_select());
+      expect(sel.indices == std::vector<std::int64_t>{1}, "indices after retries");
+    } catch (const assay::Error& e) {
+      expect(false, std::string("select after two UNAVAILABLE: ") + e.what());
+    }
+    expect(f.service.attempts == 3, "attempts: " + std::to_string(f.service.attempts));
+    expect(f.service.request_ids.size() == 1, "one request id over the attempts");
+  }
+  {  // One deadline covers every attempt: each takes 0.4 s on the server, so a 4th could
+     // start at 1.2 s at the earliest, after the one 1 s deadline.
+    FlakyServer f(10, std::chrono::milliseconds(400));
+    assay::ClientOptions o;
+    o.timeout = std::chrono::seconds(1);
+    assay::Client client(f.target, o);
+    try {
+      client.select(flaky_select());
+      expect(false, "a server that is always UNAVAILABLE answered");
+    } catch (const assay::Error& e) {
+      expect(e.code() == grpc::StatusCode::DEADLINE_EXCEEDED, std::string("code: ") + e.what());
+    }
+    expect(f.service.attempts >= 1 && f.service.attempts <= 3,
+           "attempts within one 1 s deadline: " + std::to_string(f.service.attempts));
+  }
+  {  // Methods outside the config, and a client with retries off, send once.
+    FlakyServer f(1, std::chrono::milliseconds(0));
+    assay::Client client(f.target);
+    try {
+      client.create_pool("p");
+      expect(false, "CreatePool answered after one UNAVAILABLE");
+    } catch (const assay::Error& e) {
+      expect(e.code() == grpc::StatusCode::UNAVAILABLE, std::string("code: ") + e.what());
+    }
+    expect(f.service.attempts == 1, "CreatePool attempts: " + std::to_string(f.service.attempts));
+    FlakyServer g(1, std::chrono::milliseconds(0));
+    assay::ClientOptions o;
+    o.retries = 0;
+    assay::Client once(g.target, o);
+    try {
+      once.select(flaky_select());
+      expect(false, "select with retries off answered after one UNAVAILABLE");
+    } catch (const assay::Error& e) {
+      expect(e.code() == grpc::StatusCode::UNAVAILABLE, std::string("code: ") + e.what());
+    }
+    expect(g.service.attempts == 1, "attempts, retries off: " + std::to_string(g.service.attempts));
+  }
+  expect(assay::service_config(1).find("\"maxAttempts\":2") != std::string::npos,
+         "service_config(1): " + assay::service_config(1));
+}
+
 void live(const std::string& target) {
   assay::Client client(target, options_from_env());
   try {
@@ -85,6 +217,7 @@ int main(int argc, char** argv) {
     live(target);
   } else {
     decoding();
+    retries();
   }
   std::cout << "error: " << (failures ? "FAILED" : "passed") << "\n";
   return failures ? 1 : 0;

@@ -12,9 +12,11 @@
 //   s.model_ids = {"text"};
 //   s.inputs.emplace("model_inputs.input_ids", assay::TensorView::i64(ids, {n, len}));
 //
-// Every call has a deadline; select is retried on UNAVAILABLE with the same
-// request id; every failure throws assay::Error carrying the gRPC status code and
-// the server's reason, field and retry delay.
+// Every call has one deadline, which covers all its attempts: gRPC itself retries
+// UNAVAILABLE for the methods that are safe to send twice, by the contract's service
+// config (protos/assay/v1/service_config.json, compiled in; see service_config()), and
+// the writes among them carry a request id. Every failure throws assay::Error carrying
+// the gRPC status code and the server's reason, field and retry delay.
 #pragma once
 
 #include <chrono>
@@ -129,10 +131,11 @@ struct Param {
 };
 
 struct ClientOptions {
-  // Default deadline of every call.
+  // Default deadline of every call: one deadline covers all the attempts of a call.
   std::chrono::milliseconds timeout{60'000};
-  // Extra attempts of Select on UNAVAILABLE (same request id each time).
-  int retries = 3;
+  // Extra attempts on UNAVAILABLE of the methods that are safe to send twice (nullopt:
+  // the contract's service config, at most 3; 0 turns retries off). See service_config().
+  std::optional<int> retries;
   // TLS: set `tls` and, for a private CA, its PEM; for mTLS also a client cert and key.
   bool tls = false;
   std::string root_certs_pem;
@@ -248,6 +251,11 @@ struct StrategyInfo {
 
 // A new random (version 4) UUID.
 std::string new_request_id();
+// The contract's gRPC service config (JSON), which every Assay client uses: retryPolicy
+// on UNAVAILABLE for the methods that are safe to send twice. `retries` replaces its extra
+// attempts (maxAttempts = retries + 1; gRPC caps attempts at 5); nullopt keeps the
+// shipped policy.
+std::string service_config(std::optional<int> retries = std::nullopt);
 // Contents of a file (for PEM files); throws std::runtime_error.
 std::string read_file(const std::string& path);
 // Lower-case hex SHA-256 digest of `data` (what register_model declares for a file).
