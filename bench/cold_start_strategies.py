@@ -3,7 +3,8 @@
 Run: ``python bench/cold_start_strategies.py`` (all three; ``--only probcover`` for one).
 Inputs are N unit-norm embeddings (d = 128 by default) around 100 Gaussian centres, as
 contrastive features are; nothing is labeled, b = 100. Assay runs through the
-acquisition layer (``selection.select``); the peers run in a spawned child process with
+acquisition layer (``selection.select``, arrays taken as validated, as a stored pool's
+are); the peers run in a spawned child process with
 a wall-clock cap (``--cap``, 60 s), so a peer that cannot finish is stopped and
 reported as ``> cap``:
 
@@ -63,13 +64,15 @@ def delta_for(x: np.ndarray) -> float:
 def ours(name: str, x: np.ndarray, budget: int, delta: float, seed: int) -> float:
     params = {"probcover": {"delta": delta}, "lightweight_coreset": {"distance": "angular"}}
     start = time.perf_counter()
-    selection.select(name, budget, {"embeddings": x}, params.get(name, {}), seed=seed)
+    selection.select(name, budget, {"embeddings": x}, params.get(name, {}), seed=seed,
+                     validated=True)
     return time.perf_counter() - start
 
 
-def _peer_run(name: str, n: int, d: int, budget: int, delta: float, out) -> None:
+def _peer_run(name: str, n: int, d: int, budget: int, delta: float, repeats: int,
+              out) -> None:
     """The peer in a fresh interpreter (spawned: no OpenMP state inherited), on the same
-    embeddings regenerated from their seed; sends "ready", then its seconds."""
+    embeddings regenerated from their seed; sends "ready", then the seconds of each run."""
     warnings.simplefilter("ignore")
     x = embeddings(n, d)
     if name == "typiclust":
@@ -85,26 +88,32 @@ def _peer_run(name: str, n: int, d: int, budget: int, delta: float, out) -> None
         run = lambda: LightweightCoreset().sample(  # noqa: E731
             None, None, np.arange(n), np.zeros(0, dtype=np.int64), None, budget, x)
     out.put("ready")
-    start = time.perf_counter()
-    run()
-    out.put(time.perf_counter() - start)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        out.put(time.perf_counter() - start)
 
 
-def peer(name: str, n: int, d: int, budget: int, delta: float, cap: float) -> float | None:
-    """Seconds, or None when the peer did not finish within ``cap`` (its imports and
-    data are ready before the clock starts)."""
+def peer(name: str, n: int, d: int, budget: int, delta: float, cap: float,
+         repeats: int = 1) -> list[float | None]:
+    """Seconds of each of ``repeats`` runs in one child; None for a run that did not
+    finish within ``cap`` (the child is then stopped). Imports and data are ready
+    before the clock starts."""
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=_peer_run, args=(name, n, d, budget, delta, out))
+    proc = ctx.Process(target=_peer_run, args=(name, n, d, budget, delta, repeats, out))
     proc.start()
-    out.get(timeout=300)
-    try:
-        seconds = out.get(timeout=cap)
-    except queue.Empty:
-        seconds = None
+    out.get(timeout=600)
+    times: list[float | None] = []
+    for _ in range(repeats):
+        try:
+            times.append(out.get(timeout=cap))
+        except queue.Empty:
+            times.append(None)
+            break
     proc.kill()
     proc.join()
-    return seconds
+    return times
 
 
 def peer_fits(name: str, n: int, limit_gb: float) -> bool:
@@ -144,7 +153,7 @@ def main() -> None:
           "| peer / Assay (best) | load after |")
     print("|---|---|---|---|---|---|")
     x = embeddings(args.n, args.d)
-    delta = delta_for(x)
+    delta = delta_for(x) if "probcover" in names else 0.0
     for name in names if args.repeats else ():
         before = load()
         mine = [ours(name, x, args.budget, delta, seed) for seed in range(args.repeats)]
@@ -153,8 +162,8 @@ def main() -> None:
         if not peer_fits(name, args.n, args.peer_memory_gb):
             note = f"not run: N x N float64 = {args.n ** 2 * 8 / 1e9:.0f} GB"
         else:
-            for _ in range(args.peer_repeats):
-                t = peer(name, args.n, args.d, args.budget, delta, args.cap)
+            for t in peer(name, args.n, args.d, args.budget, delta, args.cap,
+                          args.peer_repeats):
                 if t is None:
                     note = f"> {args.cap:.0f} (stopped)"
                     break
@@ -176,7 +185,7 @@ def main() -> None:
             if not peer_fits(name, n, args.peer_memory_gb):
                 t, shown = None, f"not run: N x N = {n * n * 8 / 1e9:.0f} GB"
             else:
-                t = peer(name, n, args.d, args.budget, delta, args.cap)
+                t = peer(name, n, args.d, args.budget, delta, args.cap)[0]
                 shown = f"> {args.cap:.0f}" if t is None else f"{t:.1f}"
             if t is None:
                 mine_t = ours(name, xr, args.budget, delta, 0)

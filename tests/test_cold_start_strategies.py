@@ -221,7 +221,7 @@ def test_typiclust_matches_scikit_activeml_given_the_same_clustering(peer_ties):
 
     rng = seeding.rng()
     for trial in range(3):
-        n, n_lab, budget, k = 400, [0, 6, 15][trial], [8, 10, 5][trial], [5, 3, 20][trial]
+        n, n_lab, budget, k = 300, [0, 6, 15][trial], [8, 10, 5][trial], [5, 3, 20][trial]
         x = blobs(rng, n, centres=10)
         y = np.full(n, np.nan)
         lab = rng.choice(n, size=n_lab, replace=False)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import numpy as np
 
 from assay.kernels import dispatch
+from assay.kernels.bits import compute_dtype
 from assay.kernels.kmeans import kmeans_closest
 from assay.kernels.knn import knn
 from assay.kernels.radius import radius_graph
@@ -304,27 +305,37 @@ def lightweight_distances(x: np.ndarray, rows: np.ndarray, distance: str) -> np.
     """d(x, μ)² for each of ``rows``, float64 [M]; μ is the mean of those rows.
 
     ``euclidean``: ‖x − μ‖² (Bachem et al.). ``angular``: (arccos(cos(x, μ)) / π)²,
-    small-text's, where a zero row or a zero mean has cosine 0.
+    small-text's, where a zero row or a zero mean has cosine 0. Two passes over the
+    rows, block by block (slices, not gathers, when every row is a candidate); the mean
+    is summed in float64, the rest computed in float64 for float64 rows and in float32
+    otherwise, like the kernels (``assay.kernels.bits.compute_dtype``).
     """
     m = rows.size
+    every = m == x.shape[0]
+
+    def part(lo: int) -> np.ndarray:
+        return np.asarray(x[lo:lo + _ROW_BLOCK] if every else x[rows[lo:lo + _ROW_BLOCK]])
+
+    dtype = compute_dtype(x)
+
+    def block(lo: int) -> np.ndarray:
+        return np.asarray(part(lo), dtype=dtype)
+
     mean = np.zeros(x.shape[1])
     for lo in range(0, m, _ROW_BLOCK):
-        mean += np.asarray(x[rows[lo:lo + _ROW_BLOCK]], dtype=np.float64).sum(axis=0)
-    mean /= m
+        mean += part(lo).sum(axis=0, dtype=np.float64)
+    mean = (mean / m).astype(dtype)
     out = np.empty(m)
-    if distance == "angular":
-        norm = np.sqrt(mean @ mean)
-        unit_mean = mean / norm if norm > 0 else mean
+    norm = np.sqrt(mean @ mean)
     for lo in range(0, m, _ROW_BLOCK):
-        block = np.asarray(x[rows[lo:lo + _ROW_BLOCK]], dtype=np.float64)
+        b = block(lo)
         if distance == "euclidean":
-            diff = block - mean
-            out[lo:lo + block.shape[0]] = np.einsum("ij,ij->i", diff, diff)
+            b -= mean
+            out[lo:lo + b.shape[0]] = np.einsum("ij,ij->i", b, b)
         else:
-            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-            unit = block / np.where(norms > 0, norms, 1.0)[:, None]
-            cosine = np.clip(unit.dot(unit_mean), -1.0, 1.0)
-            out[lo:lo + block.shape[0]] = np.square(np.arccos(cosine) / np.pi)
+            norms = np.sqrt(np.einsum("ij,ij->i", b, b)) * norm
+            cosine = np.clip((b @ mean) / np.where(norms > 0, norms, 1.0), -1.0, 1.0)
+            out[lo:lo + b.shape[0]] = np.square(np.arccos(cosine) / np.pi)
     return out
 
 
