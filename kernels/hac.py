@@ -14,14 +14,13 @@ scipy's ``fcluster(linkage(h, "average"), epsilon, "distance")``. Memory is
 O(N * neighbors); edge distances are float64 from the stored rows (FAISS only
 chooses the edges).
 
-Graphs: ``exact`` (FAISS flat, O(N^2 d) work) or ``ivf`` (FAISS IVF-flat,
-approximate neighbours, ~nprobe / nlist of that work) for pools of millions.
+Graphs: ``exact`` (FAISS flat, O(N^2 d) work) or ``hnsw`` (FAISS HNSW, approximate
+neighbours, ~O(N log N) work) for pools of millions.
 """
 
 from __future__ import annotations
 
 import heapq
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +33,12 @@ from . import _validate
 from .jit import kernel
 from .knn import knn
 
-GRAPHS = ("auto", "exact", "ivf")
-#: Pool size from which ``auto`` builds the graph with IVF instead of a flat index.
-IVF_MIN_ITEMS = 200_000
+GRAPHS = ("auto", "exact", "hnsw")
+#: Pool size from which ``auto`` builds the graph with HNSW instead of a flat index.
+HNSW_MIN_ITEMS = 200_000
+#: HNSW links per node and construction beam (FAISS's defaults).
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 40
 
 
 @dataclass
@@ -180,8 +182,51 @@ def _average_linkage(n, u, v, w, epsilon):
     return parent, merges
 
 
+@kernel(parallel=True, nogil=True)
+def _pair_keys(q, x, pos, cosine, out):
+    """out[i, j] = float64 squared distance (or minus the cosine) of q_i and x_pos[i, j]."""
+    d = q.shape[1]
+    for i in prange(pos.shape[0]):
+        qn = 0.0
+        for t in range(d):
+            qn += np.float64(q[i, t]) * np.float64(q[i, t])
+        for j in range(pos.shape[1]):
+            r = pos[i, j]
+            acc = 0.0
+            xn = 0.0
+            for t in range(d):
+                a = np.float64(q[i, t])
+                b = np.float64(x[r, t])
+                if cosine:
+                    acc += a * b
+                    xn += b * b
+                else:
+                    acc += (a - b) * (a - b)
+            if cosine:
+                den = np.sqrt(qn) * np.sqrt(xn)
+                out[i, j] = -(acc / den) if den > 0.0 else 0.0
+            else:
+                out[i, j] = acc
+
+
+def pair_keys(queries: np.ndarray, rows: np.ndarray, pos: np.ndarray, metric: str) -> np.ndarray:
+    """float64 [Q, K] ranking keys of query i against ``rows[pos[i, j]]``, ascending = nearer:
+    squared Euclidean distance (``l2``) or minus the cosine similarity (``cosine``; a
+    zero row has similarity 0)."""
+    q = np.ascontiguousarray(queries)
+    x = np.ascontiguousarray(rows)
+    if q.dtype not in (np.float32, np.float64):
+        q = q.astype(np.float32)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    out = np.empty(pos.shape, dtype=np.float64)
+    if pos.size:
+        _pair_keys(q, x, np.ascontiguousarray(pos, dtype=np.int64), metric == "cosine", out)
+    return out
+
+
 def knn_graph(embeddings: np.ndarray, neighbors: int, *, graph: str = "auto",
-              nprobe: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+              ef_search: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """The symmetrized kNN graph: unique edges (u < v) and their float64 lengths.
 
     Each item's ``neighbors`` nearest other items (squared L2, FAISS; equal
@@ -193,7 +238,7 @@ def knn_graph(embeddings: np.ndarray, neighbors: int, *, graph: str = "auto",
     if graph not in GRAPHS:
         raise InvalidInput(f"graph must be one of {', '.join(GRAPHS)}, got {graph!r}",
                            field="graph")
-    chosen = graph if graph != "auto" else ("ivf" if n >= IVF_MIN_ITEMS else "exact")
+    chosen = graph if graph != "auto" else ("hnsw" if n >= HNSW_MIN_ITEMS else "exact")
     k = min(int(neighbors), n - 1)
     if k < 1:
         empty = np.empty(0, np.int64)
@@ -201,7 +246,7 @@ def knn_graph(embeddings: np.ndarray, neighbors: int, *, graph: str = "auto",
     if chosen == "exact":
         values, idx, _ = knn(x, x, k + 1)
     else:
-        values, idx = _ivf_search(x, k + 1, nprobe, seed)
+        values, idx = _hnsw_search(x, k + 1, ef_search)
     idx = _drop_self(values, idx, k)
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = idx.reshape(-1)
@@ -230,23 +275,19 @@ def _drop_self(values: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
     return np.where(has_self[:, None], idx[:, 1:k + 1], idx[:, :k])
 
 
-def _ivf_search(x: np.ndarray, k: int, nprobe: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _hnsw_search(x: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS HNSW (M = 16, efConstruction = 40: FAISS's defaults), approximate."""
     import faiss
 
     from . import config
     from .bits import rows_float32
 
     n, d = x.shape
-    nlist = max(1, int(4 * math.sqrt(n)))
-    quantizer = faiss.IndexFlatL2(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist)
-    rng = np.random.default_rng(seed)
-    train = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
-    index.cp.seed = int(seed) & 0x7FFFFFFF
-    index.train(rows_float32(x, train))
+    index = faiss.IndexHNSWFlat(d, HNSW_M)
+    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
     for lo in range(0, n, config.FAISS_BLOCK_ROWS):
         index.add(rows_float32(x, slice(lo, lo + config.FAISS_BLOCK_ROWS)))
-    index.nprobe = int(min(nprobe, nlist))
+    index.hnsw.efSearch = int(max(ef_search, k))
     values = np.empty((n, k), np.float32)
     idx = np.empty((n, k), np.int64)
     for lo in range(0, n, config.FAISS_BLOCK_ROWS):
@@ -258,8 +299,7 @@ def _ivf_search(x: np.ndarray, k: int, nprobe: int, seed: int) -> tuple[np.ndarr
 
 
 def average_linkage_clusters(embeddings: np.ndarray, epsilon: float, neighbors: int, *,
-                             graph: str = "auto", nprobe: int = 16,
-                             seed: int = 0) -> Clustering:
+                             graph: str = "auto", ef_search: int = 64) -> Clustering:
     """Average-linkage clusters of the kNN graph, merging while D <= ``epsilon``.
 
     Parameters
@@ -267,13 +307,12 @@ def average_linkage_clusters(embeddings: np.ndarray, epsilon: float, neighbors: 
     embeddings : float [N, d]
     epsilon : distance threshold (Euclidean); <= 0 means the median edge length.
     neighbors : nearest neighbours per item in the graph (>= N - 1: exact UPGMA).
-    graph : ``exact``, ``ivf`` or ``auto`` (IVF from ``IVF_MIN_ITEMS`` items).
-    nprobe : IVF lists searched per query.
-    seed : the IVF training sample and k-means seed.
+    graph : ``exact``, ``hnsw`` or ``auto`` (HNSW from ``HNSW_MIN_ITEMS`` items).
+    ef_search : HNSW search beam (at least neighbors + 1).
     """
     if int(neighbors) < 1:
         raise InvalidInput(f"neighbors must be >= 1, got {neighbors}", field="neighbors")
-    u, v, w, chosen = knn_graph(embeddings, neighbors, graph=graph, nprobe=nprobe, seed=seed)
+    u, v, w, chosen = knn_graph(embeddings, neighbors, graph=graph, ef_search=ef_search)
     n = np.asarray(embeddings).shape[0]
     eps = float(epsilon) if epsilon > 0 else (float(np.median(w)) if w.size else 0.0)
     roots, _ = _average_linkage(n, u, v, w, eps)

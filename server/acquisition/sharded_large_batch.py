@@ -6,7 +6,7 @@ single-machine function (kept as on one machine); each request then needs only
 the M lowest margins, which the shards rank where the rows live (``top_b``, equal
 to ``argselect`` over the whole pool), and the same round-robin on the driver.
 
-``seals``: every shard searches its candidates for the labeled rows' 2k + 8 nearest
+``seals``: every shard searches its candidates for the labeled rows' k + 8 + k // 4 nearest
 (FAISS), the driver refines them by float64 distance exactly as one machine does,
 and the inner score strategy ranks the neighbourhood on the shards through a
 session restricted to it. The inner strategy must be row-local (its score of an
@@ -42,7 +42,7 @@ def cluster_margin(backend: ShardedBackend, pool: ShardedPool, exclude: np.ndarr
         rows = backend.gather(pool, np.arange(n, dtype=np.int64), "embeddings")
         return average_linkage_clusters(
             rows, params["epsilon"], params["neighbors"], graph=params["graph"],
-            nprobe=params["nprobe"])
+            ef_search=params["ef_search"])
 
     identity = ("sharded", pool.uid, pool.segments, large_batch.clustering_key(params))
     clustering, hit = large_batch.cached_clustering(identity, compute)

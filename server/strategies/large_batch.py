@@ -20,11 +20,11 @@ import math
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
-from assay.kernels.hac import GRAPHS, Clustering, average_linkage_clusters
+from assay.kernels.hac import GRAPHS, Clustering, average_linkage_clusters, pair_keys
 from assay.kernels.knn import METRICS, knn
 from assay.vocab.errors import InvalidInput
 from assay.vocab.ties import argselect
@@ -42,7 +42,7 @@ _cache_lock = threading.Lock()
 def clustering_key(params: dict) -> tuple:
     """The parameters a clustering depends on, besides the embeddings."""
     return (float(params["epsilon"]), int(params["neighbors"]), params["graph"],
-            int(params["nprobe"]))
+            int(params["ef_search"]))
 
 
 def cached_clustering(identity: Hashable, compute, *, owner: np.ndarray | None = None
@@ -70,7 +70,7 @@ def pool_clustering(embeddings: np.ndarray, params: dict) -> tuple[Clustering, b
     """The clustering of ``embeddings``; cached when the array is read-only (pool rows)."""
     def compute() -> Clustering:
         return average_linkage_clusters(embeddings, params["epsilon"], params["neighbors"],
-                                        graph=params["graph"], nprobe=params["nprobe"])
+                                        graph=params["graph"], ef_search=params["ef_search"])
 
     if isinstance(embeddings, np.ndarray) and not embeddings.flags.writeable:
         identity = ("array", id(embeddings), embeddings.shape, embeddings.dtype.str,
@@ -143,30 +143,21 @@ def inner_strategy(params: dict, inputs: Inputs) -> Strategy:
 
 def search_width(k: int, m: int) -> int:
     """Neighbours the float32 search returns before the float64 refinement keeps k."""
-    return int(min(2 * k + 8, m))
+    return int(min(k + 8 + k // 4, m))
 
 
-def refine(queries: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int,
+def refine(queries: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], ids: np.ndarray, k: int,
            metric: str) -> np.ndarray:
     """The ``k`` nearest of each query's found ``ids`` (-1: none) by float64 distance,
     equal distances to the lower id; ``rows(ids)`` gives their embeddings.
 
     FAISS rounds its float32 products differently for different base sizes (one
-    machine or one shard), so its order is taken only as a shortlist of 2k + 8;
+    machine or one shard), so its order is taken only as a shortlist of k + 8 + k // 4;
     the float64 order decides, the same on one machine and on shards.
     """
     found = np.unique(ids[ids >= 0])
-    x = np.asarray(rows(found), dtype=np.float64)
-    q = np.asarray(queries, dtype=np.float64)
     pos = np.searchsorted(found, np.maximum(ids, 0))
-    if metric == "l2":
-        key = ((q[:, None, :] - x[pos]) ** 2).sum(axis=2)
-    else:
-        qn = np.linalg.norm(q, axis=1)
-        xn = np.linalg.norm(x, axis=1)
-        dots = np.einsum("qd,qkd->qk", q, x[pos])
-        denom = qn[:, None] * xn[pos]
-        key = -np.where(denom > 0, dots / np.where(denom > 0, denom, 1.0), 0.0)
+    key = pair_keys(queries, rows(found), pos, metric)
     key[ids < 0] = np.inf
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), key), axis=1)
     best = np.take_along_axis(ids, order, axis=1)[:, :k]
@@ -226,9 +217,9 @@ CLUSTER_PARAMS = (
           "Nearest neighbours per item in the clustering graph; >= N - 1 gives exact "
           "average linkage.", minimum=1, maximum=4096),
     Param("graph", str, "auto",
-          "kNN graph index: exact (FAISS flat), ivf (FAISS IVF-flat, approximate) or auto "
-          "(ivf from 200,000 items).", choices=GRAPHS),
-    Param("nprobe", int, 16, "IVF lists searched per item (graph = ivf).", minimum=1,
+          "kNN graph index: exact (FAISS flat), hnsw (FAISS HNSW, approximate) or auto "
+          "(hnsw from 200,000 items).", choices=GRAPHS),
+    Param("ef_search", int, 64, "HNSW search beam per item (graph = hnsw).", minimum=1,
           maximum=65536),
 )
 
