@@ -110,6 +110,10 @@ def test_pushback_follows_retry_info():
     assert pushback(InvalidInput("bad", field="budget")) is None
     assert pushback(ShardUnavailable("restarting")) == str(
         round(REASONS["SHARD_UNAVAILABLE"].retry_after * 1000))
+    # A hint the call's deadline cannot wait out: the refusal itself, not a bare timeout.
+    assert pushback(full, remaining=REASONS["TOO_MANY_SELECTS"].retry_after / 2) == "-1"
+    assert pushback(full, remaining=REASONS["TOO_MANY_SELECTS"].retry_after * 2) == str(
+        round(REASONS["TOO_MANY_SELECTS"].retry_after * 1000))
 
 
 def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, monkeypatch):
@@ -188,5 +192,36 @@ def test_a_refusal_carries_the_pushback_trailer(server_factory, monkeypatch):
                                                    * 1000))
             release.set()
             first.result(60)
+    finally:
+        release.set()
+
+
+def test_the_shipped_config_gives_a_short_call_the_refusal_not_a_timeout(server_factory,
+                                                                       monkeypatch):
+    """The client's shipped service config retries RESOURCE_EXHAUSTED, but a call with less
+    time left than the RetryInfo delay is told -1 and gets TOO_MANY_SELECTS at once."""
+    entered, release = threading.Event(), threading.Event()
+    real = selection.select
+
+    def held(*args, **kwargs):
+        entered.set()
+        assert release.wait(60), "the test never released the held selection"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "select", held)
+    srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
+    probs = _probs(40)
+    hint = REASONS["TOO_MANY_SELECTS"].retry_after
+    try:
+        with Client(f"127.0.0.1:{srv.port}", timeout=60) as held_client, \
+                Client(f"127.0.0.1:{srv.port}", timeout=hint / 2) as short, \
+                ThreadPoolExecutor(1) as pool:
+            first = pool.submit(held_client.select, "entropy", 3, probs=probs)
+            assert entered.wait(60)
+            e = _refused(short.select, "margin", 3, probs=probs)
+            assert (e.code, e.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                          "TOO_MANY_SELECTS"), e
+            release.set()
+            assert first.result(60).indices.size == 3
     finally:
         release.set()

@@ -61,15 +61,19 @@ def to_status(error: AssayError) -> status_pb2.Status:
 PUSHBACK = "grpc-retry-pushback-ms"
 
 
-def pushback(error: AssayError) -> str | None:
+def pushback(error: AssayError, remaining: float | None = None) -> str | None:
     """The pushback a refusal carries, so gRPC's own retries follow ``RetryInfo``.
 
     A ``retryPolicy`` can only name status codes, and RESOURCE_EXHAUSTED is both "come
     back later" (the server is full) and "this will never fit" (a pool over its
     limit). The hint of the first becomes the retry delay; the second says "-1", do
     not retry, so ``protos/assay/v1/service_config.json`` may list the code safely.
+    So does a hint longer than the call's ``remaining`` seconds: gRPC would wait it
+    out and end the call with a bare DEADLINE_EXCEEDED instead of this refusal.
     """
     if error.retry_after is not None:
+        if remaining is not None and error.retry_after >= remaining:
+            return "-1"
         return str(max(0, round(error.retry_after * 1000)))
     if error.code_name == "RESOURCE_EXHAUSTED":
         return "-1"
@@ -80,7 +84,7 @@ def abort_with(context: grpc.ServicerContext, error: AssayError) -> None:
     """End the call with the rich status of ``error`` (raises, as ``context.abort`` does)."""
     note_error(error.reason, error.message)
     status = rpc_status.to_status(to_status(error))
-    if (delay := pushback(error)) is not None:
+    if (delay := pushback(error, context.time_remaining())) is not None:
         status = status._replace(trailing_metadata=(*status.trailing_metadata, (PUSHBACK, delay)))
     context.abort_with_status(status)
 

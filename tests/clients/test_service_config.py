@@ -57,7 +57,7 @@ def test_service_config_retries_the_methods_safe_to_send_twice():
                         ("assay.v1.AssayService", "DeletePool"),
                         ("assay.v1.ModelService", "RegisterModel"),
                         ("assay.v1.ModelService", "DeleteModel")}
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
     assert json.loads(service_config(retries=1))["methodConfig"][0]["retryPolicy"][
         "maxAttempts"] == 2
 
