@@ -20,9 +20,14 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Element type of a Tensor. Names map 1:1 to the KServe v2 / Triton datatype
-// strings (FP32, FP16, BF16, FP64, INT32, INT64, BOOL) so the same byte contract
-// works in every language.
+// Element type of a Tensor. Each maps 1:1 to the KServe v2 / Triton datatype
+// string in parentheses below (FP32, FP16, BF16, FP64, INT32, INT64), so the
+// same byte contract works in every language. There is no boolean type: send
+// 0/1 as INT32.
+//
+// In proto3 JSON (grpcurl, grpc-gateway, REST tooling) an enum is spelled by
+// its full value name, "dtype": "DATA_TYPE_FP32" (the number, 1, is accepted
+// too); the KServe strings ("FP32") are not valid there.
 type DataType int32
 
 const (
@@ -38,7 +43,11 @@ const (
 	DataType_DATA_TYPE_INT32 DataType = 4
 	// Two's complement 64-bit integer ("INT64").
 	DataType_DATA_TYPE_INT64 DataType = 5
-	// bfloat16: the upper 16 bits of a binary32, 2 bytes ("BF16").
+	// bfloat16: the upper 16 bits of a binary32, 2 bytes ("BF16"). A writer
+	// converting from float32 rounds to nearest, ties to even (as PyTorch,
+	// ml_dtypes and the Assay clients do), not by truncation, which biases every
+	// value toward zero; NaN stays a NaN. The server widens BF16 to float32
+	// exactly, and computes in float32.
 	DataType_DATA_TYPE_BF16 DataType = 6
 )
 
@@ -93,6 +102,25 @@ func (DataType) EnumDescriptor() ([]byte, []int) {
 
 // A dense n-dimensional array carried as raw bytes, the same contract as
 // KServe v2 `raw_input_contents` and TF Serving `tensor_content`.
+//
+// Pitfalls across languages:
+//   - Axis order is the role's, outermost first, and never inferred: samples are
+//     [S, N, C] (members first: S stochastic passes or committee members, each an
+//     [N, C] block), predictions [T, N]. An array built items first ([N, S, C])
+//     must be transposed before sending; where N is known from another array or
+//     from the pool, a transposed array is INVALID_ARGUMENT (SHAPE_MISMATCH), but
+//     when the sizes allow both readings nothing can tell them apart.
+//   - Row-major (C order): a column-major array (Fortran, Julia, R, MATLAB, Eigen's
+//     default, a transposed NumPy view) must be laid out row-major first.
+//   - Byte order is little-endian whatever the host: a big-endian host or array
+//     (NumPy '>f4', Java's ByteBuffer default) swaps bytes before sending.
+//   - Size limits: one gRPC message carries at most the server's
+//     --max-message-bytes (64 MiB by default), and inline Select inputs at most
+//     --max-inline-bytes (32 MiB by default; RESOURCE_EXHAUSTED beyond). Larger
+//     arrays go to a pool, streamed in AppendChunk messages of a few MiB each
+//     (the clients send 4 MiB).
+//   - In proto3 JSON, `data` is base64, `shape` (int64) is an array of decimal
+//     strings ("shape": ["100", "10"]), and `dtype` a value name ("DATA_TYPE_FP32").
 type Tensor struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
