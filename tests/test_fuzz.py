@@ -218,8 +218,9 @@ def role_arrays(draw, n: int, roles: list[str]):
               "labeled_embeddings": (draw(st.integers(0, 3)), d), "scores": (n,),
               "loss": (n,), "discriminator": (n,), "predictions": (t, n),
               "labeled_probs": (draw(st.integers(0, 3)), c), "labels": (n,),
-              "model_inputs": (n, 6)}
-    kinds = {"probs": "probs", "samples": "probs", "labeled_probs": "probs"}
+              "model_inputs": (n, 6), "target_samples": (s, draw(st.integers(1, 3)), c)}
+    kinds = {"probs": "probs", "samples": "probs", "labeled_probs": "probs",
+             "target_samples": "probs"}
     return {r: draw(tensors(shapes[r], kinds.get(r, "any"))) for r in roles}
 
 
