@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the toolchains of the C++, Go and TypeScript clients from Debian and npm
-# (idempotent: only missing packages are installed) and builds all three clients, with
+# Installs the toolchains of the C++, Go, TypeScript and Java clients from Debian and npm
+# (idempotent: only missing packages are installed) and builds all four clients, with
 # their code generated from protos/. tests/clients then runs each one's own test runner
 # against a live server.
 set -euo pipefail
@@ -15,6 +15,14 @@ APT_PACKAGES=(
   # golang-github-golang-protobuf-1-5-dev is named because apt would pick the old 1-3.
   golang-go golang-google-grpc-dev golang-google-protobuf-dev
   golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc
+  # Java: JDK 17, Debian's grpc-java 1.41 / protobuf-java 3.21 jars and the protoc plugin
+  # (clients/java/build.sh compiles with plain javac; no Maven Central). libnetty-java and
+  # libperfmark-java are named because libgrpc-java does not depend on them.
+  openjdk-17-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java
+  libnetty-java libperfmark-java libguava-java libgoogle-gson-java
+  libgeronimo-annotation-1.3-spec-java liberror-prone-java
+  # Java over TLS: Debian's netty has no JDK ALPN, so TLS runs on OpenSSL (netty-tcnative)
+  libnetty-tcnative-java libnetty-tcnative-jni
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -41,4 +49,7 @@ bash go/build.sh
 
 echo "== TypeScript client"
 (cd node && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+
+echo "== Java client"
+bash java/build.sh
 echo "clients built in $((SECONDS - start)) s"
