@@ -429,3 +429,42 @@ def test_pool_with_labeled_items_through_the_server(client):
                                 exclude=labeled)
         np.testing.assert_array_equal(got.indices, want.indices, err_msg=name)
         assert not set(got.indices.tolist()) & set(labeled.tolist())
+
+
+def three_blobs():
+    """15 points in three blobs 100 apart, of 6, 5 and 4 items (the conformance case)."""
+    r = np.random.default_rng(0)
+    centres = np.array([[0, 0], [100, 0], [0, 100]], float)
+    x = np.concatenate([centres[i] + np.round(r.normal(size=(s, 2)), 2)
+                        for i, s in enumerate([6, 5, 4])])
+    return x, np.repeat([0, 1, 2], [6, 5, 4])
+
+
+@pytest.mark.parametrize("labeled_rows,budget", [([], 3), ([2], 2)])
+def test_typiclust_end_to_end_on_separated_blobs(labeled_rows, budget):
+    """k-means++ finds the three blobs from any seed (a random start often merges two)."""
+    x, blob = three_blobs()
+    labeled = np.isin(np.arange(15), labeled_rows)
+    want, tau = typiclust_twin(x, blob, labeled, np.flatnonzero(~labeled), budget, 2)
+    labels = np.where(labeled, 0, -1)
+    for seed in range(5):
+        got = selection.select("typiclust", budget, {"embeddings": x, "labels": labels},
+                               {"k": 2}, seed=seed)
+        np.testing.assert_array_equal(got.indices, want, err_msg=f"seed {seed}")
+        np.testing.assert_allclose(got.scores, tau, rtol=1e-12)
+
+
+def test_kmeans_partition_labels_every_row():
+    from assay.kernels.partition import kmeans_partition, kmeans_plusplus
+
+    x, _ = three_blobs()
+    for init in ("k-means++", "random"):
+        labels, objective, backend = kmeans_partition(x, 3, rng=np.random.default_rng(1),
+                                                      init=init)
+        assert labels.shape == (15,) and set(labels.tolist()) <= {0, 1, 2}
+        assert backend == "faiss-cpu" and objective >= 0
+    labels, _, _ = kmeans_partition(x, 15, rng=np.random.default_rng(1))
+    assert labels.tolist() == list(range(15))
+    same = np.zeros((6, 2))
+    picks = kmeans_plusplus(same, 4, np.random.default_rng(3))  # every D = 0: distinct rows
+    assert len(set(picks.tolist())) == 4

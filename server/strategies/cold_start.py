@@ -24,8 +24,8 @@ import numpy as np
 
 from assay.kernels import dispatch
 from assay.kernels.bits import compute_dtype
-from assay.kernels.kmeans import kmeans_closest
 from assay.kernels.knn import knn
+from assay.kernels.partition import INITS, kmeans_partition
 from assay.kernels.radius import radius_graph
 from assay.vocab.errors import InvalidInput
 
@@ -187,16 +187,15 @@ def typiclust_picks(
 
 
 def kmeans_labels(x: np.ndarray, n_clusters: int, ctx: Context, iterations: int,
-                  backend: str) -> np.ndarray:
-    """FAISS k-means of every row of ``x`` into ``n_clusters``; the cluster of each row."""
-    if n_clusters >= x.shape[0]:
-        return np.arange(x.shape[0], dtype=np.int64)
-    result = kmeans_closest(x, n_clusters, rng=ctx.rng, iterations=iterations,
-                            check_cancelled=ctx.check_cancelled, backend=backend)
-    ctx.backend = result.backend
-    ctx.metrics["kmeans_objective"] = result.objective
-    _, nearest, _ = knn(x, result.centroids, 1, backend=backend)
-    return nearest[:, 0]
+                  backend: str, init: str = "k-means++") -> np.ndarray:
+    """k-means of every row of ``x`` into ``n_clusters`` (``assay.kernels.partition``);
+    the cluster of each row."""
+    labels, objective, chosen = kmeans_partition(
+        x, min(n_clusters, x.shape[0]), rng=ctx.rng, iterations=iterations, init=init,
+        check_cancelled=ctx.check_cancelled, backend=backend)
+    ctx.backend = chosen
+    ctx.metrics["kmeans_objective"] = objective
+    return labels
 
 
 def typiclust(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Selection:
@@ -210,7 +209,8 @@ def typiclust(inputs: Inputs, budget: int, params: dict, ctx: Context) -> Select
     n_clusters = int(labeled.sum()) + budget
     if params["max_clusters"]:
         n_clusters = min(n_clusters, params["max_clusters"])
-    clusters = kmeans_labels(x, n_clusters, ctx, params["iterations"], params["backend"])
+    clusters = kmeans_labels(x, n_clusters, ctx, params["iterations"], params["backend"],
+                             params["init"])
     ctx.check_cancelled()
     picks, tau = typiclust_picks(x, clusters, labeled, selectable, budget, params["k"],
                                  check_cancelled=ctx.check_cancelled,
@@ -382,6 +382,9 @@ register(Strategy(
               minimum=0),
         Param("iterations", int, 20, "Lloyd iterations of the k-means.", minimum=1,
               maximum=1000),
+        Param("init", str, "k-means++",
+              "Start of the k-means: k-means++ seeding (O(K x sample x d)) or random "
+              "(FAISS's: K sampled rows, cheaper for very many clusters).", choices=INITS),
         _faiss_backend_param(),
     ),
 ))
