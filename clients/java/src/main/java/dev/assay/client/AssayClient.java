@@ -75,8 +75,8 @@ import java.util.function.Supplier;
  * }</pre>
  *
  * <p>Every call has one deadline ({@link ClientOptions#timeout}, or {@link #withTimeout}) that
- * covers all its attempts; gRPC retries UNAVAILABLE by the contract's service config, on the
- * methods safe to send twice (Select, the reads, and the writes that carry a request id, which
+ * covers all its attempts; gRPC retries UNAVAILABLE (and RESOURCE_EXHAUSTED that the server's
+ * pushback marks retryable) by the contract's service config, on the methods safe to send twice (Select, the reads, and the writes that carry a request id, which
  * this client always fills). Failures are {@link AssayException}s.
  */
 public final class AssayClient implements AutoCloseable {
@@ -89,6 +89,7 @@ public final class AssayClient implements AutoCloseable {
   private final ManagedChannel channel;
   private final boolean owner;
   private final Duration timeout;
+  private final String token;
   private final AssayServiceGrpc.AssayServiceBlockingStub blocking;
   private final AssayServiceGrpc.AssayServiceStub async;
   private final ModelServiceGrpc.ModelServiceBlockingStub modelsBlocking;
@@ -127,8 +128,6 @@ public final class AssayClient implements AutoCloseable {
     this.models = m;
     this.token = token;
   }
-
-  private final String token;
 
   private static ManagedChannel channel(String target, ClientOptions opts) {
     ChannelCredentials creds = InsecureChannelCredentials.create();
@@ -230,7 +229,7 @@ public final class AssayClient implements AutoCloseable {
         .getStrategiesList().stream().map(StrategyInfo::of).toList();
   }
 
-  /** Runs a strategy; retried on UNAVAILABLE with the same request id, within the deadline. */
+  /** Runs a strategy; retried by the service config with the same request id, within the deadline. */
   public Selection select(SelectRequest request) {
     dev.assay.v1.SelectRequest req = request.toProto();
     return Selection.of(call(() -> deadline(blocking).select(req)));

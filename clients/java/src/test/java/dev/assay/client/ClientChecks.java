@@ -187,7 +187,16 @@ public final class ClientChecks {
           fake.delayMillis = 0;
         }
       });
+      check("RESOURCE_EXHAUSTED with the server's pushback is retried, then answered", () -> {
+        fake.exhaustedFirst.set(2);
+        fake.answerSelect = true;
+        fake.calls.set(0);
+        Selection s = c.select(new SelectRequest("entropy", 1)
+            .input("probs", Tensor.f32(new float[] {1f}, 1, 1)));
+        expect(fake.calls.get() == 3 && s.indices().length == 1, "attempts " + fake.calls.get());
+      });
       check("reason, field and retry delay come from the status details", () -> {
+        fake.calls.set(0);
         try {
           c.select(new SelectRequest("entropy", 1).input("probs", Tensor.f32(new float[] {1f}, 1, 1)));
           throw new AssertionError("no error");
@@ -195,6 +204,8 @@ public final class ClientChecks {
           expect(e.code() == Status.Code.RESOURCE_EXHAUSTED && e.reason().equals("TOO_MANY_SELECTS")
               && e.field().equals("budget") && Duration.ofMillis(1500).equals(e.retryDelay())
               && e.serverMessage().equals("busy"), e + " " + e.field() + " " + e.retryDelay());
+          // A pushback of -1 (a final refusal) is not retried.
+          expect(fake.calls.get() == 1, "attempts " + fake.calls.get());
         }
       });
       check("a stream the server ends early reports the server's status", () -> {
@@ -238,6 +249,10 @@ public final class ClientChecks {
   static final class Fake extends AssayServiceGrpc.AssayServiceImplBase {
     final AtomicInteger unavailableFirst = new AtomicInteger();
     final AtomicInteger calls = new AtomicInteger();
+    /** Select calls refused with RESOURCE_EXHAUSTED and a 50 ms pushback before one answers. */
+    final AtomicInteger exhaustedFirst = new AtomicInteger();
+    /** The next Select that is not refused by exhaustedFirst answers. */
+    volatile boolean answerSelect;
     volatile long delayMillis;
 
     private boolean refuse(StreamObserver<?> out) {
@@ -274,12 +289,29 @@ public final class ClientChecks {
     @Override
     public void select(dev.assay.v1.SelectRequest req,
         StreamObserver<dev.assay.v1.SelectResponse> out) {
+      calls.incrementAndGet();
+      Metadata.Key<String> pushback =
+          Metadata.Key.of("grpc-retry-pushback-ms", Metadata.ASCII_STRING_MARSHALLER);
       Status s = Status.RESOURCE_EXHAUSTED.withDescription("busy");
+      if (exhaustedFirst.getAndUpdate(x -> Math.max(0, x - 1)) > 0) {
+        Metadata m = new Metadata();
+        m.put(pushback, "50");
+        out.onError(s.asRuntimeException(m));
+        return;
+      }
+      if (answerSelect) {
+        answerSelect = false;
+        out.onNext(dev.assay.v1.SelectResponse.newBuilder().addIndices(0).build());
+        out.onCompleted();
+        return;
+      }
       Any retry = Any.pack(RetryInfo.newBuilder().setRetryDelay(
           com.google.protobuf.Duration.newBuilder().setSeconds(1).setNanos(500_000_000)).build());
       Any bad = Any.pack(BadRequest.newBuilder().addFieldViolations(
           BadRequest.FieldViolation.newBuilder().setField("budget")).build());
-      out.onError(s.asRuntimeException(details(s, "TOO_MANY_SELECTS", "budget", retry, bad)));
+      Metadata trailers = details(s, "TOO_MANY_SELECTS", "budget", retry, bad);
+      trailers.put(pushback, "-1");
+      out.onError(s.asRuntimeException(trailers));
     }
 
     @Override
