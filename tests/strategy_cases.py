@@ -56,6 +56,11 @@ CASES: dict[str, Case] = {
                            "embeddings": rng.normal(size=(n, 3)) + 0.5},
         lambda x, cand: ref.information_density(ref.margin(x["probs"]), x["embeddings"], cand, 2.0),
         {"base": "margin", "beta": 2.0}),
+    # C is capped at 16: EPIG costs C^2 per (item, target) pair, and C = 1000 adds nothing
+    # the kernel's own tests (tests/test_epig.py) do not cover. Every case has at most
+    # target_size (1000) candidates, so the target is all of them: no draw.
+    "epig": Case(lambda rng, n, c: {"samples": dirichlet(rng, (5, n), min(c, 16), alpha=0.5)},
+                 lambda x, cand: ref.epig_pool_target(x["samples"], cand), {}),
     "precomputed": Case(lambda rng, n, c: {"scores": rng.normal(size=n)},
                         lambda x, cand: np.asarray(x["scores"], np.float64), {}),
 }
