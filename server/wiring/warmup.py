@@ -143,8 +143,9 @@ def _param_variants(strategy: registry.Strategy) -> Iterator[dict[str, Any]]:
 
 def _array(role: str, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
     """A small valid ``role`` array, read-only like a decoded or memory-mapped one."""
-    if role in ("probs", "labeled_probs", "samples"):
-        shape = {"probs": (_N, _C), "labeled_probs": (_L, _C), "samples": (_S, _N, _C)}[role]
+    if role in ("probs", "labeled_probs", "samples", "target_samples"):
+        shape = {"probs": (_N, _C), "labeled_probs": (_L, _C), "samples": (_S, _N, _C),
+                 "target_samples": (_S, _L, _C)}[role]
         z = rng.random(shape) + 0.1
         a = z / z.sum(axis=-1, keepdims=True)
     elif role == "embeddings":
