@@ -248,7 +248,7 @@ type SelectRequest struct {
 	Budget   int64
 	// Inputs by role: "probs", "samples", "embeddings", "labeled_embeddings", "scores",
 	// "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs",
-	// and "model_inputs.<name>" for the named raw inputs of a model with several graph
+	// "target_samples" (inline only), and "model_inputs.<name>" for the named raw inputs of a model with several graph
 	// inputs ("model_inputs.input_ids", "model_inputs.attention_mask").
 	Inputs map[string]Tensor
 	PoolID string
@@ -335,6 +335,8 @@ func setInput(in *assayv1.Inputs, role string, t *assayv1.Tensor) error {
 		in.Labels = t
 	case "model_inputs":
 		in.ModelInputs = t
+	case "target_samples":
+		in.TargetSamples = t
 	default:
 		if name := strings.TrimPrefix(role, namedModelInputs); name != role && name != "" {
 			if in.NamedModelInputs == nil {

@@ -96,10 +96,11 @@ v1::Tensor* input_field(v1::Inputs* in, const std::string& role) {
   if (role == "labeled_probs") return in->mutable_labeled_probs();
   if (role == "labels") return in->mutable_labels();
   if (role == "model_inputs") return in->mutable_model_inputs();
+  if (role == "target_samples") return in->mutable_target_samples();
   throw std::invalid_argument("unknown input role '" + role +
                               "' (probs, samples, embeddings, labeled_embeddings, scores, "
                               "loss, discriminator, predictions, labeled_probs, labels, "
-                              "model_inputs, model_inputs.<name>)");
+                              "model_inputs, target_samples, model_inputs.<name>)");
 }
 
 }  // namespace

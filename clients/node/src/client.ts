@@ -91,7 +91,7 @@ export type Param = number | bigint | string | boolean | { double: number };
 export type Role =
   | "probs" | "samples" | "embeddings" | "labeled_embeddings"
   | "scores" | "loss" | "discriminator" | "predictions"
-  | "labeled_probs" | "labels" | "model_inputs";
+  | "labeled_probs" | "labels" | "model_inputs" | "target_samples";
 
 /** Prefix of the raw-input arrays of a model with several graph inputs. */
 export const NAMED_MODEL_INPUTS = "model_inputs.";
@@ -226,6 +226,7 @@ const INPUT_FIELDS: Record<Role, keyof Inputs> = {
   labeled_embeddings: "labeledEmbeddings", scores: "scores", loss: "loss",
   discriminator: "discriminator", predictions: "predictions",
   labeled_probs: "labeledProbs", labels: "labels", model_inputs: "modelInputs",
+  target_samples: "targetSamples",
 };
 
 function toWire(t: Tensor) {

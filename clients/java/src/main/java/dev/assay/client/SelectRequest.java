@@ -39,8 +39,9 @@ public final class SelectRequest {
 
   /**
    * An inline input by role: "probs", "samples", "embeddings", "labeled_embeddings", "scores",
-   * "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs", or
-   * "model_inputs.&lt;name&gt;" for a model with several graph inputs.
+   * "loss", "discriminator", "predictions", "labeled_probs", "labels", "model_inputs",
+   * "target_samples" (inline only), or "model_inputs.&lt;name&gt;" for a model with several
+   * graph inputs.
    */
   public SelectRequest input(String role, Tensor t) {
     inputs.put(role, t);
@@ -123,6 +124,7 @@ public final class SelectRequest {
       case "labeled_probs" -> in.setLabeledProbs(t);
       case "labels" -> in.setLabels(t);
       case "model_inputs" -> in.setModelInputs(t);
+      case "target_samples" -> in.setTargetSamples(t);
       default -> {
         String name = role.startsWith(NAMED_MODEL_INPUTS)
             ? role.substring(NAMED_MODEL_INPUTS.length()) : "";
