@@ -330,7 +330,7 @@ def lightweight_distances(x: np.ndarray, rows: np.ndarray, distance: str) -> np.
     for lo in range(0, m, _ROW_BLOCK):
         b = block(lo)
         if distance == "euclidean":
-            b -= mean
+            b = b - mean  # not in place: the block may be the caller's read-only array
             out[lo:lo + b.shape[0]] = np.einsum("ij,ij->i", b, b)
         else:
             norms = np.sqrt(np.einsum("ij,ij->i", b, b)) * norm
