@@ -245,7 +245,9 @@ register(Strategy(
     kind="batch",
     fn=seals,
     required=("embeddings",),
-    optional=("labeled_embeddings",),
+    # The inner score strategy's inputs, as for stochastic.
+    optional=("labeled_embeddings", "probs", "samples", "scores", "loss", "discriminator",
+              "predictions"),
     description="SEALS (Coleman et al. 2022): the inner score strategy ranks only the k "
                 "nearest unlabeled neighbours of each labeled item (exact FAISS search).",
     params=(

@@ -356,9 +356,15 @@ def build(client: Client) -> list[dict]:
         km = info.name == "kmeans"
 
         def draw(n, c, d, s, t, l_, dtype, roles, clusters=0):
-            return lambda: {r: v for r, v in make_inputs(
-                rng, n() if callable(n) else n, c=c, d=d, s=s, t=t, l_=l_, dtype=dtype,
-                clusters=clusters).items() if r in roles}
+            def make():
+                inputs = make_inputs(rng, n() if callable(n) else n, c=c, d=d, s=s, t=t,
+                                     l_=l_, dtype=dtype, clusters=clusters)
+                if "labels" in roles and "labeled_embeddings" in roles:
+                    # Both given, labels mark pool rows and labeled_embeddings are theirs
+                    # (as a stored pool derives them).
+                    inputs["labeled_embeddings"] = inputs["embeddings"][inputs["labels"] >= 0]
+                return {r: v for r, v in inputs.items() if r in roles}
+            return make
 
         for tag, dtype in dtypes:
             b.add(f"{info.name}-{tag}", info.name, 6,
