@@ -17,6 +17,7 @@ import uuid
 import grpc
 import numpy as np
 import pytest
+from scaleout_data import pool_arrays
 
 from assay.client import AssayError
 from assay.client.tensors import to_proto
@@ -24,7 +25,6 @@ from assay.server.acquisition.sharded import SHARDED_BATCH
 from assay.server.scaleout.topb import ROW_LOCAL
 from assay.v1 import assay_pb2, assay_pb2_grpc
 from assay.vocab import roles
-from tests.scaleout_data import pool_arrays
 
 SHARDS = 3
 #: Every strategy a sharded pool runs (row-local scores, k-center greedy, BADGE).

@@ -40,16 +40,26 @@ def _refused(call, *args, **kwargs) -> AssayError:
     return err.value
 
 
-def test_a_full_select_queue_carries_retry_info(server_factory, monkeypatch):
+@pytest.fixture
+def held_selection(monkeypatch):
+    """(entered, release): the first selection waits for ``release`` once it has set
+    ``entered``, so it holds the only slot; later ones run at once."""
     entered, release = threading.Event(), threading.Event()
     real = selection.select
 
     def held(*args, **kwargs):
-        entered.set()
-        assert release.wait(60), "the test never released the held selection"
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(60), "the test never released the held selection"
         return real(*args, **kwargs)
 
     monkeypatch.setattr(selection, "select", held)
+    yield entered, release
+    release.set()
+
+
+def test_a_full_select_queue_carries_retry_info(server_factory, held_selection):
+    entered, release = held_selection
     # No warm-up: its selections would be held too.
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     probs = _probs(40)
@@ -116,18 +126,13 @@ def test_pushback_follows_retry_info():
         round(REASONS["TOO_MANY_SELECTS"].retry_after * 1000))
 
 
-def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, monkeypatch):
+def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, held_selection,
+                                                             monkeypatch):
     """A channel whose service config retries RESOURCE_EXHAUSTED gets the refusal's
     pushback as trailing metadata and succeeds on the retry, with no loop of its own."""
-    entered, release = threading.Event(), threading.Event()
+    entered, release = held_selection
     refused = []
-    real_select, real_acquire = selection.select, SelectSlots.acquire
-
-    def held(*args, **kwargs):
-        if not entered.is_set():
-            entered.set()
-            assert release.wait(60), "the test never released the held selection"
-        return real_select(*args, **kwargs)
+    real_acquire = SelectSlots.acquire
 
     def counting(self, check):
         try:
@@ -136,7 +141,6 @@ def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, mo
             refused.append(1)
             raise
 
-    monkeypatch.setattr(selection, "select", held)
     monkeypatch.setattr(SelectSlots, "acquire", counting)
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     config = json.dumps({"methodConfig": [{
@@ -164,16 +168,8 @@ def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, mo
     assert PUSHBACK not in dict(call.trailing_metadata() or ())
 
 
-def test_a_refusal_carries_the_pushback_trailer(server_factory, monkeypatch):
-    entered, release = threading.Event(), threading.Event()
-    real = selection.select
-
-    def held(*args, **kwargs):
-        entered.set()
-        assert release.wait(60), "the test never released the held selection"
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(selection, "select", held)
+def test_a_refusal_carries_the_pushback_trailer(server_factory, held_selection):
+    entered, release = held_selection
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     request = assay_pb2.SelectRequest(strategy="entropy", budget=3,
                                       inputs=assay_pb2.Inputs(probs=to_proto(_probs(40))))
@@ -197,18 +193,10 @@ def test_a_refusal_carries_the_pushback_trailer(server_factory, monkeypatch):
 
 
 def test_the_shipped_config_gives_a_short_call_the_refusal_not_a_timeout(server_factory,
-                                                                       monkeypatch):
+                                                                       held_selection):
     """The client's shipped service config retries RESOURCE_EXHAUSTED, but a call with less
     time left than the RetryInfo delay is told -1 and gets TOO_MANY_SELECTS at once."""
-    entered, release = threading.Event(), threading.Event()
-    real = selection.select
-
-    def held(*args, **kwargs):
-        entered.set()
-        assert release.wait(60), "the test never released the held selection"
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(selection, "select", held)
+    entered, release = held_selection
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     probs = _probs(40)
     hint = REASONS["TOO_MANY_SELECTS"].retry_after
