@@ -29,6 +29,9 @@ from assay.vocab import roles
 SHARDS = 3
 #: Every strategy a sharded pool runs (row-local scores, k-center greedy, BADGE).
 SHARDABLE = tuple(sorted(ROW_LOCAL)) + SHARDED_BATCH
+#: Parameters that let a strategy fill every budget below (SEALS' neighbourhood of the
+#: three labeled items must hold the 297 unlabeled ones).
+PARAMS = {"seals": {"k": assay_pb2.ParamValue(int_value=300)}}
 
 
 @pytest.fixture
@@ -287,12 +290,15 @@ def test_every_shardable_strategy_answers_alike(both, strategy):
                                               for k, v in arrays.items()}))
         calls.append(lambda: stub.LabelPoolItems(assay_pb2.LabelPoolItemsRequest(
             pool_id="q", indices=[3, 150, 299], labels=[0, 1, 2])))
+        params = PARAMS.get(strategy, {})
         for budget, exclude, seed in ((1, [], 11), (25, [4, 5, 200], 12), (297, [], 13)):
             calls.append(lambda b=budget, e=exclude, s=seed: stub.Select(assay_pb2.SelectRequest(
-                strategy=strategy, budget=b, pool_id="q", exclude_indices=e, seed=s)))
+                strategy=strategy, budget=b, pool_id="q", exclude_indices=e, seed=s,
+                params=params)))
         for budget, exclude in ((0, []), (298, []), (5, [300])):
             calls.append(lambda b=budget, e=exclude: stub.Select(assay_pb2.SelectRequest(
-                strategy=strategy, budget=b, pool_id="q", exclude_indices=e, seed=1)))
+                strategy=strategy, budget=b, pool_id="q", exclude_indices=e, seed=1,
+                params=params)))
         return calls
 
     outcomes = _run(both, case)

@@ -121,9 +121,11 @@ def test_pushback_follows_retry_info():
     assert pushback(ShardUnavailable("restarting")) == str(
         round(REASONS["SHARD_UNAVAILABLE"].retry_after * 1000))
     # A hint the call's deadline cannot wait out: the refusal itself, not a bare timeout.
-    assert pushback(full, remaining=REASONS["TOO_MANY_SELECTS"].retry_after / 2) == "-1"
-    assert pushback(full, remaining=REASONS["TOO_MANY_SELECTS"].retry_after * 2) == str(
-        round(REASONS["TOO_MANY_SELECTS"].retry_after * 1000))
+    # (A retry needs time after the wait: the hint must fit in half the time left.)
+    hint = REASONS["TOO_MANY_SELECTS"].retry_after
+    assert pushback(full, remaining=hint) == "-1"
+    assert pushback(full, remaining=hint * 1.99) == "-1"
+    assert pushback(full, remaining=hint * 2) == str(round(hint * 1000))
 
 
 def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, held_selection,

@@ -68,11 +68,12 @@ def pushback(error: AssayError, remaining: float | None = None) -> str | None:
     back later" (the server is full) and "this will never fit" (a pool over its
     limit). The hint of the first becomes the retry delay; the second says "-1", do
     not retry, so ``protos/assay/v1/service_config.json`` may list the code safely.
-    So does a hint longer than the call's ``remaining`` seconds: gRPC would wait it
-    out and end the call with a bare DEADLINE_EXCEEDED instead of this refusal.
+    So does a hint longer than half the call's ``remaining`` seconds: gRPC waits a
+    pushback out even past the deadline, and a retry needs time of its own, so the
+    caller would get a bare DEADLINE_EXCEEDED instead of this refusal and its reason.
     """
     if error.retry_after is not None:
-        if remaining is not None and error.retry_after >= remaining:
+        if remaining is not None and error.retry_after > remaining / 2:
             return "-1"
         return str(max(0, round(error.retry_after * 1000)))
     if error.code_name == "RESOURCE_EXHAUSTED":
