@@ -278,3 +278,28 @@ def test_the_example_trainer_runs_against_the_sidecar_socket(server_factory, tmp
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "round 4: labeled 160 of 20000"
     assert srv.store.list_pools() == []
+
+
+def test_a_stuck_thread_cannot_keep_a_drained_server_alive(tmp_path):
+    """The interpreter's shutdown joins every non-daemon thread: one that never ends would
+    keep a drained pod alive until the kubelet kills it. Past grace + 10 s the server
+    exits anyway, with 0 since it had drained, and names the thread."""
+    script = (
+        "import sys, threading\n"
+        "threading.Thread(target=threading.Event().wait, name='stuck-forever').start()\n"
+        "from assay.server.wiring.cli import main\n"
+        f"sys.argv = ['assay', 'serve', '--address', '127.0.0.1:0', '--data-dir', "
+        f"{str(tmp_path / 'data')!r}, '--no-warmup', '--grace-seconds', '1']\n"
+        "sys.exit(main())\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSAY_")}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().startswith("assay listening on")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stuck-forever" in proc.stderr.read()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 import time
 from concurrent import futures
@@ -343,5 +345,23 @@ def serve_forever(config: ServerConfig) -> None:
         bound.append(f"health {config.health_address.rsplit(':', 1)[0]}:{running.health_port}")
     print(f"assay listening on {', '.join(bound)}", flush=True)
     done.wait()
+    drained = threading.Event()
+    # A drained server must exit even if a thread stays stuck (the interpreter's shutdown
+    # joins every non-daemon thread, a kubelet would wait out its whole grace period and
+    # kill the pod): past grace + 10 s the process ends, 0 if it had drained.
+    watchdog = threading.Timer(config.grace_seconds + 10, _exit_stuck, (drained,))
+    watchdog.daemon = True
+    watchdog.start()
     running.stop()
+    drained.set()
     log.info("drained; exiting")
+
+
+def _exit_stuck(drained: threading.Event) -> None:
+    stuck = [t.name for t in threading.enumerate()
+             if not t.daemon and t not in (threading.current_thread(), threading.main_thread())]
+    log.error("still running %s after the drain deadline (threads left: %s); exiting",
+              "its exit" if drained.is_set() else "the drain", ", ".join(stuck) or "none")
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0 if drained.is_set() else 1)
