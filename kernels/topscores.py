@@ -112,18 +112,43 @@ def xlog2x(v):
     return t if v >= TINY else _F(0.0)
 
 
+#: The polynomial's constants as data: kernels read them once per block into locals,
+#: so the vectorized log loop keeps them in registers (as compile-time constants they
+#: were reloaded from memory in every iteration: about a third of the loop's
+#: instructions). The same IEEE operations in the same order: the same bits.
+COEFFICIENTS = np.array([_Q5, _Q4, _Q3, _Q2, _Q1, _Q0, TINY, 1.0, 0.0], dtype=np.float32)
+
+
+@njit(inline="always")
+def xlog2x_with(v, q5, q4, q3, q2, q1, q0, tiny, one):
+    """``xlog2x`` with its constants passed in (``COEFFICIENTS``)."""
+    i = _bits(v)
+    e = _F((i >> 23) - 127)
+    x = _float((i & 0x007FFFFF) | 0x3F800000) - one
+    q = q5 * x + q4
+    q = q * x + q3
+    q = q * x + q2
+    q = q * x + q1
+    q = q * x + q0
+    t = v * (e + x * q)
+    return t if v >= tiny else _F(0.0)
+
+
 def _entropy_block(width):
     @njit(inline="always")
-    def block(p, r0, r1, out, terms, values):
+    def block(p, r0, r1, out, terms, values, coef):
         """out[r - r0] ~ -sum_j p[r, j] ln p[r, j] (float32) for rows r0..r1; returns
-        the largest row sum. ``terms`` and ``values`` hold BLOCK_ROWS x C floats."""
+        the largest row sum. ``terms`` and ``values`` hold BLOCK_ROWS x C floats,
+        ``coef`` is ``COEFFICIENTS``."""
         c = width if width else p.shape[1]
-        flat = p.reshape(-1)
-        base = r0 * c
+        q5, q4, q3, q2, q1, q0 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        tiny, one, zero = coef[6], coef[7], coef[8]
+        # a slice from 0: its indices need no negative-index wraparound
+        src = p.reshape(-1)[r0 * c:r1 * c]
         for k in range((r1 - r0) * c):
-            v = min(max(_F(flat[base + k]), _F(0.0)), _F(1.0))
+            v = min(max(_F(src[k]), zero), one)
             values[k] = v
-            terms[k] = xlog2x(v)
+            terms[k] = xlog2x_with(v, q5, q4, q3, q2, q1, q0, tiny, one)
         top = _F(0.0)
         for r in range(r1 - r0):
             acc = _F(0.0)
@@ -140,7 +165,7 @@ def _entropy_block(width):
 
 def _bald_block(width):
     @njit(inline="always")
-    def block(samples, r0, r1, out, mass, plogp):
+    def block(samples, r0, r1, out, mass, plogp, unused_coef):
         """out[r - r0] ~ H(mean_s p) - mean_s H(p) (float32) for items r0..r1; returns
         the largest row sum of the mean.
 
@@ -181,7 +206,7 @@ def _bald_block(width):
 
 def _least_confident_block(width):
     @njit(inline="always")
-    def block(p, r0, r1, out, unused_a, unused_b):
+    def block(p, r0, r1, out, unused_a, unused_b, unused_coef):
         """Exact float64 least-confidence of rows r0..r1 (``rowwise.least_confident_row``)."""
         c = width if width else p.shape[1]
         for r in range(r0, r1):
@@ -193,7 +218,7 @@ def _least_confident_block(width):
 
 def _margin_block(width):
     @njit(inline="always")
-    def block(p, r0, r1, out, unused_a, unused_b):
+    def block(p, r0, r1, out, unused_a, unused_b, unused_coef):
         """Exact float64 margins of rows r0..r1 (``rowwise.margin_row``)."""
         c = width if width else p.shape[1]
         for r in range(r0, r1):
@@ -204,8 +229,9 @@ def _margin_block(width):
 
 
 def _first_for(block):
-    def first(array, out, smax):
-        """out[i]: every item's block score; smax[block]: the block's largest row sum."""
+    def first(array, out, smax, bmax, coef):
+        """out[i]: every item's block score; smax[block]: the block's largest row sum;
+        bmax[block]: its largest score (NaN if a score is NaN); coef: ``COEFFICIENTS``."""
         n = array.shape[-2]
         c = array.shape[-1]
         blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
@@ -214,7 +240,14 @@ def _first_for(block):
             r1 = min(n, r0 + BLOCK_ROWS)
             a = np.empty(BLOCK_ROWS * c, dtype=np.float32)
             w = np.empty(BLOCK_ROWS * c, dtype=np.float32)
-            smax[b] = block(array, r0, r1, out[r0:r1], a, w)
+            scores = out[r0:r1]
+            smax[b] = block(array, r0, r1, scores, a, w, coef)
+            best = scores[0]
+            odd = False
+            for r in range(1, r1 - r0):
+                best = max(best, scores[r])
+                odd |= scores[r] != scores[r]
+            bmax[b] = np.nan if odd or best != best else best
 
     return first
 
@@ -250,7 +283,7 @@ def _top_for(block):
                 # fresh per block, as in ``first``: LLVM then vectorizes without alias checks
                 a = np.empty(BLOCK_ROWS * c, dtype=np.float32)
                 w = np.empty(BLOCK_ROWS * c, dtype=np.float32)
-                top_mass = max(top_mass, block(array, r0, r1, scores, a, w))
+                top_mass = max(top_mass, block(array, r0, r1, scores, a, w, a))
                 for r in range(r1 - r0):
                     v = np.float64(scores[r])
                     if v < floor or not (every or keep[r0 + r]):
@@ -381,7 +414,45 @@ def _at_least(values, lower, candidates, every):
     return out
 
 
-_SERIAL = {f.__name__: kernel(nogil=True)(f) for f in (_kth_largest, _at_least)}
+def _kth_in_blocks(values, bmax, floor, b):
+    """The ``b``-th largest of values, all of which >= ``floor`` lie in blocks of
+    ``BLOCK_ROWS`` whose maximum bmax is >= floor (and at least b values are)."""
+    count = 0
+    for k in range(bmax.size):
+        if bmax[k] >= floor:
+            for i in range(k * BLOCK_ROWS, min(values.size, (k + 1) * BLOCK_ROWS)):
+                count += values[i] >= floor
+    buf = np.empty(count, dtype=values.dtype)
+    count = 0
+    for k in range(bmax.size):
+        if bmax[k] >= floor:
+            for i in range(k * BLOCK_ROWS, min(values.size, (k + 1) * BLOCK_ROWS)):
+                if values[i] >= floor:
+                    buf[count] = values[i]
+                    count += 1
+    return np.sort(buf)[count - b]
+
+
+def _at_least_in_blocks(values, bmax, lower):
+    """Sorted indices of the values >= ``lower``, reading only blocks whose maximum is."""
+    count = 0
+    for k in range(bmax.size):
+        if bmax[k] >= lower:
+            for i in range(k * BLOCK_ROWS, min(values.size, (k + 1) * BLOCK_ROWS)):
+                count += values[i] >= lower
+    out = np.empty(count, dtype=np.int64)
+    count = 0
+    for k in range(bmax.size):
+        if bmax[k] >= lower:
+            for i in range(k * BLOCK_ROWS, min(values.size, (k + 1) * BLOCK_ROWS)):
+                if values[i] >= lower:
+                    out[count] = i
+                    count += 1
+    return out
+
+
+_SERIAL = {f.__name__: kernel(nogil=True)(f)
+           for f in (_kth_largest, _at_least, _kth_in_blocks, _at_least_in_blocks)}
 
 
 def _composed(driver, make):
@@ -479,11 +550,19 @@ def first(kind: str, array: np.ndarray) -> tuple[np.ndarray, float]:
     """Every item's first-pass score and its error bound: float32 within the bound
     for ``APPROXIMATE`` kinds, the exact float64 scores (bound 0) for ``EXACT`` ones.
     ``array``: probs float[N, C], or samples float[S, N, C] for bald."""
+    out, error, _ = _first_with_blocks(kind, array)
+    return out, error
+
+
+def _first_with_blocks(kind: str, array: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """``first``, and the largest score of each block of ``BLOCK_ROWS`` items."""
     n = array.shape[-2]
     out = np.empty(n, dtype=np.float32 if kind in APPROXIMATE else np.float64)
-    smax = np.zeros((n + BLOCK_ROWS - 1) // BLOCK_ROWS, dtype=np.float32)
-    _run(f"_{kind}_first", array, out, smax)
-    return out, error_bound(kind, array, _mass(kind, array, smax))
+    blocks = (n + BLOCK_ROWS - 1) // BLOCK_ROWS
+    smax = np.zeros(blocks, dtype=np.float32)
+    bmax = np.empty(blocks, dtype=out.dtype)
+    _run(f"_{kind}_first", array, out, smax, bmax, COEFFICIENTS)
+    return out, error_bound(kind, array, _mass(kind, array, smax)), bmax
 
 
 def entropy_first(p: np.ndarray) -> tuple[np.ndarray, float]:
@@ -507,7 +586,9 @@ def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray)
     than its buffers hold) the scores of all items are computed and cut.
     """
     if kind in APPROXIMATE:
-        scores, error = first(kind, array)
+        scores, error, bmax = _first_with_blocks(kind, array)
+        if candidates.size == scores.size:  # sorted and unique: then all items
+            return shortlist_by_blocks(scores, bmax, error, budget)
         return shortlist(scores, error, budget, candidates)
     n = array.shape[-2]
     every = candidates.size == n  # sorted and unique: then all items
@@ -544,6 +625,37 @@ def exact(name: str, array: np.ndarray) -> np.ndarray:
     return out
 
 
+def _lower_bound(approx: np.ndarray, t: float, error: float):
+    """The cut of ``shortlist``: t - 2 error, as a value of approx's dtype rounded down."""
+    lower = t - 2.0 * error if error > 0 else t
+    if approx.dtype == np.float32:
+        # the largest float32 <= lower, so no kept value is lost to rounding
+        low32 = np.float32(lower)
+        if float(low32) > lower:
+            low32 = np.nextafter(low32, np.float32(-np.inf))
+        return low32
+    return np.float64(lower)
+
+
+def shortlist_by_blocks(approx: np.ndarray, bmax: np.ndarray, error: float,
+                        budget: int) -> np.ndarray:
+    """``shortlist`` over all items, reading only the blocks that can hold a kept item.
+
+    bmax[k]: the largest of approx over block k (``BLOCK_ROWS`` items). The
+    ``budget``-th largest block maximum t0 is at most the ``budget``-th largest
+    score t (``budget`` blocks hold a score >= t0), so every score >= t lies in a
+    block whose maximum is >= t0, and the kept scores (>= t - 2 error) in blocks
+    whose maximum reaches that cut: the same items as ``shortlist``, from a few
+    blocks instead of all N scores. Falls back to ``shortlist`` with fewer blocks
+    than ``budget`` or a NaN score.
+    """
+    if bmax.size < budget or np.isnan(bmax).any():
+        return shortlist(approx, error, budget, np.arange(approx.size, dtype=np.int64))
+    t0 = np.partition(bmax, bmax.size - budget)[bmax.size - budget]
+    t = float(_SERIAL["_kth_in_blocks"](approx, bmax, t0, budget))
+    return _SERIAL["_at_least_in_blocks"](approx, bmax, _lower_bound(approx, t, error))
+
+
 def shortlist(approx: np.ndarray, error: float, budget: int,
               candidates: np.ndarray) -> np.ndarray:
     """Sorted candidate indices that hold every item of the exact top ``budget``.
@@ -555,16 +667,7 @@ def shortlist(approx: np.ndarray, error: float, budget: int,
     every = candidates.size == approx.size  # sorted and unique: then all items
     cand = np.asarray(candidates, dtype=np.int64)
     t = float(_SERIAL["_kth_largest"](approx, budget, cand, every))
-    lower = t - 2.0 * error if error > 0 else t
-    if approx.dtype == np.float32:
-        # the largest float32 <= lower, so no kept value is lost to rounding
-        low32 = np.float32(lower)
-        if float(low32) > lower:
-            low32 = np.nextafter(low32, np.float32(-np.inf))
-        bound = low32
-    else:
-        bound = np.float64(lower)
-    return _SERIAL["_at_least"](approx, bound, cand, every)
+    return _SERIAL["_at_least"](approx, _lower_bound(approx, t, error), cand, every)
 
 
 def log_error(step: int = 1) -> float:

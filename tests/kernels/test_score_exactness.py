@@ -253,6 +253,26 @@ def test_shortlist_holds_every_item_of_the_exact_top():
             assert np.isin(items, c).all() and np.all(np.diff(items) > 0)
 
 
+def test_shortlist_by_blocks_equals_the_shortlist():
+    # the blocks' maxima only skip blocks: the same items as the shortlist over all,
+    # with ties across blocks, a cut reaching blocks below the b-th block maximum,
+    # fewer blocks than the budget, and a NaN score (both fall back)
+    rng = seeding.rng()
+    br = topscores.BLOCK_ROWS
+    n = 60 * br + 17
+    approx = np.round(rng.random(n), 2).astype(np.float32)
+    for error in (0.0, 1e-3, 0.02):
+        for budget in (1, 3, 59, 61, 400):
+            blocks = approx[:60 * br].reshape(60, br).max(axis=1)
+            bmax = np.append(blocks, approx[60 * br:].max())
+            got = topscores.shortlist_by_blocks(approx, bmax, error, budget)
+            want = topscores.shortlist(approx, error, budget, np.arange(n))
+            np.testing.assert_array_equal(got, want, err_msg=str(seeding.current()))
+    bmax[5] = np.nan
+    np.testing.assert_array_equal(topscores.shortlist_by_blocks(approx, bmax, 0.0, 3),
+                                  topscores.shortlist(approx, 0.0, 3, np.arange(n)))
+
+
 @pytest.mark.parametrize("name", PROBS)
 def test_the_parallel_fused_pass_and_its_fallbacks(name):
     # 40,000 x 10 values take the parallel passes (several chunks); 20,000 copies of
