@@ -30,29 +30,72 @@ PARALLEL_MIN_VALUES = 1 << 20
 NO_ROW = -1
 
 
+#: Rows per block of ``probability_rows_check``'s pass (the block stays in L1).
+CHECK_ROWS = 256
+
+
+@njit(inline="always")
+def _row_state(p, i, c, lo, hi, sum_tol):
+    """0 for a good row i, else its problem: 1 non-finite, 2 out of range, 3 bad sum."""
+    total = 0.0
+    state = 0
+    for j in range(c):
+        v = np.float64(p[i, j])
+        if not math.isfinite(v):
+            state = 1
+            break
+        if v < lo or v > hi:
+            state = 2
+        total += v
+    if state == 0 and abs(total - 1.0) > sum_tol:
+        state = 3
+    return state
+
+
 def probability_rows_check(p, lo, hi, sum_tol):
-    """Return (first non-finite row, first out-of-range row, first bad-sum row)."""
+    """Return (first non-finite row, first out-of-range row, first bad-sum row).
+
+    A row is non-finite if it holds a NaN or Inf; else out of range if a value lies
+    outside [lo, hi]; else a bad sum if |sum - 1| > sum_tol, the sum in float64 in
+    column order. One branch-free pass per block of ``CHECK_ROWS`` rows: every value
+    of the block is tested at once (v - v != 0 for NaN and Inf, and the range: a
+    loop that vectorizes), then the rows' sums. Where a block holds a non-finite or
+    out-of-range value, the rows are classified again one by one (``_row_state``), so
+    the answer is the row-by-row one whatever the data.
+    """
     n, c = p.shape
-    flags = np.zeros(n, dtype=np.int8)  # 1 non-finite, 2 out of range, 3 bad sum
-    for i in prange(n):
-        total = 0.0
-        state = 0
-        for j in range(c):
-            v = np.float64(p[i, j])
-            if not math.isfinite(v):
-                state = 1
-                break
-            if v < lo or v > hi:
-                state = 2
-            total += v
-        if state == 0 and abs(total - 1.0) > sum_tol:
-            state = 3
-        flags[i] = state
+    blocks = (n + CHECK_ROWS - 1) // CHECK_ROWS
+    flat = p.reshape(-1)
+    odd = np.zeros(max(blocks, 1), dtype=np.bool_)
+    first_sum = np.empty(max(blocks, 1), dtype=np.int64)
+    for b in prange(blocks):
+        r0 = b * CHECK_ROWS
+        r1 = min(n, r0 + CHECK_ROWS)
+        src = flat[r0 * c:r1 * c]
+        bad = False
+        for k in range(src.size):
+            v = np.float64(src[k])
+            bad |= (v - v != 0.0) | (v < lo) | (v > hi)
+        odd[b] = bad
+        found = n
+        for r in range(r1 - r0):
+            row = src[r * c:r * c + c]
+            total = 0.0
+            for j in range(c):
+                total += np.float64(row[j])
+            found = min(found, r0 + r if abs(total - 1.0) > sum_tol else n)
+        first_sum[b] = found
     first = np.full(3, NO_ROW, dtype=np.int64)
-    for i in range(n):
-        s = flags[i]
-        if s > 0 and first[s - 1] == NO_ROW:
-            first[s - 1] = i
+    for b in range(blocks):
+        if odd[b]:
+            # a non-finite or out-of-range value: classify the rows one by one
+            for i in range(b * CHECK_ROWS, n):
+                s = _row_state(p, i, c, lo, hi, sum_tol)
+                if s > 0 and first[s - 1] == NO_ROW:
+                    first[s - 1] = i
+            return first[0], first[1], first[2]
+        if first_sum[b] < n and first[2] == NO_ROW:
+            first[2] = first_sum[b]
     return first[0], first[1], first[2]
 
 
