@@ -113,6 +113,29 @@ def test_entropy_first_pass_within_its_bound(dtype, c):
     assert error < 1e-3 * max(np.log(c), 1.0)  # and the bound is not vacuous
 
 
+@pytest.mark.parametrize("c", [7, 10])
+def test_entropy_first_pass_per_width_within_its_bound(c):
+    # large arrays take the kernels compiled for their width (even widths add pairs
+    # of terms first); called directly here, as a Select calls them once compiled
+    rng = seeding.rng()
+    p = np.concatenate([_rows(rng, 700, c, np.float32, alpha=0.05),
+                        _near_ties(rng, 50, c, np.float32)])
+    p[9] *= np.float32(1.5)  # a row summing to 1.5 widens the bound
+    rows = rowwise.as_rows(p)
+    n = rows.shape[0]
+    blocks = -(-n // topscores.BLOCK_ROWS)
+    approx = np.empty(n, dtype=np.float32)
+    smax = np.zeros(blocks, dtype=np.float32)
+    bmax = np.empty(blocks, dtype=np.float32)
+    topscores.variants("_entropy_first", c)[0](rows, approx, smax, bmax, topscores.COEFFICIENTS)
+    error = topscores.error_bound("entropy", rows, topscores._mass("entropy", rows, smax))
+    exact = rowwise.run("entropy_rows", rows)
+    assert np.abs(approx.astype(np.float64) - exact).max() <= error, seeding.current()
+    padded = np.full(blocks * topscores.BLOCK_ROWS, -np.inf, dtype=np.float32)
+    padded[:n] = approx
+    np.testing.assert_array_equal(bmax, padded.reshape(blocks, -1).max(axis=1))
+
+
 @pytest.mark.parametrize("s,c", [(1, 3), (7, 2), (10, 10), (3, 1000)])
 def test_bald_first_pass_within_its_bound(dtype, s, c):
     rng = seeding.rng()
