@@ -200,7 +200,7 @@ def _entropy_block_by_pairs(width):
 
 def _bald_block(width):
     @njit(inline="always")
-    def block(samples, r0, r1, out, mass, plogp, unused_coef):
+    def block(samples, r0, r1, out, mass, plogp, coef):
         """out[r - r0] ~ H(mean_s p) - mean_s H(p) (float32) for items r0..r1; returns
         the largest row sum of the mean.
 
@@ -210,6 +210,8 @@ def _bald_block(width):
         """
         s_count = samples.shape[0]
         c = width if width else samples.shape[2]
+        q5, q4, q3, q2, q1, q0 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5]
+        tiny, one, zero = coef[6], coef[7], coef[8]
         span = (r1 - r0) * c
         inv_s = _F(1.0) / _F(s_count)
         mass[:span] = 0.0
@@ -217,13 +219,13 @@ def _bald_block(width):
         for s in range(s_count):
             flat = samples[s, r0:r1].reshape(-1)
             for k in range(span):
-                v = min(max(_F(flat[k]), _F(0.0)), _F(1.0))
+                v = min(max(_F(flat[k]), zero), one)
                 mass[k] += v
-                plogp[k] += xlog2x(v)
+                plogp[k] += xlog2x_with(v, q5, q4, q3, q2, q1, q0, tiny, one)
         for k in range(span):
             m = mass[k] * inv_s
             # H(mean) - mean H, per (item, class), in log2 units
-            plogp[k] = plogp[k] * inv_s - xlog2x(m)
+            plogp[k] = plogp[k] * inv_s - xlog2x_with(m, q5, q4, q3, q2, q1, q0, tiny, one)
             mass[k] = m
         top = _F(0.0)
         for r in range(r1 - r0):
