@@ -113,14 +113,13 @@ def test_entropy_first_pass_within_its_bound(dtype, c):
     assert error < 1e-3 * max(np.log(c), 1.0)  # and the bound is not vacuous
 
 
-@pytest.mark.parametrize("c", [7, 10])
-def test_entropy_first_pass_per_width_within_its_bound(c):
+@pytest.mark.parametrize("c,dtype", [(7, np.float32), (10, np.float32), (10, np.float64)])
+def test_entropy_first_pass_per_width_within_its_bound(c, dtype):
     # large arrays take the kernels compiled for their width (even widths add pairs
     # of terms first); called directly here, as a Select calls them once compiled
     rng = seeding.rng()
-    p = np.concatenate([_rows(rng, 700, c, np.float32, alpha=0.05),
-                        _near_ties(rng, 50, c, np.float32)])
-    p[9] *= np.float32(1.5)  # a row summing to 1.5 widens the bound
+    p = np.concatenate([_rows(rng, 700, c, dtype, alpha=0.05), _near_ties(rng, 50, c, dtype)])
+    p[9] *= 1.5  # a row summing to 1.5 widens the bound
     rows = rowwise.as_rows(p)
     n = rows.shape[0]
     blocks = -(-n // topscores.BLOCK_ROWS)
