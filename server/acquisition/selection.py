@@ -19,7 +19,7 @@ import numpy as np
 
 from assay.vocab.errors import AssayError, InvalidInput
 from assay.vocab.roles import is_role, labeled_roles
-from assay.vocab.ties import argselect, tiebreak_generator
+from assay.vocab.ties import argselect
 
 from ..strategies import registry
 from ..strategies.named import score_strategy
@@ -169,12 +169,8 @@ def select(
         )
     seed_given = seed is not None
     seed = int(seed) if seed_given else secrets.randbits(63)
-    ctx = Context(
-        candidates=candidates,
-        rng=np.random.default_rng(seed),
-        tiebreak_rng=tiebreak_generator(seed) if seed_given else None,
-        check_cancelled=check_cancelled,
-    )
+    ctx = Context(candidates, check_cancelled=check_cancelled, seed=seed,
+                  seeded_ties=seed_given)
     started = time.perf_counter()
     try:
         indices, scores, extra = _run(strategy, budget, arrays, resolved, ctx)
@@ -230,15 +226,15 @@ def top_scores(strategy: Strategy, budget: int, arrays: Mapping[str, np.ndarray]
         indices = argselect(all_scores, budget, ctx.candidates, ctx.tiebreak_rng)
         return indices, all_scores[indices]
     items, values = short
-    picked = _order(items, values, budget, ctx.candidates, ctx.tiebreak_rng, last)
+    picked = _order(items, values, budget, ctx, last)
     return items[picked], values[picked]
 
 
-def _order(items: np.ndarray, values: np.ndarray, budget: int, candidates: np.ndarray,
-           tiebreak_rng: np.random.Generator | None, last: bool) -> np.ndarray:
+def _order(items: np.ndarray, values: np.ndarray, budget: int, ctx: Context,
+           last: bool) -> np.ndarray:
     """Positions in ``items`` (sorted candidate indices) of the ``budget`` best
     ``values``, best first: ``argselect``'s rule, with the priority of each item
-    taken at its position among all ``candidates``."""
+    taken at its position among all ``ctx.candidates``."""
     if np.isnan(values).any():
         raise InvalidInput("strategy produced NaN scores; check the inputs", field="inputs")
     k = values.size
@@ -248,10 +244,12 @@ def _order(items: np.ndarray, values: np.ndarray, budget: int, candidates: np.nd
     kept = values[values >= threshold]
     kept.sort()
     equal = kept.size > 1 and bool((kept[1:] == kept[:-1]).any())
-    if tiebreak_rng is None:
+    if not ctx.seeded_ties:
         rank = items  # lower index first
     elif equal or not last:
-        rank = tiebreak_rng.permutation(candidates.size)[np.searchsorted(candidates, items)]
+        candidates = ctx.candidates
+        rank = ctx.tiebreak_rng.permutation(candidates.size)[
+            np.searchsorted(candidates, items)]
     else:
         rank = np.zeros(k, dtype=np.int64)  # no equal scores: the priority is never read
     ties = ties[np.argsort(rank[ties], kind="stable")[: budget - above.size]]

@@ -245,7 +245,7 @@ class AcquisitionService:
                                       check_cancelled=caller.check)
         finally:
             self.slots.release()
-        items = item_count(arrays) - np.unique(exclude).size
+        items = item_count(arrays) - (np.unique(exclude).size if exclude.size else 0)
         return Selection(result, pool_version, {**result.metrics, **model_metrics}, providers,
                          items, read)
 

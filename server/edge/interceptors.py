@@ -95,23 +95,32 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: Metrics | None = None):
         self.metrics = metrics
+        #: method -> (the handler last wrapped, its wrapping): a registered method's
+        #: handler is the same object on every call, so it is wrapped once.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
+            wrapped = grpc.unary_unary_rpc_method_handler(
                 self._wrap(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
+        elif handler.stream_unary:
+            wrapped = grpc.stream_unary_rpc_method_handler(
                 self._wrap(handler.stream_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer)
-        return handler
+        else:
+            return handler
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
     def _wrap(self, behavior: Callable, method: str) -> Callable:
         def wrapper(request, context: grpc.ServicerContext):

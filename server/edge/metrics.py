@@ -103,22 +103,31 @@ class Metrics:
         self.select_budget = Histogram(
             "assay_select_budget", "Items successful Selects were asked to select.",
             ("strategy",), buckets=_BUDGET_BUCKETS, registry=r)
+        #: (metric, label values) -> its child: ``labels()`` checks and joins the values on
+        #: every call, several times per Select; the label sets are few and fixed.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
 
     # -- recorded by the edge --------------------------------------------------------------
 
     def observe_rpc(self, full_method: str, code: str, seconds: float) -> None:
         """One finished call: its status code and how long it took."""
         service, method = split_method(full_method)
-        self.handled.labels(service, method, code).inc()
-        self.handling.labels(service, method).observe(seconds)
+        self._child(self.handled, service, method, code).inc()
+        self._child(self.handling, service, method).observe(seconds)
 
     def observe_error(self, full_method: str, code: str, reason: str) -> None:
         """One call that ended in an error (the call log records every one)."""
         service, method = split_method(full_method)
-        self.errors.labels(service, method, code, reason).inc()
+        self._child(self.errors, service, method, code, reason).inc()
 
     def observe_kernel(self, strategy: str, backend: str, seconds: float) -> None:
-        self.kernel_seconds.labels(strategy, backend).inc(seconds)
+        self._child(self.kernel_seconds, strategy, backend).inc(seconds)
 
     def add_bytes(self, n: int) -> None:
         self.received_bytes.inc(n)
@@ -136,10 +145,11 @@ class Metrics:
             return
         result = selection.result
         note(n=selection.items, backend=result.backend)
-        self.select_seconds.labels(result.strategy, result.backend).observe(seconds)
-        self.select_items.labels(result.strategy, result.backend).inc(selection.items)
-        self.select_bytes.labels(result.strategy, result.backend).inc(selection.bytes_read)
-        self.select_budget.labels(result.strategy).observe(call.budget)
+        labels = (result.strategy, result.backend)
+        self._child(self.select_seconds, *labels).observe(seconds)
+        self._child(self.select_items, *labels).inc(selection.items)
+        self._child(self.select_bytes, *labels).inc(selection.bytes_read)
+        self._child(self.select_budget, result.strategy).observe(call.budget)
 
     # -- exposition ------------------------------------------------------------------------
 

@@ -355,10 +355,12 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         with self._once(request, "Select", context, pool_id,
                         digest=wire.fingerprint) as (stored, key):
             if stored is not None:
-                return assay_pb2.SelectResponse.FromString(stored.response)
+                return stored.response
             return self._select(wire, context, key)
 
-    def _select(self, wire: SelectWire, context, key: RequestKey | None):
+    def _select(self, wire: SelectWire, context, key: RequestKey | None) -> bytes:
+        """The serialized SelectResponse: encoded once, for the wire and for the record
+        (``add_to_server`` registers Select's answer as bytes)."""
         request = wire.message
         note(strategy=request.strategy, budget=request.budget)
         call = self._select_call(wire)
@@ -375,10 +377,11 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
         if result.pseudo_label_indices is not None:
             response.pseudo_label_indices.extend(result.pseudo_label_indices.tolist())
             response.pseudo_labels.extend(result.pseudo_labels.tolist())
-        check_encoded(response.ByteSize(), request.budget, self.limits.max_message_bytes)
+        encoded = response.SerializeToString()
+        check_encoded(len(encoded), request.budget, self.limits.max_message_bytes)
         if key is not None:
-            self.store.put_request(key, response.SerializeToString())
-        return response
+            self.store.put_request(key, encoded)
+        return encoded
 
     def _select_call(self, wire: SelectWire) -> SelectCall:
         """Decode a SelectRequest; a budget whose answer could not be sent is refused here,
@@ -434,12 +437,14 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
 
 #: Methods registered with their wire bytes: their large payloads are read in place.
 _READ_IN_PLACE = ("Select", "AppendPoolItems", "ReplacePoolArrays")
+#: Methods whose behavior answers with the response already serialized.
+_ANSWER_ENCODED = ("Select",)
 
 
 def add_to_server(servicer: AssayServicer, server: grpc.Server) -> None:
     """Register ``servicer`` like the generated ``add_AssayServiceServicer_to_server``,
     except that Select and the upload streams get each request's bytes unparsed
-    (``wire``)."""
+    (``wire``), and Select answers with its response's bytes."""
     service = assay_pb2.DESCRIPTOR.services_by_name["AssayService"]
     handlers = {}
     for method in service.methods:
@@ -450,7 +455,8 @@ def add_to_server(servicer: AssayServicer, server: grpc.Server) -> None:
         handlers[method.name] = make(
             getattr(servicer, method.name),
             request_deserializer=None if method.name in _READ_IN_PLACE else request.FromString,
-            response_serializer=response.SerializeToString)
+            response_serializer=None if method.name in _ANSWER_ENCODED
+            else response.SerializeToString)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)

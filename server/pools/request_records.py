@@ -151,20 +151,25 @@ class RequestRecords:
 
     # -- writes ------------------------------------------------------------------------
 
-    def put(self, key: RequestKey, response: bytes, pool_uid: str | None = None) -> None:
-        """Store ``response`` for ``key``; the caller holds the lock (in its transaction).
+    def put(self, key: RequestKey, response: bytes, pool_uid: str | None = None, *,
+            db: sqlite3.Connection | None = None, new: bool = False) -> None:
+        """Store ``response`` for ``key``; the caller holds the lock (in its transaction,
+        on ``db``, the store's connection unless given).
 
         ``pool_uid`` is the uid of the pool the change was made to, when the caller
         knows it: a pool deleted and created again since the request was checked
-        must not get a record made for the old one.
+        must not get a record made for the old one. ``new``: ``get`` found no live
+        record for the id (an expired one left in place is replaced and counted
+        twice until the next sweep, which evicts early at worst).
         """
         if pool_uid is not None and key.pool_uid and pool_uid != key.pool_uid:
             raise FailedPrecondition(
                 "the pool was deleted and created again while the request ran; send it again",
                 field="pool_id", reason="POOL_CHANGED")
-        old = self._db.execute("SELECT size_bytes FROM requests WHERE request_id = ?",
-                               (key.request_id,)).fetchone()
-        cursor = self._db.execute(
+        db = db or self._db
+        old = None if new else db.execute("SELECT size_bytes FROM requests WHERE "
+                                          "request_id = ?", (key.request_id,)).fetchone()
+        cursor = db.execute(
             "INSERT OR REPLACE INTO requests (request_id, method, fingerprint, response, "
             "create_time, pool_uid, data_digest, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (key.request_id, key.method, key.fingerprint, response, time.time(),
@@ -177,7 +182,7 @@ class RequestRecords:
         self._count += 1
         self._bytes += len(response)
         if self._over_cap(self._count, self._bytes):
-            self._evict(keep=cursor.lastrowid)
+            self._evict(db, keep=cursor.lastrowid)
 
     def _over_cap(self, count: int, size: int) -> bool:
         """Whether ``count`` records of ``size`` bytes in all break a cap."""
@@ -185,7 +190,7 @@ class RequestRecords:
         return bool((r.max_records and count > r.max_records)
                     or (r.max_bytes and size > r.max_bytes))
 
-    def _evict(self, keep: int | None) -> None:
+    def _evict(self, db: sqlite3.Connection, keep: int | None) -> None:
         """Delete the oldest records until both caps hold (``keep``: never this rowid).
 
         The newest record is kept even when it alone is over ``max_bytes``: its
@@ -193,7 +198,7 @@ class RequestRecords:
         """
         doomed = []
         count, size = self._count, self._bytes
-        for rowid, row_size in self._db.execute(
+        for rowid, row_size in db.execute(
                 "SELECT rowid, size_bytes FROM requests ORDER BY create_time, rowid"):
             if not self._over_cap(count, size):
                 break
@@ -202,7 +207,7 @@ class RequestRecords:
             doomed.append(rowid)
             count -= 1
             size -= row_size
-        self._db.executemany("DELETE FROM requests WHERE rowid = ?", ((r,) for r in doomed))
+        db.executemany("DELETE FROM requests WHERE rowid = ?", ((r,) for r in doomed))
         self._count, self._bytes = count, size
 
     # -- housekeeping ------------------------------------------------------------------
@@ -223,7 +228,7 @@ class RequestRecords:
             self._count, self._bytes = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM requests").fetchone()
             if self._over_cap(self._count, self._bytes):
-                self._evict(keep=None)
+                self._evict(self._db, keep=None)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

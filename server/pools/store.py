@@ -239,6 +239,12 @@ class PoolStore:
         self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
         self.requests = RequestRecords(self._db, self._lock, retention)
+        # Select records commit on a connection of their own, set once to synchronous=NORMAL
+        # (``put_request``), under the same lock as every other write.
+        self._records_db = sqlite3.connect(self.data_dir / "assay.sqlite",
+                                           check_same_thread=False, isolation_level=None)
+        self._records_db.execute("PRAGMA synchronous=NORMAL")
+        self._records_db.execute("PRAGMA wal_autocheckpoint=0")
         self._responses = GroupCommit(self._put_requests)
         #: pool id -> ((uid, segment dirs), its data): one entry per pool, keyed by the
         #: segments it maps, so a new version with the same rows (a label round, an
@@ -313,6 +319,7 @@ class PoolStore:
     def close(self) -> None:
         self._checkpoints.close()
         with self._lock:
+            self._records_db.close()
             self._db.close()
 
     # -- metadata ----------------------------------------------------------------------
@@ -1021,10 +1028,12 @@ class PoolStore:
 
     def put_request(self, key: RequestKey, response: bytes) -> None:
         """Store the response of a request that changed nothing (a Select), sharing the
-        transaction with concurrent ones (``GroupCommit``).
+        transaction with concurrent ones (``GroupCommit``); ``key``'s id had no live
+        record when the request was looked up (``get_request``), and the caller still
+        holds it.
 
         Returns once the record is in the WAL file, without an fsync of its own
-        (``synchronous=NORMAL`` for this transaction; the next change to a pool
+        (``synchronous=NORMAL`` on the records' connection; the next change to a pool
         fsyncs it along): a Select changes nothing, so its record need only
         survive the server process (a crash, a restart), not a power loss, after
         which a retry computes the answer anew. An fsync per Select was most of a
@@ -1033,16 +1042,13 @@ class PoolStore:
         self._responses.put((key, response))
 
     def _put_requests(self, records: Sequence[tuple[RequestKey, bytes]]) -> None:
+        db = self._records_db
         with self._lock:
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    for key, response in records:
-                        self.requests.put(key, response)
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                for key, response in records:
+                    self.requests.put(key, response, db=db, new=True)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise

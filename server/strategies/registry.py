@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from assay.vocab.errors import InvalidInput, NotFound
 from assay.vocab.roles import ROLES, is_role, labeled_roles
+from assay.vocab.ties import tiebreak_generator
 
 Inputs = Mapping[str, np.ndarray]
 
@@ -41,7 +42,10 @@ class Param:
     choices: tuple[str, ...] = ()
 
 
-@dataclass
+def _never_cancelled() -> None:
+    return None
+
+
 class Context:
     """What a strategy may use besides its inputs.
 
@@ -50,14 +54,38 @@ class Context:
     a seed, so ties fall to the lower index unless randomness was asked for;
     ``check_cancelled`` must be called between greedy steps so a cancelled or
     past-deadline request stops within one step.
+
+    Given a ``seed`` instead of generators, each generator is made on first use:
+    seeding one costs about as much as a small Select's whole strategy, and most
+    strategies never draw from them.
     """
 
-    candidates: np.ndarray
-    rng: np.random.Generator
-    tiebreak_rng: np.random.Generator | None = None
-    check_cancelled: Callable[[], None] = lambda: None
-    metrics: dict[str, float] = field(default_factory=dict)
-    backend: str = "numpy"
+    def __init__(self, candidates: np.ndarray, rng: np.random.Generator | None = None,
+                 tiebreak_rng: np.random.Generator | None = None,
+                 check_cancelled: Callable[[], None] = _never_cancelled,
+                 metrics: dict[str, float] | None = None, backend: str = "numpy", *,
+                 seed: int | None = None, seeded_ties: bool = False):
+        self.candidates = candidates
+        self.check_cancelled = check_cancelled
+        self.metrics = {} if metrics is None else metrics
+        self.backend = backend
+        self._rng = rng
+        self._tiebreak_rng = tiebreak_rng
+        self._seed = seed
+        #: Whether ties are ordered by a seeded permutation (the caller gave a seed).
+        self.seeded_ties = seeded_ties or tiebreak_rng is not None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = np.random.default_rng(self._seed)
+        return self._rng
+
+    @property
+    def tiebreak_rng(self) -> np.random.Generator | None:
+        if self._tiebreak_rng is None and self.seeded_ties:
+            self._tiebreak_rng = tiebreak_generator(self._seed)
+        return self._tiebreak_rng
 
 
 @dataclass

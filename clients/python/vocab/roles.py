@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 #: What a role's values must be.
@@ -118,6 +119,8 @@ def is_named_model_input(name: str) -> bool:
 def base(name: str) -> str:
     """The role an array name belongs to: ``model_inputs`` for ``model_inputs.<name>``,
     the name itself otherwise."""
+    if name in _BY_NAME:  # the common case, asked several times per request
+        return name
     return "model_inputs" if is_named_model_input(name) else name
 
 
@@ -136,6 +139,7 @@ def is_stored(name: str) -> bool:
     return is_role(name) and not role(name).derived and not role(name).target
 
 
+@cache
 def names() -> tuple[str, ...]:
     """Every role name, in table order: what a Select may send inline."""
     return tuple(r.name for r in ROLES)
@@ -146,36 +150,43 @@ def item_axis(name: str) -> int:
     return role(name).item_axis
 
 
+@cache
 def stored_roles() -> tuple[str, ...]:
     """The roles a pool stores: what ``AppendPoolItems`` accepts."""
     return tuple(r.name for r in ROLES if not r.derived and not r.target)
 
 
+@cache
 def derived_roles() -> tuple[str, ...]:
     """The roles derived from a pool's labels, never stored."""
     return tuple(r.name for r in ROLES if r.derived)
 
 
+@cache
 def labeled_roles() -> tuple[str, ...]:
     """The roles describing the labeled set, with their own item count L."""
     return tuple(r.name for r in ROLES if r.labeled)
 
 
+@cache
 def target_roles() -> tuple[str, ...]:
     """The roles describing a target set, with their own item count M (inline only)."""
     return tuple(r.name for r in ROLES if r.target)
 
 
+@cache
 def own_count_roles() -> tuple[str, ...]:
     """The roles whose item count is their own (L or M), not the pool's N."""
     return tuple(r.name for r in ROLES if r.labeled or r.target)
 
 
+@cache
 def row_local_roles() -> frozenset[str]:
     """The roles an upload can validate chunk by chunk."""
     return frozenset(r.name for r in ROLES if r.row_local)
 
 
+@cache
 def geometric_roles() -> tuple[str, ...]:
     """The roles the geometric kernels measure distances on."""
     return tuple(r.name for r in ROLES if r.geometric)
