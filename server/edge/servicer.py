@@ -34,6 +34,7 @@ from ..pools.request_records import RequestKey, StoredResponse
 from ..pools.store import ArraySpec, PoolInfo, PoolStore, check_pool_id
 from ..strategies import registry
 from .idempotency import SingleFlight, StreamDigest, check_request_id, fingerprint
+from .lanes import Foreground
 from .metrics import Metrics, note
 from .paging import page_end, page_start
 from .response_size import check_budget, check_encoded
@@ -178,11 +179,13 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     service, encodes."""
 
     def __init__(self, store: PoolStore, acquisition: AcquisitionService, limits: EdgeLimits,
-                 metrics: Metrics):
+                 metrics: Metrics, foreground: Foreground | None = None):
         self.store = store
         self.acquisition = acquisition
         self.limits = limits
         self.metrics = metrics
+        #: Where running Selects are counted, for uploads to yield to (``lanes``).
+        self.foreground = foreground or Foreground()
         self._flights = SingleFlight()
 
     @contextlib.contextmanager
@@ -349,14 +352,15 @@ class AssayServicer(assay_pb2_grpc.AssayServiceServicer):
     def Select(self, raw: bytes, context):
         """Registered with the request's wire bytes (``add_to_server``): the inline
         tensors are read in place (``wire``)."""
-        wire = read_select(raw)
-        request = wire.message
-        pool_id = request.pool_id if request.WhichOneof("source") == "pool_id" else ""
-        with self._once(request, "Select", context, pool_id,
-                        digest=wire.fingerprint) as (stored, key):
-            if stored is not None:
-                return stored.response
-            return self._select(wire, context, key)
+        with self.foreground.running():
+            wire = read_select(raw)
+            request = wire.message
+            pool_id = request.pool_id if request.WhichOneof("source") == "pool_id" else ""
+            with self._once(request, "Select", context, pool_id,
+                            digest=wire.fingerprint) as (stored, key):
+                if stored is not None:
+                    return stored.response
+                return self._select(wire, context, key)
 
     def _select(self, wire: SelectWire, context, key: RequestKey | None) -> bytes:
         """The serialized SelectResponse: encoded once, for the wire and for the record

@@ -40,10 +40,12 @@ class BoundedStream(Iterator):
     Raises ``DeadlineExceeded`` (reason ``STREAM_IDLE`` when the client went quiet) from
     ``next()`` and stops reading; what the client iterator raises (a cancelled call's
     ``grpc.RpcError``) is raised as it is. Call ``close`` when the handler is done.
+    ``pace``, when given, runs on the reader thread before each message is asked of
+    the client; it may wait briefly (the wait counts toward ``idle_timeout``).
     """
 
     def __init__(self, messages: Iterator, *, idle_timeout: float, ceiling: float = 0.0,
-                 name: str = "stream"):
+                 name: str = "stream", pace: Callable[[], None] | None = None):
         if idle_timeout <= 0:
             raise ValueError(f"idle_timeout must be > 0, got {idle_timeout}")
         self.idle_timeout = idle_timeout
@@ -52,13 +54,20 @@ class BoundedStream(Iterator):
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._closed = threading.Event()
         self._finished = False
+        self._pace = pace
         self._reader = threading.Thread(target=self._read, args=(messages,), daemon=True,
                                         name=f"assay-read-{name}")
         self._reader.start()
 
     def _read(self, messages: Iterator) -> None:
         try:
-            for message in messages:
+            messages = iter(messages)
+            while True:
+                if self._pace is not None:
+                    self._pace()
+                message = next(messages, _END)
+                if message is _END:
+                    break
                 if not self._hand_over(message):
                     return
             self._hand_over(_END)

@@ -26,7 +26,7 @@ from ..acquisition.service import AcquisitionService, SelectSlots
 from ..edge.admission import AdmissionGate
 from ..edge.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from ..edge.interceptors import CallLog, ErrorInterceptor
-from ..edge.lanes import Lanes
+from ..edge.lanes import Foreground, Lanes
 from ..edge.metrics import Metrics
 from ..edge.model_servicer import ModelServicer
 from ..edge.servicer import AssayServicer, EdgeLimits, add_to_server, cancellation_check
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from ..scaleout.backend import ShardedBackend
 
 log = logging.getLogger("assay.server")
+#: Longest an upload waits, before each message it reads, for the running selections to
+#: finish: a Select's latency is what a trainer waits on, an upload's rate is not.
+UPLOAD_YIELD_SECONDS = 0.05
 SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
 MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
@@ -192,10 +195,12 @@ def _start(config: ServerConfig, credentials: grpc.ServerCredentials | None,
     gate = AdmissionGate(config.max_concurrent_rpcs, metrics=metrics)
     # Health checks and client streams on lanes of their own: a stream waiting on a slow
     # client holds no worker, and ends after stream_idle_timeout_seconds without a message.
+    foreground = Foreground()
     lanes = Lanes(max_streams=config.max_concurrent_streams,
                   stream_threads=config.max_concurrent_rpcs,
                   idle_timeout=config.stream_idle_timeout_seconds,
-                  ceiling=config.max_deadline_seconds, metrics=metrics)
+                  ceiling=config.max_deadline_seconds, metrics=metrics,
+                  pace=lambda: foreground.wait_idle(UPLOAD_YIELD_SECONDS))
     # The call log outermost, so that it sees refusals by the gate and the lanes too.
     interceptors: list[grpc.ServerInterceptor] = [CallLog(metrics), gate.interceptor,
                                                   lanes.interceptor, ErrorInterceptor(metrics)]
@@ -230,7 +235,8 @@ def _start(config: ServerConfig, credentials: grpc.ServerCredentials | None,
         store, models=runtime, max_inline_bytes=config.max_inline_bytes,
         slots=SelectSlots(config.max_concurrent_selects, config.max_queued_selects),
         observe=metrics.observe_select)
-    add_to_server(AssayServicer(store, acquisition, EdgeLimits.of(config), metrics), server)
+    add_to_server(AssayServicer(store, acquisition, EdgeLimits.of(config), metrics, foreground),
+                  server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(models, runtime,
                       lambda context: cancellation_check(context, config.max_deadline_seconds)),

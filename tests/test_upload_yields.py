@@ -1,0 +1,61 @@
+"""Uploads yield to Selects: a stream asks for its next message once no Select runs,
+or after a bounded wait (``Foreground``, ``BoundedStream(pace=...)``)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from assay.server.edge.lanes import Foreground
+from assay.server.edge.streams import BoundedStream
+
+
+def _recorded(pulled: list[int], n: int = 3):
+    for i in range(n):
+        pulled.append(i)
+        yield i
+
+
+def test_an_upload_reads_its_next_message_only_once_no_select_runs():
+    foreground = Foreground()
+    entered, release = threading.Event(), threading.Event()
+
+    def select():
+        with foreground.running():
+            entered.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=select)
+    worker.start()
+    assert entered.wait(10)
+    pulled: list[int] = []
+    stream = BoundedStream(_recorded(pulled), idle_timeout=30,
+                           pace=lambda: foreground.wait_idle(30))
+    time.sleep(0.2)
+    assert pulled == []  # the reader waits while the Select runs
+    release.set()
+    worker.join(10)
+    assert list(stream) == [0, 1, 2]
+    stream.close()
+
+
+def test_an_upload_waits_for_a_select_only_so_long():
+    foreground = Foreground()
+    with foreground.running():  # a Select that outlasts the whole upload
+        pulled: list[int] = []
+        stream = BoundedStream(_recorded(pulled), idle_timeout=30,
+                               pace=lambda: foreground.wait_idle(0.01))
+        assert list(stream) == [0, 1, 2]
+        stream.close()
+
+
+def test_the_count_falls_back_to_idle_when_a_select_fails():
+    foreground = Foreground()
+    try:
+        with foreground.running():
+            raise RuntimeError("select failed")
+    except RuntimeError:
+        pass
+    done = threading.Event()
+    threading.Thread(target=lambda: (foreground.wait_idle(30), done.set())).start()
+    assert done.wait(5)
