@@ -35,7 +35,7 @@ from ..models.onnx_cost import ModelLimits
 from ..models.store import ModelStore
 from ..pools.request_records import Retention
 from ..pools.store import PoolStore
-from . import heap, warmup
+from . import heap, switching, warmup
 from .config import IN_PROCESS, ServerConfig
 
 if TYPE_CHECKING:
@@ -334,7 +334,9 @@ def _host_port(http: ThreadingHTTPServer) -> str:
 
 
 def serve_forever(config: ServerConfig) -> None:
-    """Run until SIGTERM/SIGINT, then drain gracefully."""
+    """Run until SIGTERM/SIGINT, then drain gracefully (the process is the server's own,
+    so its interpreter is tuned for serving: ``switching``)."""
+    switching.tune()
     running = start(config)
     done = threading.Event()
 

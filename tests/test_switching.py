@@ -1,0 +1,16 @@
+"""The served process hands the interpreter lock over less often (``switching``)."""
+
+from __future__ import annotations
+
+import sys
+
+from assay.server.wiring import switching
+
+
+def test_tune_sets_the_serving_interval_and_returns_the_previous_one():
+    before = sys.getswitchinterval()
+    try:
+        assert switching.tune() == before
+        assert sys.getswitchinterval() == switching.SWITCH_INTERVAL_SECONDS
+    finally:
+        sys.setswitchinterval(before)
