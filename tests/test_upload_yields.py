@@ -10,10 +10,10 @@ from assay.server.edge.lanes import Foreground
 from assay.server.edge.streams import BoundedStream
 
 
-def _recorded(pulled: list[int], n: int = 3):
+def _recorded(pulled: list[int], n: int = 3, size: int = 1 << 20):
     for i in range(n):
         pulled.append(i)
-        yield i
+        yield bytes([i]) * size
 
 
 def test_an_upload_reads_its_next_message_only_once_no_select_runs():
@@ -29,13 +29,24 @@ def test_an_upload_reads_its_next_message_only_once_no_select_runs():
     worker.start()
     assert entered.wait(10)
     pulled: list[int] = []
-    stream = BoundedStream(_recorded(pulled), idle_timeout=30,
-                           pace=lambda: foreground.wait_idle(30))
+    stream = BoundedStream(_recorded(pulled, 6), idle_timeout=30,
+                           pace=lambda: foreground.wait_idle(30), pace_bytes=2 << 20)
+    first = next(stream)
     time.sleep(0.2)
-    assert pulled == []  # the reader waits while the Select runs
+    assert pulled == [0, 1]  # 2 MiB read, then the reader waits while the Select runs
     release.set()
     worker.join(10)
-    assert list(stream) == [0, 1, 2]
+    assert [first[0], *(m[0] for m in stream)] == [0, 1, 2, 3, 4, 5]
+    stream.close()
+
+
+def test_small_messages_are_paced_by_the_bytes_they_carry():
+    pauses = []
+    pulled: list[int] = []
+    stream = BoundedStream(_recorded(pulled, 64, size=64 << 10), idle_timeout=30,
+                           pace=lambda: pauses.append(len(pulled)), pace_bytes=1 << 20)
+    assert len(list(stream)) == 64
+    assert pauses == [16, 32, 48, 64]  # one pause per MiB read, not one per message
     stream.close()
 
 
@@ -44,8 +55,8 @@ def test_an_upload_waits_for_a_select_only_so_long():
     with foreground.running():  # a Select that outlasts the whole upload
         pulled: list[int] = []
         stream = BoundedStream(_recorded(pulled), idle_timeout=30,
-                               pace=lambda: foreground.wait_idle(0.01))
-        assert list(stream) == [0, 1, 2]
+                               pace=lambda: foreground.wait_idle(0.01), pace_bytes=1)
+        assert [m[0] for m in stream] == [0, 1, 2]
         stream.close()
 
 

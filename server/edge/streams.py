@@ -21,7 +21,17 @@ from assay.vocab.errors import Cancelled, DeadlineExceeded, InvalidInput
 
 #: How often a blocked hand-over looks whether the handler has gone (seconds).
 _HANDOVER_POLL = 0.5
+#: Bytes a stream reads between two calls of its ``pace``.
+PACE_BYTES = 4 << 20
 _END = object()
+
+
+def _size(message: Any) -> int:
+    """A message's size: its wire bytes, or a parsed message's encoded size."""
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return len(message)
+    size = getattr(message, "ByteSize", None)
+    return size() if size is not None else 0
 
 
 class _Failure:
@@ -40,12 +50,15 @@ class BoundedStream(Iterator):
     Raises ``DeadlineExceeded`` (reason ``STREAM_IDLE`` when the client went quiet) from
     ``next()`` and stops reading; what the client iterator raises (a cancelled call's
     ``grpc.RpcError``) is raised as it is. Call ``close`` when the handler is done.
-    ``pace``, when given, runs on the reader thread before each message is asked of
-    the client; it may wait briefly (the wait counts toward ``idle_timeout``).
+    ``pace``, when given, runs on the reader thread before the next message is asked
+    of the client, once every ``pace_bytes`` read (so small messages are not slowed
+    more than large ones); it may wait briefly (the wait counts toward
+    ``idle_timeout``).
     """
 
     def __init__(self, messages: Iterator, *, idle_timeout: float, ceiling: float = 0.0,
-                 name: str = "stream", pace: Callable[[], None] | None = None):
+                 name: str = "stream", pace: Callable[[], None] | None = None,
+                 pace_bytes: int = PACE_BYTES):
         if idle_timeout <= 0:
             raise ValueError(f"idle_timeout must be > 0, got {idle_timeout}")
         self.idle_timeout = idle_timeout
@@ -55,6 +68,7 @@ class BoundedStream(Iterator):
         self._closed = threading.Event()
         self._finished = False
         self._pace = pace
+        self._pace_bytes = pace_bytes
         self._reader = threading.Thread(target=self._read, args=(messages,), daemon=True,
                                         name=f"assay-read-{name}")
         self._reader.start()
@@ -62,12 +76,15 @@ class BoundedStream(Iterator):
     def _read(self, messages: Iterator) -> None:
         try:
             messages = iter(messages)
+            unpaced = 0  # bytes read since the last pause
             while True:
-                if self._pace is not None:
+                if self._pace is not None and unpaced >= self._pace_bytes:
                     self._pace()
+                    unpaced = 0
                 message = next(messages, _END)
                 if message is _END:
                     break
+                unpaced += _size(message)
                 if not self._hand_over(message):
                     return
             self._hand_over(_END)
