@@ -336,9 +336,10 @@ def _host_port(http: ThreadingHTTPServer) -> str:
 
 def serve_forever(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully (the process is the server's own,
-    so its interpreter is tuned for serving: ``switching``)."""
-    switching.tune()
+    so once started its interpreter is tuned for serving: ``switching``; not before, while
+    the kernel warm-up holds the lock for long stretches)."""
     running = start(config)
+    switching.tune()
     done = threading.Event()
 
     def on_signal(signum, frame):
