@@ -21,8 +21,8 @@ from google.rpc import error_details_pb2
 from assay.client import AssayError, Client
 from assay.client.tensors import to_proto
 from assay.server.acquisition import selection
-from assay.server.acquisition.service import SelectSlots
 from assay.server.edge.interceptors import PUSHBACK, pushback, to_status
+from assay.server.edge.lanes import SelectLane
 from assay.server.scaleout.cluster import ShardUnavailable
 from assay.v1 import assay_pb2, assay_pb2_grpc
 from assay.vocab.errors import REASONS, InvalidInput, ResourceExhausted
@@ -134,16 +134,15 @@ def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, he
     pushback as trailing metadata and succeeds on the retry, with no loop of its own."""
     entered, release = held_selection
     refused = []
-    real_acquire = SelectSlots.acquire
+    real_full = SelectLane.full
 
-    def counting(self, check):
-        try:
-            return real_acquire(self, check)
-        except ResourceExhausted:
+    def counting(self):
+        full = real_full(self)
+        if full:
             refused.append(1)
-            raise
+        return full
 
-    monkeypatch.setattr(SelectSlots, "acquire", counting)
+    monkeypatch.setattr(SelectLane, "full", counting)
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     config = json.dumps({"methodConfig": [{
         "name": [{"service": "assay.v1.AssayService", "method": "Select"}],

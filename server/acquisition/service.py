@@ -10,7 +10,8 @@ and encoding lives here, in order:
    epochs) and its labeled items excluded;
 2. the seed: drawn when MC dropout needs one, so the answer can be replayed;
 3. a slot: at most ``max_concurrent_selects`` selections run, ``max_queued_selects``
-   wait;
+   wait (behind the gRPC server, the calls already wait on Select's own lane, whose
+   threads are as many as the slots, so a slot is free there when a call arrives);
 4. the model step (registered ONNX models over raw inputs), then the strategy.
 
 Sharded pools take the same slot and answer the same ``Selection``; only where

@@ -142,17 +142,20 @@ class GateInterceptor(grpc.ServerInterceptor):
 
 
 def _refusal_handler(gate: AdmissionGate) -> grpc.RpcMethodHandler:
-    """The rich RESOURCE_EXHAUSTED on the refusal lane, whatever the method.
+    return refusal_handler(gate.refusal(), gate.refusals)
+
+
+def refusal_handler(error: ResourceExhausted,
+                    lane: futures.ThreadPoolExecutor) -> grpc.RpcMethodHandler:
+    """``error``'s rich status, answered on ``lane`` whatever the method.
 
     Shaped as request-streaming, so that it never waits for a request message: it
     answers before reading anything.
     """
-    error = gate.refusal()
-
     def refuse(request_iterator: Any, context: grpc.ServicerContext) -> None:
         abort_with(context, error)
 
-    refuse.experimental_thread_pool = gate.refusals
+    refuse.experimental_thread_pool = lane
     return grpc.stream_unary_rpc_method_handler(refuse)
 
 

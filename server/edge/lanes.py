@@ -19,6 +19,9 @@ servicer does for ``Watch``), and ``LaneInterceptor`` uses that to give
 
 The stream lane has as many threads as calls may be in flight, so an admitted
 stream never queues for a thread; the cap, not the pool size, bounds them.
+
+Select runs on a lane of its own too (``SelectLane``): as many threads as
+selections may compute at once, and a bounded queue in front of them.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ import grpc
 
 from assay.vocab.errors import AssayError, ResourceExhausted
 
+from .admission import refusal_handler
 from .interceptors import abort_with
 from .metrics import Metrics
 from .streams import BoundedStream
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+SELECT = "/assay.v1.AssayService/Select"
 
 
 class Foreground:
@@ -76,8 +81,84 @@ class Foreground:
                 self._idle.wait_for(lambda: not self._running, timeout)
 
 
+class SelectLane(futures.ThreadPoolExecutor):
+    """The threads that run Select (``running`` of them) and a queue of at most
+    ``queued`` calls waiting for one; beyond both, TOO_MANY_SELECTS at once.
+
+    Why a lane and not the shared workers: a small Select is bound by the Python it
+    runs under the interpreter lock, and every thread that takes one up (gRPC reads
+    the request on it, hands it over, then the handler runs) competes for that lock
+    and for the cache. With Selects on the eight shared workers, the server did less
+    per second of CPU the more calls were in flight; on a lane of two or three
+    threads, the other calls wait in this queue, before gRPC has read them, and
+    cost nothing. So the lane's threads are the selection slots themselves.
+
+    A queued call its client cancelled, or whose deadline passed, frees its place
+    as soon as a newcomer needs it: ``full`` asks gRPC's state of each queued call
+    whether it is still live. (That state is gRPC's own, found among the arguments
+    of the task it submits; where it cannot be found, a queued call holds its place
+    until a thread reaches it and gRPC skips it.)
+    """
+
+    def __init__(self, running: int, queued: int, *, metrics: Metrics | None = None):
+        if running < 1 or queued < 0:
+            raise ValueError(f"need running >= 1 and queued >= 0, got {running}, {queued}")
+        super().__init__(max_workers=running, thread_name_prefix="assay-select")
+        self.running, self.queued = running, queued
+        self.metrics = metrics
+        self.refusals = futures.ThreadPoolExecutor(1, thread_name_prefix="assay-select-refuse")
+        self._lock = threading.Lock()
+        self._busy = 0
+        #: Calls submitted and not started yet -> gRPC's state of each (None: unknown).
+        self._waiting: dict[object, Any] = {}
+
+    def submit(self, fn, /, *args, **kwargs):
+        key = object()
+        state = next((a for a in args if hasattr(a, "client") and hasattr(a, "statused")),
+                     None)
+        with self._lock:
+            self._waiting[key] = state
+
+        def run():
+            with self._lock:
+                self._waiting.pop(key, None)
+                self._busy += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._busy -= 1
+
+        return super().submit(run)
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued for a thread (live or not yet found dead)."""
+        with self._lock:
+            return len(self._waiting)
+
+    def full(self) -> bool:
+        """Whether a new call must be refused; drops queued calls gRPC has ended."""
+        with self._lock:
+            if self._busy + len(self._waiting) < self.running + self.queued:
+                return False
+            for key, state in list(self._waiting.items()):
+                if state is not None and (state.client == "cancelled" or state.statused):
+                    del self._waiting[key]
+            return self._busy + len(self._waiting) >= self.running + self.queued
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the server is already running {self.running} selections with "
+            f"{self.waiting} waiting; retry with backoff", reason="TOO_MANY_SELECTS")
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.refusals.shutdown(wait=False, cancel_futures=True)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 class Lanes:
-    """The health and stream lanes of one server, and the stream cap.
+    """The health, Select and stream lanes of one server, and the stream cap.
 
     Parameters
     ----------
@@ -94,11 +175,14 @@ class Lanes:
         Run before each message of a stream is read (``BoundedStream``): the server
         passes a short wait for the selections running to finish, so that uploads
         use the gaps between them.
+    selects
+        Select's lane; None: Select runs on the server's workers.
     """
 
     def __init__(self, *, max_streams: int, stream_threads: int, idle_timeout: float,
                  ceiling: float = 0.0, metrics: Metrics | None = None,
-                 health_threads: int = 2, pace: Callable[[], None] | None = None):
+                 health_threads: int = 2, pace: Callable[[], None] | None = None,
+                 selects: SelectLane | None = None):
         if max_streams < 1:
             raise ValueError(f"max_streams must be >= 1, got {max_streams}")
         self.max_streams = max_streams
@@ -106,6 +190,7 @@ class Lanes:
         self.ceiling = ceiling
         self.metrics = metrics
         self.pace = pace
+        self.selects = selects
         self.health = futures.ThreadPoolExecutor(health_threads,
                                                  thread_name_prefix="assay-health")
         self.streams = futures.ThreadPoolExecutor(max(stream_threads, max_streams),
@@ -141,6 +226,8 @@ class Lanes:
         """Stop taking work; threads still waiting on a client end with their calls."""
         self.health.shutdown(wait=False, cancel_futures=True)
         self.streams.shutdown(wait=False, cancel_futures=True)
+        if self.selects is not None:
+            self.selects.shutdown(wait=False, cancel_futures=True)
 
 
 class LaneInterceptor(grpc.ServerInterceptor):
@@ -152,12 +239,30 @@ class LaneInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, lanes: Lanes):
         self.lanes = lanes
+        #: Select's handler as last tagged, and its tagging (the handler is the same
+        #: object on every call, so it is tagged once).
+        self._select: tuple[grpc.RpcMethodHandler | None, grpc.RpcMethodHandler | None] = (
+            None, None)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        selects = self.lanes.selects
+        if method == SELECT and selects is not None and handler.unary_unary:
+            if selects.full():
+                if self.lanes.metrics is not None:
+                    self.lanes.metrics.observe_rpc(method, "RESOURCE_EXHAUSTED", 0.0)
+                return refusal_handler(selects.refusal(), selects.refusals)
+            inner, tagged = self._select
+            if inner is not handler:
+                tagged = grpc.unary_unary_rpc_method_handler(
+                    _on_lane(_delegate(handler.unary_unary), selects),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+                self._select = (handler, tagged)
+            return tagged
         codecs = {"request_deserializer": handler.request_deserializer,
                   "response_serializer": handler.response_serializer}
         if method == HEALTH_CHECK and handler.unary_unary:

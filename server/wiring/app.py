@@ -26,7 +26,7 @@ from ..acquisition.service import AcquisitionService, SelectSlots
 from ..edge.admission import AdmissionGate
 from ..edge.auth import TokenInterceptor, check_exposure, load_tokens, server_credentials
 from ..edge.interceptors import CallLog, ErrorInterceptor
-from ..edge.lanes import Foreground, Lanes
+from ..edge.lanes import Foreground, Lanes, SelectLane
 from ..edge.metrics import Metrics
 from ..edge.model_servicer import ModelServicer
 from ..edge.servicer import AssayServicer, EdgeLimits, add_to_server, cancellation_check
@@ -201,7 +201,9 @@ def _start(config: ServerConfig, credentials: grpc.ServerCredentials | None,
                   stream_threads=config.max_concurrent_rpcs,
                   idle_timeout=config.stream_idle_timeout_seconds,
                   ceiling=config.max_deadline_seconds, metrics=metrics,
-                  pace=lambda: foreground.wait_idle(UPLOAD_YIELD_SECONDS))
+                  pace=lambda: foreground.wait_idle(UPLOAD_YIELD_SECONDS),
+                  selects=SelectLane(config.max_concurrent_selects,
+                                     config.max_queued_selects, metrics=metrics))
     # The call log outermost, so that it sees refusals by the gate and the lanes too.
     interceptors: list[grpc.ServerInterceptor] = [CallLog(metrics), gate.interceptor,
                                                   lanes.interceptor, ErrorInterceptor(metrics)]

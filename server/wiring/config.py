@@ -80,10 +80,10 @@ class ServerConfig:
                 "traffic near capacity queues tens of calls at moments), while its "
                 "memory stays bounded by this times the message size"})
     max_concurrent_selects: int = field(default=4, metadata={
-        "help": "Select calls computing at once"})
+        "help": "Select calls running at once: the threads of Select's own lane"})
     max_queued_selects: int = field(default=32, metadata={
-        "help": "Select calls that may wait for a computing slot (within their deadline); "
-                "beyond them, RESOURCE_EXHAUSTED at once (0: no waiting)"})
+        "help": "Select calls that may wait for a thread of that lane (within their "
+                "deadline); beyond them, RESOURCE_EXHAUSTED at once (0: no waiting)"})
     max_deadline_seconds: float = field(default=600.0, metadata={
         "help": "ceiling on the time one Select or upload may run, whatever deadline the "
                 "client set or when it set none (DEADLINE_EXCEEDED past it; 0: the "
