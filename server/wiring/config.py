@@ -78,8 +78,8 @@ class ServerConfig:
         "help": "RPCs in flight (running or queued for a thread) before new ones get "
                 "RESOURCE_EXHAUSTED at once: room for the bursts of a busy sidecar (open-loop "
                 "traffic at 70-90 % of capacity queues a hundred Selects at moments); a "
-                "queued call's message is not read until a thread takes it up, so it waits "
-                "in the transport's flow-control window, not in the server's memory"})
+                "queued call's message is not read until a thread takes it up (what of it "
+                "has arrived the transport holds, within its flow-control window)"})
     max_concurrent_selects: int = field(default=4, metadata={
         "help": "Select calls running at once: the threads of Select's own lane"})
     max_queued_selects: int = field(default=96, metadata={
