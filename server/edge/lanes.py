@@ -89,9 +89,9 @@ class SelectLane(futures.ThreadPoolExecutor):
     runs under the interpreter lock, and every thread that takes one up (gRPC reads
     the request on it, hands it over, then the handler runs) competes for that lock
     and for the cache. With Selects on the eight shared workers, the server did less
-    per second of CPU the more calls were in flight; on a lane of two or three
-    threads, the other calls wait in this queue, before gRPC has read them, and
-    cost nothing. So the lane's threads are the selection slots themselves.
+    per second of CPU the more calls were in flight; on a lane of a few threads,
+    the other calls wait in this queue, before gRPC has read them, and cost
+    nothing (docs/benchmarks.md). So the lane's threads are the selection slots.
 
     A queued call its client cancelled, or whose deadline passed, frees its place
     as soon as a newcomer needs it: ``full`` asks gRPC's state of each queued call
@@ -100,12 +100,11 @@ class SelectLane(futures.ThreadPoolExecutor):
     until a thread reaches it and gRPC skips it.)
     """
 
-    def __init__(self, running: int, queued: int, *, metrics: Metrics | None = None):
+    def __init__(self, running: int, queued: int):
         if running < 1 or queued < 0:
             raise ValueError(f"need running >= 1 and queued >= 0, got {running}, {queued}")
         super().__init__(max_workers=running, thread_name_prefix="assay-select")
         self.running, self.queued = running, queued
-        self.metrics = metrics
         self.refusals = futures.ThreadPoolExecutor(1, thread_name_prefix="assay-select-refuse")
         self._lock = threading.Lock()
         self._busy = 0
