@@ -430,6 +430,51 @@ def test_records_module_counts_match_the_table(tmp_path):
     db.close()
 
 
+def test_a_full_cap_evicts_the_oldest_in_a_batch_below_it(tmp_path):
+    """At a cap of 128 records the 129th drops the 3 oldest (1/64 of the cap below it),
+    so the next 2 records evict nothing; a byte cap keeps the same margin."""
+    db = sqlite3.connect(tmp_path / "r.sqlite", isolation_level=None, check_same_thread=False)
+    lock = threading.RLock()
+    records = RequestRecords(db, lock, Retention(seconds=0, max_records=128, max_bytes=0))
+
+    def ids():
+        return [r[0] for r in db.execute("SELECT request_id FROM requests ORDER BY rowid")]
+
+    for i in range(131):
+        with lock:
+            records.put(RequestKey(f"r-{i}", "Select", "f"), b"x")
+        if i == 128:
+            assert ids() == [f"r-{j}" for j in range(3, 129)]
+    assert ids() == [f"r-{j}" for j in range(3, 131)]
+    assert records.sweep() == 128
+    db.close()
+
+    db = sqlite3.connect(tmp_path / "b.sqlite", isolation_level=None, check_same_thread=False)
+    records = RequestRecords(db, lock, Retention(seconds=0, max_records=0, max_bytes=6400))
+    for i in range(65):
+        with lock:
+            records.put(RequestKey(f"r-{i}", "Select", "f"), b"y" * 100)
+    # 6,500 bytes break the cap: down to 6,300 (6,400 - 100) or less, the newest kept.
+    assert ids() == [f"r-{j}" for j in range(2, 65)]
+    db.close()
+
+
+def test_an_older_store_gets_the_covering_index(tmp_path):
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    RequestRecords(db, threading.RLock())
+    db.execute("DROP INDEX requests_by_age")
+    db.execute("CREATE INDEX requests_by_time ON requests (create_time)")
+    db.close()
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    RequestRecords(db, threading.RLock())
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "requests_by_age" in indexes and "requests_by_time" not in indexes
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT COUNT(*), SUM(size_bytes) FROM requests")
+    assert "COVERING INDEX requests_by_age" in str(plan.fetchall())
+    db.close()
+
+
 # -- request ids -----------------------------------------------------------------------
 
 
