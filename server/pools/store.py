@@ -229,7 +229,8 @@ class PoolStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
         self._db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
-        self._checkpoints = Checkpointer(self.data_dir / "assay.sqlite")
+        self._checkpoints = Checkpointer(self.data_dir / "assay.sqlite",
+                                         restart_bytes=2 * _WAL_KEEP_BYTES)
         self._db.executescript(_SCHEMA)
         if "shards" not in {r[1] for r in self._db.execute("PRAGMA table_info(pools)")}:
             self._db.execute("ALTER TABLE pools ADD COLUMN shards INTEGER NOT NULL DEFAULT 0")
