@@ -137,12 +137,8 @@ class GateInterceptor(grpc.ServerInterceptor):
             return handler
         ticket = self.gate.admit(method)
         if ticket is None:
-            return _refusal_handler(self.gate)
+            return refusal_handler(self.gate.refusal(), self.gate.refusals)
         return _admitted_handler(handler, ticket)
-
-
-def _refusal_handler(gate: AdmissionGate) -> grpc.RpcMethodHandler:
-    return refusal_handler(gate.refusal(), gate.refusals)
 
 
 def refusal_handler(error: ResourceExhausted,
