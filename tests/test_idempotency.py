@@ -25,7 +25,13 @@ from grpc_status import rpc_status
 from assay.client import AssayError, Client
 from assay.server.acquisition import selection
 from assay.server.edge.idempotency import MAX_REQUEST_ID, StreamDigest
-from assay.server.pools.request_records import RequestKey, RequestRecords, Retention
+from assay.server.pools.request_records import (
+    EVICT_BYTES,
+    EVICT_RECORDS,
+    RequestKey,
+    RequestRecords,
+    Retention,
+)
 from assay.server.pools.store import PoolStore
 from assay.vocab.errors import FailedPrecondition
 
@@ -456,6 +462,36 @@ def test_a_full_cap_evicts_the_oldest_in_a_batch_below_it(tmp_path):
             records.put(RequestKey(f"r-{i}", "Select", "f"), b"y" * 100)
     # 6,500 bytes break the cap: down to 6,300 (6,400 - 100) or less, the newest kept.
     assert ids() == [f"r-{j}" for j in range(2, 65)]
+    db.close()
+
+
+def test_a_large_cap_evicts_small_batches(tmp_path):
+    """At a cap of 4,096 records (1/64: 64) the batch is EVICT_RECORDS (32), and at a
+    byte cap of 8 MiB (1/64: 128 KiB) it is EVICT_BYTES (64 KiB): a full cap never
+    deletes thousands of records in one commit."""
+    db = sqlite3.connect(tmp_path / "r.sqlite", isolation_level=None, check_same_thread=False)
+    lock = threading.RLock()
+    records = RequestRecords(db, lock, Retention(seconds=0, max_records=4096, max_bytes=0))
+    with lock:
+        db.execute("BEGIN")
+        for i in range(4097):
+            records.put(RequestKey(f"r-{i}", "Select", "f"), b"x")
+        db.execute("COMMIT")
+    assert EVICT_RECORDS == 32
+    assert records.sweep() == 4096 - 32
+    assert db.execute("SELECT MIN(rowid) FROM requests").fetchone()[0] == 34
+    db.close()
+
+    db = sqlite3.connect(tmp_path / "b.sqlite", isolation_level=None, check_same_thread=False)
+    records = RequestRecords(db, lock, Retention(seconds=0, max_records=0, max_bytes=8 << 20))
+    with lock:
+        db.execute("BEGIN")
+        for i in range(8193):
+            records.put(RequestKey(f"r-{i}", "Select", "f"), b"y" * 1024)
+        db.execute("COMMIT")
+    # 8 MiB + 1 KiB: down to 8 MiB - 64 KiB, that is 8,128 records of 1 KiB.
+    assert EVICT_BYTES == 64 << 10
+    assert records.sweep() == 8128
     db.close()
 
 

@@ -44,8 +44,15 @@ _COLUMNS = (
     ("data_digest", "TEXT NOT NULL DEFAULT ''"),
     ("size_bytes", "INTEGER NOT NULL DEFAULT 0"),
 )
-#: An eviction leaves each cap this fraction (1/64) below its limit.
+#: An eviction leaves each cap this much below its limit: 1/64 of it, at most
+#: ``EVICT_RECORDS`` records and ``EVICT_BYTES`` bytes.
 EVICT_MARGIN = 64
+#: Most records an eviction makes room for at once. Each deleted record rewrites a
+#: random page of the id index, under the store's lock: a batch of 1,562 (1/64 of
+#: 100,000) stalled every Select for tens of milliseconds, 32 cost about 2 ms.
+EVICT_RECORDS = 32
+#: Most bytes of responses an eviction makes room for at once (see ``EVICT_RECORDS``).
+EVICT_BYTES = 64 << 10
 #: Longest pause between two sweeps of expired records (seconds).
 _SWEEP_EVERY = 60.0
 
@@ -195,16 +202,17 @@ class RequestRecords:
         return _over(self.retention, count, size)
 
     def _evict(self, db: sqlite3.Connection, keep: int | None) -> None:
-        """Delete the oldest records until both caps hold with a margin of 1/64 of
-        each (``keep``: never this rowid).
+        """Delete the oldest records until both caps hold with a small margin
+        (``EVICT_MARGIN``, ``EVICT_RECORDS``, ``EVICT_BYTES``; ``keep``: never this rowid).
 
-        The margin makes eviction a batch every few thousand records at a full cap,
-        not one delete per new record. The newest record is kept even when it alone
-        is over ``max_bytes``: its retry must still find it.
+        The margin makes eviction a small batch every few dozen records at a full
+        cap, not one delete per new record, and never a long stall. The newest record
+        is kept even when it alone is over ``max_bytes``: its retry must still find it.
         """
         r = self.retention
-        below = Retention(r.seconds, r.max_records - r.max_records // EVICT_MARGIN,
-                          r.max_bytes - r.max_bytes // EVICT_MARGIN)
+        below = Retention(r.seconds,
+                          r.max_records - min(r.max_records // EVICT_MARGIN, EVICT_RECORDS),
+                          r.max_bytes - min(r.max_bytes // EVICT_MARGIN, EVICT_BYTES))
         doomed = []
         count, size = self._count, self._bytes
         for rowid, row_size in db.execute(
