@@ -1,5 +1,5 @@
-"""Uploads yield to Selects: a stream asks for its next message once no Select runs,
-or after a bounded wait (``Foreground``, ``BoundedStream(pace=...)``)."""
+"""Uploads yield to Selects: a stream asks for its next message once no Select has run
+for a moment, or after a bounded wait (``Foreground``, ``BoundedStream(pace=...)``)."""
 
 from __future__ import annotations
 
@@ -70,3 +70,39 @@ def test_the_count_falls_back_to_idle_when_a_select_fails():
     done = threading.Event()
     threading.Thread(target=lambda: (foreground.wait_idle(30), done.set())).start()
     assert done.wait(5)
+
+
+def test_an_upload_waits_for_a_pause_in_the_selects_not_a_gap_between_two():
+    """Between two Selects the lane is empty for moments; an upload taking each of them
+    would run beside the Selects all the same. It waits for ``quiet`` seconds without
+    one, or the whole of its wait."""
+    foreground = Foreground(quiet=1.0)
+    stop = threading.Event()
+
+    def traffic():  # a Select ends about every millisecond
+        while not stop.is_set():
+            with foreground.running():
+                pass
+            time.sleep(0.001)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(0.05)
+        began = time.monotonic()
+        foreground.wait_idle(0.3)
+        assert time.monotonic() - began >= 0.29  # the whole wait, not the first gap
+    finally:
+        stop.set()
+        worker.join(10)
+    began = time.monotonic()
+    foreground.wait_idle(30)  # returns once a second has passed without a Select
+    assert 0.5 <= time.monotonic() - began < 20
+
+
+def test_without_selects_an_upload_never_waits():
+    foreground = Foreground()
+    began = time.monotonic()
+    for _ in range(100):
+        foreground.wait_idle(30)
+    assert time.monotonic() - began < 5

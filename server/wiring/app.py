@@ -42,10 +42,10 @@ if TYPE_CHECKING:
     from ..scaleout.backend import ShardedBackend
 
 log = logging.getLogger("assay.server")
-#: Longest an upload waits, every 4 MiB it reads (``streams.PACE_BYTES``), for the
-#: running Selects to finish: a Select's latency is what a trainer waits on, an upload's
-#: rate is not; under constant Selects an upload still gets 4 MiB per 50 ms at least.
-UPLOAD_YIELD_SECONDS = 0.05
+#: Longest an upload waits, every 4 MiB it reads (``streams.PACE_BYTES``), for a pause
+#: in the Selects (``Foreground``): a Select's latency is what a trainer waits on, an
+#: upload's rate is not; under constant Selects an upload still gets 4 MiB per 100 ms.
+UPLOAD_YIELD_SECONDS = 0.1
 SERVICE_NAME = assay_pb2.DESCRIPTOR.services_by_name["AssayService"].full_name
 MODEL_SERVICE_NAME = model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
