@@ -495,6 +495,43 @@ def test_a_large_cap_evicts_small_batches(tmp_path):
     db.close()
 
 
+def test_a_lookup_does_not_wait_for_the_stores_lock(tmp_path):
+    """With the database's path, ``get`` reads on a connection of its own: a lookup
+    answers while another thread holds the lock (a group of records committing), and
+    sees every record committed before it."""
+    path = tmp_path / "r.sqlite"
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    lock = threading.RLock()
+    records = RequestRecords(db, lock, path=path)
+    key = RequestKey("r-1", "Select", "f")
+    with lock:
+        records.put(key, b"answer")
+    held, release = threading.Event(), threading.Event()
+
+    def commit_in_progress():
+        with lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=commit_in_progress)
+    holder.start()
+    try:
+        assert held.wait(10)
+        found: list = []
+        reader = threading.Thread(target=lambda: found.append(records.get(key)))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "the lookup waited for the store's lock"
+        assert found[0].response == b"answer"
+        assert records.get(RequestKey("r-2", "Select", "f")) is None
+    finally:
+        release.set()
+        holder.join(10)
+    records.close()
+    db.close()
+
+
 def test_an_older_store_gets_the_covering_index(tmp_path):
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

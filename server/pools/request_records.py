@@ -20,11 +20,13 @@ retry after its record expired or was evicted runs again as a new request.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from assay.vocab.errors import FailedPrecondition
@@ -93,13 +95,23 @@ class RequestRecords:
     """The ``requests`` table of a store's SQLite database.
 
     The caller owns the connection and its lock: ``put`` runs inside the caller's
-    transaction (with the lock held), ``get`` and ``sweep`` take the lock.
+    transaction (with the lock held), ``sweep`` takes the lock. ``get`` reads on
+    connections of its own when ``path`` names the database file, without the lock
+    (WAL readers never wait for the writer): every Select with a request id looks
+    its id up first, and it should not wait behind a pool change committing with its
+    fsyncs, or a group of records, that holds the store's lock. (Without ``path`` it
+    reads on ``db`` with the lock held.)
     """
 
     def __init__(self, db: sqlite3.Connection, lock: threading.RLock,
-                 retention: Retention | None = None):
+                 retention: Retention | None = None, *, path: Path | None = None):
         self._db = db
         self._lock = lock
+        self._path = path
+        #: Idle read connections (``get``); at most as many as lookups ran at once.
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
         self.retention = retention or Retention()
         with self._lock:
             self._db.executescript(_SCHEMA)
@@ -130,12 +142,11 @@ class RequestRecords:
         refusing.
         """
         now = time.time()
-        with self._lock:
-            if now >= self._next_sweep:
-                self._sweep(now)
-            row = self._db.execute(
-                "SELECT method, fingerprint, pool_uid, response, data_digest, create_time "
-                "FROM requests WHERE request_id = ?", (key.request_id,)).fetchone()
+        if now >= self._next_sweep:
+            with self._lock:
+                if now >= self._next_sweep:
+                    self._sweep(now)
+        row = self._lookup(key.request_id)
         if row is None or self._expired(row[5], now):
             return None
         method, fingerprint, pool_uid, response, digest, _ = row
@@ -158,6 +169,32 @@ class RequestRecords:
                 "a new request_id for a request about the pool as it is now", field=key.field,
                 reason="REQUEST_ID_REUSED")
         return StoredResponse(response, digest)
+
+    def _lookup(self, request_id: str) -> tuple | None:
+        query = ("SELECT method, fingerprint, pool_uid, response, data_digest, create_time "
+                 "FROM requests WHERE request_id = ?")
+        if self._path is None:
+            with self._lock:
+                return self._db.execute(query, (request_id,)).fetchone()
+        try:
+            reader = self._readers.get_nowait()
+        except queue.Empty:
+            reader = sqlite3.connect(self._path, check_same_thread=False,
+                                     isolation_level=None)
+            reader.execute("PRAGMA cache_size=-1024")  # KiB: lookups touch a few pages
+            with self._opened_lock:
+                self._opened.append(reader)
+        try:
+            return reader.execute(query, (request_id,)).fetchone()
+        finally:
+            self._readers.put(reader)
+
+    def close(self) -> None:
+        """Close the read connections (the caller closes its own)."""
+        with self._opened_lock:
+            for reader in self._opened:
+                reader.close()
+            self._opened.clear()
 
     def _expired(self, create_time: float, now: float) -> bool:
         return bool(self.retention.seconds) and create_time < now - self.retention.seconds

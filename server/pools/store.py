@@ -239,7 +239,8 @@ class PoolStore:
         #: Serialises the commits of one sharded pool: its shards write before SQLite commits.
         self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
-        self.requests = RequestRecords(self._db, self._lock, retention)
+        self.requests = RequestRecords(self._db, self._lock, retention,
+                                       path=self.data_dir / "assay.sqlite")
         # Select records commit on a connection of their own, set once to synchronous=NORMAL
         # (``put_request``), under the same lock as every other write.
         self._records_db = sqlite3.connect(self.data_dir / "assay.sqlite",
@@ -319,6 +320,7 @@ class PoolStore:
 
     def close(self) -> None:
         self._checkpoints.close()
+        self.requests.close()
         with self._lock:
             self._records_db.close()
             self._db.close()
