@@ -185,9 +185,12 @@ class RequestRecords:
             with self._opened_lock:
                 self._opened.append(reader)
         try:
-            return reader.execute(query, (request_id,)).fetchone()
+            # every row read, so the statement ends and holds no read snapshot
+            # (an open one would keep a checkpoint from rewinding the WAL)
+            rows = reader.execute(query, (request_id,)).fetchall()
         finally:
             self._readers.put(reader)
+        return rows[0] if rows else None
 
     def close(self) -> None:
         """Close the read connections (the caller closes its own)."""
