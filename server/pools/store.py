@@ -223,14 +223,13 @@ class PoolStore:
         self.pools_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.data_dir / "assay.sqlite", check_same_thread=False,
-                                   isolation_level=None)
+        database = self.data_dir / "assay.sqlite"
+        self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's job
         self._db.execute(f"PRAGMA journal_size_limit={_WAL_KEEP_BYTES}")
-        self._checkpoints = Checkpointer(self.data_dir / "assay.sqlite",
-                                         restart_bytes=2 * _WAL_KEEP_BYTES)
+        self._checkpoints = Checkpointer(database, restart_bytes=2 * _WAL_KEEP_BYTES)
         self._db.executescript(_SCHEMA)
         if "shards" not in {r[1] for r in self._db.execute("PRAGMA table_info(pools)")}:
             self._db.execute("ALTER TABLE pools ADD COLUMN shards INTEGER NOT NULL DEFAULT 0")
@@ -239,12 +238,11 @@ class PoolStore:
         #: Serialises the commits of one sharded pool: its shards write before SQLite commits.
         self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
-        self.requests = RequestRecords(self._db, self._lock, retention,
-                                       path=self.data_dir / "assay.sqlite")
+        self.requests = RequestRecords(self._db, self._lock, retention, path=database)
         # Select records commit on a connection of their own, set once to synchronous=NORMAL
         # (``put_request``), under the same lock as every other write.
-        self._records_db = sqlite3.connect(self.data_dir / "assay.sqlite",
-                                           check_same_thread=False, isolation_level=None)
+        self._records_db = sqlite3.connect(database, check_same_thread=False,
+                                           isolation_level=None)
         self._records_db.execute("PRAGMA synchronous=NORMAL")
         self._records_db.execute("PRAGMA wal_autocheckpoint=0")
         self._responses = GroupCommit(self._put_requests)
