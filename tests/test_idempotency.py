@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from assay.client import AssayError, Client
 from assay.server.acquisition import selection
 from assay.server.edge.idempotency import MAX_REQUEST_ID, StreamDigest
+from assay.server.pools import request_records
 from assay.server.pools.request_records import (
     EVICT_BYTES,
     EVICT_RECORDS,
@@ -528,6 +529,107 @@ def test_a_lookup_does_not_wait_for_the_stores_lock(tmp_path):
     finally:
         release.set()
         holder.join(10)
+    records.close()
+    db.close()
+
+
+def _reads(records: RequestRecords) -> list[str]:
+    """Count the table reads of ``records.get`` (the ids it looked up)."""
+    looked_up: list[str] = []
+    real = records._lookup
+
+    def counted(request_id):
+        looked_up.append(request_id)
+        return real(request_id)
+
+    records._lookup = counted
+    return looked_up
+
+
+def test_a_lookup_of_an_unused_id_reads_nothing(tmp_path):
+    """Every new request looks its id up: an id never stored is answered from the
+    ids kept in memory; a stored one, and only it, is read from the table. The ids
+    are loaded when the store opens, so a retry after a restart still finds its
+    record."""
+    path = tmp_path / "r.sqlite"
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    lock = threading.RLock()
+    records = RequestRecords(db, lock, path=path)
+    reads = _reads(records)
+    with lock:
+        records.put(RequestKey("kept", "Select", "f"), b"answer")
+    assert records.get(RequestKey("never-used", "Select", "f")) is None
+    assert reads == []
+    assert records.get(RequestKey("kept", "Select", "f")).response == b"answer"
+    assert reads == ["kept"]
+    records.close()
+    db.close()
+
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    reopened = RequestRecords(db, threading.RLock(), path=path)
+    assert reopened.get(RequestKey("kept", "Select", "f")).response == b"answer"
+    reopened.close()
+    db.close()
+
+
+@pytest.mark.parametrize("known_max", [1 << 20, 5])
+def test_the_ids_in_memory_never_hide_a_stored_record(tmp_path, monkeypatch, known_max):
+    """Random puts, replacements, evictions at both caps, expiries, rolled-back
+    transactions and restarts, against the table itself: ``get`` finds a live record
+    exactly when the table holds one, except the records an eviction deleted in a
+    transaction rolled back after it (documented: a retry of one runs anew). With
+    ``KNOWN_IDS_MAX`` 5 the ids stop being kept once more are stored, and every
+    lookup reads the table."""
+    monkeypatch.setattr(request_records, "KNOWN_IDS_MAX", known_max)
+    seed = SEED + 40
+    rng = np.random.default_rng(seed)
+    path = tmp_path / "r.sqlite"
+    retention = Retention(seconds=30.0, max_records=24, max_bytes=2000)
+    clock = [1_000_000.0]
+    monkeypatch.setattr(request_records.time, "time", lambda: clock[0])
+
+    def open_records():
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        return db, RequestRecords(db, threading.RLock(), retention, path=path)
+
+    def stored() -> set[str]:
+        return {row[0] for row in db.execute("SELECT request_id FROM requests")}
+
+    db, records = open_records()
+    ids = [f"id-{i}" for i in range(60)]
+    forgiven: set[str] = set()  # restored by a rollback after their eviction
+    for step in range(1500):
+        action = rng.random()
+        request_id = ids[int(rng.integers(len(ids)))]
+        key = RequestKey(request_id, "Select", "f")
+        if action < 0.5:
+            size = int(rng.integers(1, 200))
+            with records._lock:
+                before = stored()
+                db.execute("BEGIN IMMEDIATE")
+                records.put(key, bytes(size))
+                if rng.random() < 0.1:
+                    forgiven |= before - stored()
+                    db.execute("ROLLBACK")
+                else:
+                    forgiven.discard(request_id)
+                    db.execute("COMMIT")
+        elif action < 0.55:
+            clock[0] += float(rng.uniform(0.0, 20.0))  # some records expire
+        elif action < 0.57:
+            records.close()
+            db.close()
+            db, records = open_records()
+        else:
+            row = db.execute("SELECT create_time FROM requests WHERE request_id = ?",
+                             (request_id,)).fetchone()
+            live = row is not None and row[0] >= clock[0] - retention.seconds
+            found = records.get(key)
+            if request_id in forgiven and found is None:
+                continue
+            assert (found is not None) == live, f"seed {seed}, step {step}, {request_id}"
     records.close()
     db.close()
 

@@ -57,6 +57,10 @@ EVICT_RECORDS = 32
 EVICT_BYTES = 64 << 10
 #: Longest pause between two sweeps of expired records (seconds).
 _SWEEP_EVERY = 60.0
+#: Most request ids kept in memory so that a lookup of an id never used reads nothing
+#: (``RequestRecords.get``); a table holding more (a store without a record cap)
+#: reads the table on every lookup instead.
+KNOWN_IDS_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,15 @@ class RequestRecords:
     its id up first, and it should not wait behind a pool change committing with its
     fsyncs, or a group of records, that holds the store's lock. (Without ``path`` it
     reads on ``db`` with the lock held.)
+
+    Most lookups are of ids never used (every new request), so the ids the table may
+    hold are also kept in memory (``KNOWN_IDS_MAX`` at most): an id not among them is
+    answered without a read. On a loaded server a read was a few dozen microseconds
+    of a Select's time, and two hand-overs of the interpreter lock. The set may hold
+    ids no longer in the table (a record replaced, a write rolled back); it never
+    lacks one that is there, except the records of an eviction whose caller's
+    transaction rolled back: those were the oldest, chosen to be forgotten, and a
+    retry of one runs anew as it would have after the eviction.
     """
 
     def __init__(self, db: sqlite3.Connection, lock: threading.RLock,
@@ -130,7 +143,13 @@ class RequestRecords:
         self._count = 0
         self._bytes = 0
         self._next_sweep = 0.0
+        #: The ids the table may hold (see the class docstring); None: not kept.
+        self._known: set[str] | None = None
         self.sweep()
+        with self._lock:
+            if self._count <= KNOWN_IDS_MAX:
+                self._known = {row[0] for row in self._db.execute(
+                    "SELECT request_id FROM requests")}
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -146,6 +165,9 @@ class RequestRecords:
             with self._lock:
                 if now >= self._next_sweep:
                     self._sweep(now)
+        known = self._known
+        if known is not None and key.request_id not in known:
+            return None
         row = self._lookup(key.request_id)
         if row is None or self._expired(row[5], now):
             return None
@@ -220,6 +242,7 @@ class RequestRecords:
                 "the pool was deleted and created again while the request ran; send it again",
                 field="pool_id", reason="POOL_CHANGED")
         db = db or self._db
+        self._remember(key.request_id)
         old = None if new else db.execute("SELECT size_bytes FROM requests WHERE "
                                           "request_id = ?", (key.request_id,)).fetchone()
         cursor = db.execute(
@@ -237,6 +260,23 @@ class RequestRecords:
         if self._over_cap(self._count, self._bytes):
             self._evict(db, keep=cursor.lastrowid)
 
+    def _remember(self, request_id: str) -> None:
+        """Add ``request_id`` to the ids kept in memory, or stop keeping them past
+        ``KNOWN_IDS_MAX`` (set operations are atomic under the interpreter lock)."""
+        known = self._known
+        if known is None:
+            return
+        if len(known) >= KNOWN_IDS_MAX:
+            self._known = None
+        else:
+            known.add(request_id)
+
+    def _forget(self, request_ids) -> None:
+        """Drop deleted records' ids from the ids kept in memory."""
+        known = self._known
+        if known is not None:
+            known.difference_update(request_ids)
+
     def _over_cap(self, count: int, size: int) -> bool:
         """Whether ``count`` records of ``size`` bytes in all break a cap."""
         return _over(self.retention, count, size)
@@ -253,19 +293,21 @@ class RequestRecords:
         below = Retention(r.seconds,
                           r.max_records - min(r.max_records // EVICT_MARGIN, EVICT_RECORDS),
                           r.max_bytes - min(r.max_bytes // EVICT_MARGIN, EVICT_BYTES))
-        doomed = []
+        doomed, ids = [], []
         count, size = self._count, self._bytes
-        for rowid, row_size in db.execute(
-                "SELECT rowid, size_bytes FROM requests ORDER BY create_time, rowid"):
+        for rowid, row_size, request_id in db.execute(
+                "SELECT rowid, size_bytes, request_id FROM requests ORDER BY create_time, rowid"):
             if not _over(below, count, size):
                 break
             if rowid == keep:
                 continue
-            doomed.append(rowid)
+            doomed.append((rowid,))
+            ids.append(request_id)
             count -= 1
             size -= row_size
-        db.executemany("DELETE FROM requests WHERE rowid = ?", ((r,) for r in doomed))
+        db.executemany("DELETE FROM requests WHERE rowid = ?", doomed)
         self._count, self._bytes = count, size
+        self._forget(ids)
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -277,11 +319,14 @@ class RequestRecords:
 
     def _sweep(self, now: float) -> None:
         """Run outside any transaction of the caller (each statement commits on its own)."""
+        expired = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
             if self.retention.seconds:
-                self._db.execute("DELETE FROM requests WHERE create_time < ?",
-                                 (now - self.retention.seconds,))
+                oldest = (now - self.retention.seconds,)
+                expired = [row[0] for row in self._db.execute(
+                    "SELECT request_id FROM requests WHERE create_time < ?", oldest)]
+                self._db.execute("DELETE FROM requests WHERE create_time < ?", oldest)
             self._count, self._bytes = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM requests").fetchone()
             if self._over_cap(self._count, self._bytes):
@@ -290,6 +335,7 @@ class RequestRecords:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._forget(expired)
         interval = _SWEEP_EVERY
         if self.retention.seconds:
             interval = min(interval, self.retention.seconds / 2)
