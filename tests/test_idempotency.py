@@ -573,7 +573,7 @@ def test_a_lookup_of_an_unused_id_reads_nothing(tmp_path):
     db.close()
 
 
-@pytest.mark.parametrize("known_max", [1 << 20, 5])
+@pytest.mark.parametrize("known_max", [1 << 18, 5])
 def test_the_ids_in_memory_never_hide_a_stored_record(tmp_path, monkeypatch, known_max):
     """Random puts, replacements, evictions at both caps, expiries, rolled-back
     transactions and restarts, against the table itself: ``get`` finds a live record
