@@ -613,9 +613,11 @@ def bald_first(samples: np.ndarray) -> tuple[np.ndarray, float]:
     return first("bald", samples)
 
 
-def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray) -> np.ndarray:
+def top_items(kind: str, array: np.ndarray, budget: int,
+              candidates: np.ndarray | None) -> np.ndarray:
     """Sorted candidate indices holding every item of the exact top ``budget`` of
-    ``kind`` (ties included), and few others.
+    ``kind`` (ties included), and few others. ``candidates``: sorted unique item
+    indices, or None for every item.
 
     ``APPROXIMATE`` kinds: ``first`` then ``shortlist`` (a fused pass measured
     slower here: the log loop vectorizes less well inside it). ``EXACT`` kinds:
@@ -625,11 +627,11 @@ def top_items(kind: str, array: np.ndarray, budget: int, candidates: np.ndarray)
     """
     if kind in APPROXIMATE:
         scores, error, bmax = _first_with_blocks(kind, array)
-        if candidates.size == scores.size:  # sorted and unique: then all items
+        if _every(candidates, scores.size):
             return shortlist_by_blocks(scores, bmax, error, budget)
         return shortlist(scores, error, budget, candidates)
     n = array.shape[-2]
-    every = candidates.size == n  # sorted and unique: then all items
+    every = _every(candidates, n)
     keep = np.ones(1, dtype=np.bool_)
     if not every:
         keep = np.zeros(n, dtype=np.bool_)
@@ -688,24 +690,34 @@ def shortlist_by_blocks(approx: np.ndarray, bmax: np.ndarray, error: float,
     than ``budget`` or a NaN score.
     """
     if bmax.size < budget or np.isnan(bmax).any():
-        return shortlist(approx, error, budget, np.arange(approx.size, dtype=np.int64))
+        return shortlist(approx, error, budget, None)
     t0 = np.partition(bmax, bmax.size - budget)[bmax.size - budget]
     t = float(_SERIAL["_kth_in_blocks"](approx, bmax, t0, budget))
     return _SERIAL["_at_least_in_blocks"](approx, bmax, _lower_bound(approx, t, error))
 
 
 def shortlist(approx: np.ndarray, error: float, budget: int,
-              candidates: np.ndarray) -> np.ndarray:
+              candidates: np.ndarray | None) -> np.ndarray:
     """Sorted candidate indices that hold every item of the exact top ``budget``.
 
     ``approx`` are first-pass scores within ``error`` of the exact ones (0: they
-    are exact). Keeps the candidates with ``approx >= t - 2 error``, ``t`` the
-    ``budget``-th largest ``approx`` among the candidates (1 <= budget <= candidates).
+    are exact). Keeps the candidates (None: every item) with ``approx >= t - 2
+    error``, ``t`` the ``budget``-th largest ``approx`` among the candidates
+    (1 <= budget <= candidates).
     """
-    every = candidates.size == approx.size  # sorted and unique: then all items
-    cand = np.asarray(candidates, dtype=np.int64)
+    every = _every(candidates, approx.size)
+    cand = _NONE if every else np.asarray(candidates, dtype=np.int64)
     t = float(_SERIAL["_kth_largest"](approx, budget, cand, every))
     return _SERIAL["_at_least"](approx, _lower_bound(approx, t, error), cand, every)
+
+
+#: The candidates argument of the compiled cuts when every item is one (not read).
+_NONE = np.empty(0, dtype=np.int64)
+
+
+def _every(candidates: np.ndarray | None, n: int) -> bool:
+    """Whether ``candidates`` (sorted, unique, or None) are all ``n`` items."""
+    return candidates is None or candidates.size == n
 
 
 def log_error(step: int = 1) -> float:

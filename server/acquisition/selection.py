@@ -160,11 +160,14 @@ def select(
                            field="inputs", reason="MISSING_INPUT")
     if budget <= 0:
         raise InvalidInput(f"budget must be >= 1, got {budget}", field="budget")
-    candidates = candidate_indices(n, exclude)
-    if budget > candidates.size:
+    # every item selectable: the item count, so no index array is built (Context)
+    every = exclude is None or len(exclude) == 0
+    candidates = n if every else candidate_indices(n, exclude)
+    count = n if every else candidates.size
+    if budget > count:
         raise InvalidInput(
-            f"budget {budget} exceeds the {candidates.size} selectable items "
-            f"({n} items, {n - candidates.size} labeled or excluded)",
+            f"budget {budget} exceeds the {count} selectable items "
+            f"({n} items, {n - count} labeled or excluded)",
             field="budget",
         )
     seed_given = seed is not None
@@ -247,9 +250,12 @@ def _order(items: np.ndarray, values: np.ndarray, budget: int, ctx: Context,
     if not ctx.seeded_ties:
         rank = items  # lower index first
     elif equal or not last:
-        candidates = ctx.candidates
-        rank = ctx.tiebreak_rng.permutation(candidates.size)[
-            np.searchsorted(candidates, items)]
+        candidates = ctx.selectable
+        if candidates is None:  # every item: an item's position is its index
+            rank = ctx.tiebreak_rng.permutation(ctx.count)[items]
+        else:
+            rank = ctx.tiebreak_rng.permutation(candidates.size)[
+                np.searchsorted(candidates, items)]
     else:
         rank = np.zeros(k, dtype=np.int64)  # no equal scores: the priority is never read
     ties = ties[np.argsort(rank[ties], kind="stable")[: budget - above.size]]
@@ -263,7 +269,7 @@ def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],
     pre = score_strategy(resolved["prefilter"], "params.prefilter")
     _require(pre, arrays, " (the prefilter)")
     k = resolved["prefilter_k"] or 10 * budget
-    k = min(k, ctx.candidates.size)
+    k = min(k, ctx.count)
     if k < budget:
         raise InvalidInput(f"params.prefilter_k {k} is smaller than the budget {budget}",
                            field="params.prefilter_k")

@@ -89,7 +89,7 @@ def bald_top(inputs: Inputs, params: dict, ctx: Context, budget: int):
     samples = _compiled(inputs["samples"])
     if samples is None:
         return None
-    items = topscores.top_items("bald", samples, budget, ctx.candidates)
+    items = topscores.top_items("bald", samples, budget, ctx.selectable)
     return items, topscores.exact("bald", rowwise.as_rows(samples[:, items]))
 
 

@@ -49,7 +49,11 @@ def _never_cancelled() -> None:
 class Context:
     """What a strategy may use besides its inputs.
 
-    ``candidates`` are the selectable item indices (sorted); ``rng`` is the
+    ``candidates`` are the selectable item indices (sorted), or the item count
+    when every item is selectable: the index array is then made on first use of
+    ``candidates``, since a Select over millions of items would otherwise build
+    an N-sized array (16 MB at 2M items, 2 ms) that the score passes never read
+    (``selectable`` tells them). ``rng`` is the
     request's seeded generator; ``tiebreak_rng`` is set only when the caller gave
     a seed, so ties fall to the lower index unless randomness was asked for;
     ``check_cancelled`` must be called between greedy steps so a cancelled or
@@ -60,12 +64,13 @@ class Context:
     strategies never draw from them.
     """
 
-    def __init__(self, candidates: np.ndarray, rng: np.random.Generator | None = None,
+    def __init__(self, candidates: np.ndarray | int, rng: np.random.Generator | None = None,
                  tiebreak_rng: np.random.Generator | None = None,
                  check_cancelled: Callable[[], None] = _never_cancelled,
                  metrics: dict[str, float] | None = None, backend: str = "numpy", *,
                  seed: int | None = None, seeded_ties: bool = False):
-        self.candidates = candidates
+        self._every = candidates if isinstance(candidates, int) else None
+        self._candidates = None if self._every is not None else candidates
         self.check_cancelled = check_cancelled
         self.metrics = {} if metrics is None else metrics
         self.backend = backend
@@ -74,6 +79,26 @@ class Context:
         self._seed = seed
         #: Whether ties are ordered by a seeded permutation (the caller gave a seed).
         self.seeded_ties = seeded_ties or tiebreak_rng is not None
+
+    @property
+    def candidates(self) -> np.ndarray:
+        if self._candidates is None:
+            self._candidates = np.arange(self._every, dtype=np.int64)
+        return self._candidates
+
+    @candidates.setter
+    def candidates(self, indices: np.ndarray) -> None:
+        self._candidates, self._every = indices, None
+
+    @property
+    def count(self) -> int:
+        """How many items are selectable."""
+        return self._every if self._every is not None else self._candidates.size
+
+    @property
+    def selectable(self) -> np.ndarray | None:
+        """``candidates``, or None when every item is selectable (nothing built)."""
+        return None if self._every is not None else self._candidates
 
     @property
     def rng(self) -> np.random.Generator:

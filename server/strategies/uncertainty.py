@@ -44,7 +44,7 @@ def _fused(inputs: Inputs, kernel: str) -> np.ndarray | None:
 def exact_top(scores: np.ndarray, budget: int, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     """The shortlist of already exact float64 ``scores``: the candidates at or
     above the ``budget``-th best, without sorting or copying all N."""
-    items = topscores.shortlist(scores, 0.0, budget, ctx.candidates)
+    items = topscores.shortlist(scores, 0.0, budget, ctx.selectable)
     return items, scores[items]
 
 
@@ -54,7 +54,7 @@ def _top(inputs: Inputs, kind: str, kernel: str, budget: int, ctx: Context):
     p = _rows(inputs)
     if p is None:
         return None
-    items = topscores.top_items(kind, p, budget, ctx.candidates)
+    items = topscores.top_items(kind, p, budget, ctx.selectable)
     return items, rowwise.run(kernel, rowwise.as_rows(p[items]))
 
 

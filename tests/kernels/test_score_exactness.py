@@ -332,3 +332,12 @@ def test_bald_parallel_fused_pass_and_its_fallbacks():
     _check("bald", {"samples": tied}, 20)
     heavy = samples * np.float32(1.5)
     _check("bald", {"samples": heavy}, 100)
+
+
+def test_a_context_of_every_item_builds_its_indices_only_when_read():
+    ctx = Context(7)
+    assert ctx.selectable is None and ctx.count == 7
+    np.testing.assert_array_equal(ctx.candidates, np.arange(7))
+    ctx.candidates = np.array([2, 5])  # a prefilter's survivors
+    np.testing.assert_array_equal(ctx.selectable, [2, 5])
+    assert ctx.count == 2
