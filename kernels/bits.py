@@ -24,9 +24,10 @@ BF16 = "bf16"  # bfloat16, as uint16 bits
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
-def _has_f16c(context) -> bool:
-    """Whether the code being generated may use the F16C conversion instructions."""
-    return "+f16c" in str(getattr(context.codegen(), "_tm_features", ""))
+def target_has(context, feature: str) -> bool:
+    """Whether the code being generated may use the instructions of ``feature``
+    ("f16c", "fma"): none for ``NUMBA_CPU_NAME=generic``."""
+    return f"+{feature}" in str(getattr(context.codegen(), "_tm_features", ""))
 
 
 def _fp16_widen_ir(builder, bits):
@@ -61,7 +62,7 @@ def _fp16_bits_to_f32(typingctx, bits):
     sig = types.float32(types.uint16)
 
     def codegen(context, builder, signature, args):
-        if _has_f16c(context):
+        if target_has(context, "f16c"):
             return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
         return _fp16_widen_ir(builder, args[0])
 

@@ -22,12 +22,14 @@ the block.
 
 The polynomial log. ``log2 v = e + log2(1 + x)`` with ``v = 2^e (1 + x)``, ``x`` in
 [0, 1) read from the float's bits, ``log2(1 + x) ~ x q(x)`` with ``q`` of degree
-5 (a weighted least-squares fit, float32 coefficients). Every operation is a
-plain IEEE float32 operation, compiled without fast-math, so the scalar and
-vectorized code give the same bits and the error bound ``LOG_K`` holds for the
+5 (a weighted least-squares fit, float32 coefficients) by Horner's rule in fused
+multiply-adds where the target has them (a product and a sum otherwise). Every
+operation is an IEEE float32 operation, compiled without fast-math, so the scalar
+and vectorized code give the same bits and the error bound ``LOG_K`` holds for the
 compiled code: it was measured over every float32 in [2^-126, 1]
-(``max |L(v) - ln v| / (1 + |ln v|)``, 1.512e-6 by ``log_error`` over all
-2^30 values), rounded up. Values below 2^-126 score 0 (``-v ln v < 1.1e-36``).
+(``max |L(v) - ln v| / (1 + |ln v|)`` by ``log_error`` over all 2^30 values:
+1.512e-6 in separate roundings, 1.482e-6 fused), rounded up. Values below
+2^-126 score 0 (``-v ln v < 1.1e-36``).
 
 Kernels never validate; callers pass C-contiguous float32/float64 arrays.
 """
@@ -40,9 +42,11 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import rowwise
+from .bits import target_has
 from .config import CHUNKS_PER_THREAD
 from .jit import kernel
 
@@ -91,25 +95,44 @@ def _float(typingctx, i):
     return sig, codegen
 
 
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c in float32: one rounding (``llvm.fma``) where the target has FMA
+    instructions, else a product and a sum, each rounded. Each is exact IEEE
+    arithmetic, so scalar and vectorized code give the same bits on one target."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        if target_has(context, "fma"):
+            f32 = ir.FloatType()
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
+            return builder.call(fn, args)
+        return builder.fadd(builder.fmul(args[0], args[1]), args[2])
+
+    return sig, codegen
+
+
 @njit(inline="always")
-def log2_poly(v):
-    """float32 log2 of a normal positive float32 ``v`` (no checks)."""
+def log2_with(v, q5, q4, q3, q2, q1, q0, one):
+    """float32 log2 of a normal positive float32 ``v`` (no checks), the polynomial's
+    constants passed in (``COEFFICIENTS``): e + x q(x), Horner's rule in fused
+    multiply-adds (about 8 % faster than separate roundings on this EPYC)."""
     i = _bits(v)
     e = _F((i >> 23) - 127)
-    x = _float((i & 0x007FFFFF) | 0x3F800000) - _F(1.0)
-    q = _Q5 * x + _Q4
-    q = q * x + _Q3
-    q = q * x + _Q2
-    q = q * x + _Q1
-    q = q * x + _Q0
-    return e + x * q
+    x = _float((i & 0x007FFFFF) | 0x3F800000) - one
+    q = _fma(q5, x, q4)
+    q = _fma(q, x, q3)
+    q = _fma(q, x, q2)
+    q = _fma(q, x, q1)
+    q = _fma(q, x, q0)
+    return _fma(x, q, e)
 
 
 @njit(inline="always")
-def xlog2x(v):
-    """v log2 v (<= 0) for float32 ``v`` in [0, 1]; 0 below ``TINY``."""
-    t = v * log2_poly(v)
-    return t if v >= TINY else _F(0.0)
+def log2_poly(v):
+    """``log2_with`` with the module's constants: what ``LOG_K`` was measured on."""
+    return log2_with(v, _Q5, _Q4, _Q3, _Q2, _Q1, _Q0, _F(1.0))
 
 
 #: The polynomial's constants as data: kernels read them once per block into locals,
@@ -121,16 +144,8 @@ COEFFICIENTS = np.array([_Q5, _Q4, _Q3, _Q2, _Q1, _Q0, TINY, 1.0, 0.0], dtype=np
 
 @njit(inline="always")
 def xlog2x_with(v, q5, q4, q3, q2, q1, q0, tiny, one):
-    """``xlog2x`` with its constants passed in (``COEFFICIENTS``)."""
-    i = _bits(v)
-    e = _F((i >> 23) - 127)
-    x = _float((i & 0x007FFFFF) | 0x3F800000) - one
-    q = q5 * x + q4
-    q = q * x + q3
-    q = q * x + q2
-    q = q * x + q1
-    q = q * x + q0
-    t = v * (e + x * q)
+    """v log2 v (<= 0) for float32 ``v`` in [0, 1], 0 below ``tiny`` (``TINY``)."""
+    t = v * log2_with(v, q5, q4, q3, q2, q1, q0, one)
     return t if v >= tiny else _F(0.0)
 
 
