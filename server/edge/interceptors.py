@@ -30,7 +30,7 @@ from .metrics import CallRecord, Metrics, note_error, recording
 log = logging.getLogger("assay.server")
 rpc_log = logging.getLogger("assay.server.rpc")
 
-__all__ = ["DOMAIN", "CallLog", "ErrorInterceptor", "abort_with", "to_status"]
+__all__ = ["DOMAIN", "CallLog", "ErrorInterceptor", "abort_with", "rich_status", "to_status"]
 
 
 def to_status(error: AssayError) -> status_pb2.Status:
@@ -81,10 +81,17 @@ def pushback(error: AssayError, remaining: float | None = None) -> str | None:
     return None
 
 
-def abort_with(context: grpc.ServicerContext, error: AssayError) -> None:
-    """End the call with the rich status of ``error`` (raises, as ``context.abort`` does)."""
+def rich_status(error: AssayError) -> grpc.Status:
+    """The status ``abort_with`` ends a call with for ``error``, before its pushback."""
+    return rpc_status.to_status(to_status(error))
+
+
+def abort_with(context: grpc.ServicerContext, error: AssayError,
+               status: grpc.Status | None = None) -> None:
+    """End the call with the rich status of ``error`` (raises, as ``context.abort`` does);
+    ``status``: its ``rich_status``, when built already (a refusal, made once)."""
     note_error(error.reason, error.message)
-    status = rpc_status.to_status(to_status(error))
+    status = rich_status(error) if status is None else status
     if (delay := pushback(error, context.time_remaining())) is not None:
         status = status._replace(trailing_metadata=(*status.trailing_metadata, (PUSHBACK, delay)))
     context.abort_with_status(status)

@@ -124,6 +124,8 @@ class SelectLane(futures.ThreadPoolExecutor):
         super().__init__(max_workers=running, thread_name_prefix="assay-select")
         self.running, self.queued = running, queued
         self.refusals = futures.ThreadPoolExecutor(1, thread_name_prefix="assay-select-refuse")
+        #: What a call beyond the lane and its queue gets (made once: ``refusal_handler``).
+        self.refusal_handler = refusal_handler(self.refusal(), self.refusals)
         self._lock = threading.Lock()
         self._busy = 0
         #: Calls submitted and not started yet -> gRPC's state of each (None: unknown).
@@ -167,7 +169,8 @@ class SelectLane(futures.ThreadPoolExecutor):
     def refusal(self) -> ResourceExhausted:
         return ResourceExhausted(
             f"the server is already running {self.running} selections with "
-            f"{self.waiting} waiting; retry with backoff", reason="TOO_MANY_SELECTS")
+            f"{self.queued} waiting (max_concurrent_selects, max_queued_selects); "
+            "retry with backoff", reason="TOO_MANY_SELECTS")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.refusals.shutdown(wait=False, cancel_futures=True)
@@ -271,7 +274,7 @@ class LaneInterceptor(grpc.ServerInterceptor):
             if selects.full():
                 if self.lanes.metrics is not None:
                     self.lanes.metrics.observe_rpc(method, "RESOURCE_EXHAUSTED", 0.0)
-                return refusal_handler(selects.refusal(), selects.refusals)
+                return selects.refusal_handler
             inner, tagged = self._select
             if inner is not handler:
                 tagged = grpc.unary_unary_rpc_method_handler(
