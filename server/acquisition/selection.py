@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from assay.kernels.permutation import permutation_at
 from assay.vocab.errors import AssayError, InvalidInput
 from assay.vocab.roles import is_role, labeled_roles
 from assay.vocab.ties import argselect
@@ -250,12 +251,9 @@ def _order(items: np.ndarray, values: np.ndarray, budget: int, ctx: Context,
     if not ctx.seeded_ties:
         rank = items  # lower index first
     elif equal or not last:
-        candidates = ctx.selectable
-        if candidates is None:  # every item: an item's position is its index
-            rank = ctx.tiebreak_rng.permutation(ctx.count)[items]
-        else:
-            rank = ctx.tiebreak_rng.permutation(candidates.size)[
-                np.searchsorted(candidates, items)]
+        candidates = ctx.selectable  # None: every item, an item's position is its index
+        positions = items if candidates is None else np.searchsorted(candidates, items)
+        rank = permutation_at(ctx.tiebreak_rng, ctx.count, positions)
     else:
         rank = np.zeros(k, dtype=np.int64)  # no equal scores: the priority is never read
     ties = ties[np.argsort(rank[ties], kind="stable")[: budget - above.size]]

@@ -14,7 +14,7 @@ import pytest
 import reference as ref
 import seeding
 
-from assay.kernels import rowwise, topscores
+from assay.kernels import permutation, rowwise, topscores
 from assay.server.acquisition.selection import candidate_indices, select
 from assay.server.strategies import registry
 from assay.server.strategies.registry import Context
@@ -341,3 +341,15 @@ def test_a_context_of_every_item_builds_its_indices_only_when_read():
     ctx.candidates = np.array([2, 5])  # a prefilter's survivors
     np.testing.assert_array_equal(ctx.selectable, [2, 5])
     assert ctx.count == 2
+
+
+@pytest.mark.parametrize("name", PROBS)
+def test_a_seeded_select_over_a_large_pool_orders_ties_by_the_whole_permutation(name):
+    # past permutation.MIN_N the Select reads the tie permutation at its kept items only
+    rng = seeding.rng()
+    n = permutation.MIN_N + 1000
+    p = _rows(rng, n, 4, np.float32)
+    p[rng.choice(n, size=300, replace=False)] = 0.25  # 300 exact ties at the top score
+    seed = int(rng.integers(2**31))
+    _check(name, {"probs": p}, 50, seed=seed)
+    _check(name, {"probs": p}, 50, seed=seed, exclude=rng.choice(n, size=20, replace=False))
