@@ -69,7 +69,7 @@ class Context:
                  check_cancelled: Callable[[], None] = _never_cancelled,
                  metrics: dict[str, float] | None = None, backend: str = "numpy", *,
                  seed: int | None = None, seeded_ties: bool = False):
-        self._every = candidates if isinstance(candidates, int) else None
+        self._every = int(candidates) if isinstance(candidates, int | np.integer) else None
         self._candidates = None if self._every is not None else candidates
         self.check_cancelled = check_cancelled
         self.metrics = {} if metrics is None else metrics
