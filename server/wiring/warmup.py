@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from assay.kernels import dispatch, jit, rowwise
+from assay.kernels import dispatch, jit, permutation, rowwise
 from assay.vocab.dtypes import BFLOAT16
 from assay.vocab.errors import AssayError
 
@@ -190,6 +190,10 @@ def _warm_parallel_rowwise() -> None:
                              ("bald", {"samples": samples}),
                              ("variation_ratio", {"samples": samples})):
             selection.select(name, 5, arrays, seed=0, validated=True)
+    # a seeded Select over many items reads its tie order by ``permutation_at``, whose
+    # kernels (and its check against NumPy) would otherwise wait for the first such call
+    permutation.permutation_at(np.random.default_rng([0, 1]), permutation.MIN_N,
+                               np.arange(2))
 
 
 _once_lock = threading.Lock()
