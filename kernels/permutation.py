@@ -107,6 +107,7 @@ def _origins(js, n, positions):
 
 
 def _by_swaps(rng: np.random.Generator, n: int, positions: np.ndarray) -> np.ndarray:
+    """``permutation_at`` for a PCG64 ``rng``; ``positions`` int64."""
     bitgen = rng.bit_generator
     start = bitgen.state
     buffered, has_buffered = start["uinteger"], bool(start["has_uint32"])
@@ -129,7 +130,7 @@ def _by_swaps(rng: np.random.Generator, n: int, positions: np.ndarray) -> np.nda
     else:
         state["has_uint32"], state["uinteger"] = 0, 0
     bitgen.state = state
-    return _origins(js, n, np.asarray(positions, dtype=np.int64))
+    return _origins(js, n, positions)
 
 
 def _agrees() -> bool:

@@ -163,18 +163,16 @@ def select(
         raise InvalidInput(f"budget must be >= 1, got {budget}", field="budget")
     # every item selectable: the item count, so no index array is built (Context)
     every = exclude is None or len(exclude) == 0
-    candidates = n if every else candidate_indices(n, exclude)
-    count = n if every else candidates.size
-    if budget > count:
-        raise InvalidInput(
-            f"budget {budget} exceeds the {count} selectable items "
-            f"({n} items, {n - count} labeled or excluded)",
-            field="budget",
-        )
     seed_given = seed is not None
     seed = int(seed) if seed_given else secrets.randbits(63)
-    ctx = Context(candidates, check_cancelled=check_cancelled, seed=seed,
-                  seeded_ties=seed_given)
+    ctx = Context(n if every else candidate_indices(n, exclude),
+                  check_cancelled=check_cancelled, seed=seed, seeded_ties=seed_given)
+    if budget > ctx.count:
+        raise InvalidInput(
+            f"budget {budget} exceeds the {ctx.count} selectable items "
+            f"({n} items, {n - ctx.count} labeled or excluded)",
+            field="budget",
+        )
     started = time.perf_counter()
     try:
         indices, scores, extra = _run(strategy, budget, arrays, resolved, ctx)

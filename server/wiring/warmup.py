@@ -110,6 +110,10 @@ def warm_up(cache_dir: str | None = None, strategies: Sequence[str] = ()) -> War
                         log.warning("warm-up of %s (%s, %s) failed: %r", strategy.name, dtype,
                                     params, error)
     _warm_parallel_rowwise()
+    # a seeded Select over many items reads its tie order by ``permutation_at``, whose
+    # kernels (and its check against NumPy) would otherwise wait for the first such call
+    permutation.permutation_at(np.random.default_rng([0, 1]), permutation.MIN_N,
+                               np.arange(2))
     hits, compiles = jit.stats()
     return WarmupReport(time.perf_counter() - started, jit.directory(), hits - hits0,
                         compiles - compiles0, selects, refused, failures,
@@ -190,10 +194,6 @@ def _warm_parallel_rowwise() -> None:
                              ("bald", {"samples": samples}),
                              ("variation_ratio", {"samples": samples})):
             selection.select(name, 5, arrays, seed=0, validated=True)
-    # a seeded Select over many items reads its tie order by ``permutation_at``, whose
-    # kernels (and its check against NumPy) would otherwise wait for the first such call
-    permutation.permutation_at(np.random.default_rng([0, 1]), permutation.MIN_N,
-                               np.arange(2))
 
 
 _once_lock = threading.Lock()
