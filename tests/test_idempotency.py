@@ -330,8 +330,10 @@ def test_leftover_epoch_files_in_tmp_are_swept_at_start(server_factory, tmp_path
 
 
 def _stored(server) -> int:
+    """Live records: the table's (changes) and the journal's (Selects)."""
     with sqlite3.connect(Path(server.config.data_dir) / "assay.sqlite") as db:
-        return db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+        table = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    return table + len(server.store.select_records)
 
 
 def test_a_retry_after_the_retention_window_runs_again(server_factory):

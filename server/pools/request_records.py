@@ -24,10 +24,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from assay.vocab.errors import FailedPrecondition
 
@@ -173,24 +171,7 @@ class RequestRecords:
         if row is None or self._expired(row[5], now):
             return None
         method, fingerprint, pool_uid, response, digest, _ = row
-        if method != key.method:
-            raise FailedPrecondition(
-                f"{key.field} {key.request_id!r} was already used for a {method} request; "
-                "use a new request_id for a new request", field=key.field,
-                reason="REQUEST_ID_REUSED")
-        if fingerprint != key.fingerprint:
-            raise FailedPrecondition(
-                f"{key.field} {key.request_id!r} was already used for a different {method} "
-                "request; use a new request_id for a new request", field=key.field,
-                reason="REQUEST_ID_REUSED")
-        if pool_uid != key.pool_uid:
-            # Also a record of an earlier release (no uid kept) for a request about a pool:
-            # which pool it answered is unknown, so it is never replayed.
-            raise FailedPrecondition(
-                f"{key.field} {key.request_id!r} was used for a pool of the same id that has "
-                "since been deleted and created again (or by an earlier server release); use "
-                "a new request_id for a request about the pool as it is now", field=key.field,
-                reason="REQUEST_ID_REUSED")
+        check_same_request(key, method, fingerprint, pool_uid)
         return StoredResponse(response, digest)
 
     def _lookup(self, request_id: str) -> tuple | None:
@@ -280,7 +261,7 @@ class RequestRecords:
 
     def _over_cap(self, count: int, size: int) -> bool:
         """Whether ``count`` records of ``size`` bytes in all break a cap."""
-        return _over(self.retention, count, size)
+        return over_cap(self.retention, count, size)
 
     def _evict(self, db: sqlite3.Connection, keep: int | None) -> None:
         """Delete the oldest records until both caps hold with a small margin
@@ -298,7 +279,7 @@ class RequestRecords:
         count, size = self._count, self._bytes
         for rowid, row_size, request_id in db.execute(
                 "SELECT rowid, size_bytes, request_id FROM requests ORDER BY create_time, rowid"):
-            if not _over(below, count, size):
+            if not over_cap(below, count, size):
                 break
             if rowid == keep:
                 continue
@@ -343,62 +324,31 @@ class RequestRecords:
         self._next_sweep = now + interval
 
 
-class GroupCommit:
-    """Writes that may share a transaction, committed in groups (group commit).
-
-    A stored Select response is a transaction of its own, and each costs a WAL
-    fsync: at a few hundred Selects per second the fsyncs, one after another
-    under the store's lock, were most of a small Select's time on the server.
-    Here the first caller to find no commit running commits everything queued
-    so far in one transaction; callers arriving meanwhile queue and wait, and
-    the next of them commits their whole group. Each caller still returns only
-    once its own write is durable, so what a response promises holds. Under
-    load the groups grow by themselves; alone, a caller commits at once.
-    """
-
-    def __init__(self, commit: Callable[[Sequence[Any]], None]):
-        self._commit = commit
-        self._cv = threading.Condition()
-        self._queue: list[_Pending] = []
-        self._running = False
-
-    def put(self, item: Any) -> None:
-        """Queue ``item``; return once a commit that holds it succeeded (or raise its error)."""
-        mine = _Pending(item)
-        with self._cv:
-            self._queue.append(mine)
-            while self._running and not mine.done:
-                self._cv.wait()
-            if mine.done:
-                mine.check()
-                return
-            self._running = True
-            group, self._queue = self._queue, []
-        error = None
-        try:
-            self._commit([p.item for p in group])
-        except BaseException as failure:  # every writer of the group gets the failure
-            error = failure
-        with self._cv:
-            for p in group:
-                p.done, p.error = True, error
-            self._running = False
-            self._cv.notify_all()
-        mine.check()
-
-
-class _Pending:
-    __slots__ = ("done", "error", "item")
-
-    def __init__(self, item: Any):
-        self.item, self.done, self.error = item, False, None
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-
-def _over(retention: Retention, count: int, size: int) -> bool:
+def over_cap(retention: Retention, count: int, size: int) -> bool:
     """Whether ``count`` records of ``size`` bytes in all break a cap of ``retention``."""
     return bool((retention.max_records and count > retention.max_records)
                 or (retention.max_bytes and size > retention.max_bytes))
+
+
+def check_same_request(key: RequestKey, method: str, fingerprint: str, pool_uid: str) -> None:
+    """Raise FAILED_PRECONDITION unless a record of ``method``, ``fingerprint`` and
+    ``pool_uid`` was made for the request ``key`` describes: answering a different
+    question would be worse than refusing."""
+    if method != key.method:
+        raise FailedPrecondition(
+            f"{key.field} {key.request_id!r} was already used for a {method} request; "
+            "use a new request_id for a new request", field=key.field,
+            reason="REQUEST_ID_REUSED")
+    if fingerprint != key.fingerprint:
+        raise FailedPrecondition(
+            f"{key.field} {key.request_id!r} was already used for a different {method} "
+            "request; use a new request_id for a new request", field=key.field,
+            reason="REQUEST_ID_REUSED")
+    if pool_uid != key.pool_uid:
+        # Also a record of an earlier release (no uid kept) for a request about a pool:
+        # which pool it answered is unknown, so it is never replayed.
+        raise FailedPrecondition(
+            f"{key.field} {key.request_id!r} was used for a pool of the same id that has "
+            "since been deleted and created again (or by an earlier server release); use "
+            "a new request_id for a request about the pool as it is now", field=key.field,
+            reason="REQUEST_ID_REUSED")

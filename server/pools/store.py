@@ -34,7 +34,6 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -56,7 +55,8 @@ from .appends import AppendWriter
 from .compaction import compact
 from .durable import Checkpointer, fsync_dir
 from .labels import check_labels
-from .request_records import GroupCommit, RequestKey, RequestRecords, Retention, StoredResponse
+from .request_records import RequestKey, RequestRecords, Retention, StoredResponse
+from .select_records import SelectRecords
 
 log = logging.getLogger(__name__)
 
@@ -239,13 +239,9 @@ class PoolStore:
         self._shard_commits: dict[str, threading.Lock] = {}
         #: Stored responses of requests with a request_id (swept on open, then lazily).
         self.requests = RequestRecords(self._db, self._lock, retention, path=database)
-        # Select records commit on a connection of their own, set once to synchronous=NORMAL
-        # (``put_request``), under the same lock as every other write.
-        self._records_db = sqlite3.connect(database, check_same_thread=False,
-                                           isolation_level=None)
-        self._records_db.execute("PRAGMA synchronous=NORMAL")
-        self._records_db.execute("PRAGMA wal_autocheckpoint=0")
-        self._responses = GroupCommit(self._put_requests)
+        #: Stored responses of Selects, which change nothing: appended to a journal of
+        #: their own, not committed to the table (``select_records``).
+        self.select_records = SelectRecords(self.data_dir / "select-records", retention)
         #: pool id -> ((uid, segment dirs), its data): one entry per pool, keyed by the
         #: segments it maps, so a new version with the same rows (a label round, an
         #: epoch) reuses the mapped arrays.
@@ -319,8 +315,8 @@ class PoolStore:
     def close(self) -> None:
         self._checkpoints.close()
         self.requests.close()
+        self.select_records.close()
         with self._lock:
-            self._records_db.close()
             self._db.close()
 
     # -- metadata ----------------------------------------------------------------------
@@ -1023,33 +1019,20 @@ class PoolStore:
     # -- idempotency -------------------------------------------------------------------
 
     def get_request(self, key: RequestKey) -> StoredResponse | None:
-        """The stored response of a committed earlier attempt of ``key`` (see
-        ``RequestRecords.get``: a reused id with another request is FAILED_PRECONDITION)."""
-        return self.requests.get(key)
+        """The stored response of a committed earlier attempt of ``key``, from the table
+        or the Selects' journal (one namespace of ids: a reused id with another request
+        is FAILED_PRECONDITION, see ``request_records.check_same_request``)."""
+        stored = self.requests.get(key)
+        return stored if stored is not None else self.select_records.get(key)
 
     def put_request(self, key: RequestKey, response: bytes) -> None:
-        """Store the response of a request that changed nothing (a Select), sharing the
-        transaction with concurrent ones (``GroupCommit``); ``key``'s id had no live
-        record when the request was looked up (``get_request``), and the caller still
-        holds it.
+        """Store the response of a request that changed nothing (a Select); ``key``'s id
+        had no live record when the request was looked up (``get_request``), and the
+        caller still holds it.
 
-        Returns once the record is in the WAL file, without an fsync of its own
-        (``synchronous=NORMAL`` on the records' connection; the next change to a pool
-        fsyncs it along): a Select changes nothing, so its record need only
+        Returns once the record is in the journal's file, without an fsync
+        (``select_records``): a Select changes nothing, so its record need only
         survive the server process (a crash, a restart), not a power loss, after
-        which a retry computes the answer anew. An fsync per Select was most of a
-        small Select's time on the server.
+        which a retry computes the answer anew.
         """
-        self._responses.put((key, response))
-
-    def _put_requests(self, records: Sequence[tuple[RequestKey, bytes]]) -> None:
-        db = self._records_db
-        with self._lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for key, response in records:
-                    self.requests.put(key, response, db=db, new=True)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        self.select_records.put(key, response)
