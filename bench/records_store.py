@@ -1,6 +1,6 @@
-"""Stalls of the request records' store: eviction batches and WAL checkpoints.
+"""Stalls and costs of the request records' store: eviction, checkpoints, Select records.
 
-Two measurements, each comparing the server's way with the one it replaced, in the same
+Three measurements, each comparing the server's way with the one it replaced, in the same
 run, on a temporary SQLite database set up as the store sets up its own (WAL, automatic
 checkpoints off):
 
@@ -10,8 +10,11 @@ checkpoints off):
 * **checkpoint**: one writer at ``--rate`` commits/s for ``--seconds`` while the
   ``Checkpointer`` runs every second, once with a TRUNCATE checkpoint past a 64 MB WAL
   (before) and once as the server runs it (RESTART); commit latency and WAL size.
+* **select records**: CPU per stored Select response (1,700 bytes, random 32-hex ids), as
+  a transaction of one record in the table (before) and appended to the journal
+  (``SelectRecords``, now), ``--records`` each, rounds alternating; best and median.
 
-    python bench/records_store.py [--cap 20000] [--rate 250] [--seconds 60]
+    python bench/records_store.py [--cap 20000] [--rate 250] [--seconds 60] [--records 20000]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 
 from assay.server.pools import durable, request_records
 from assay.server.pools.request_records import RequestKey, RequestRecords, Retention
+from assay.server.pools.select_records import SelectRecords
 
 RESPONSE = os.urandom(1700)
 
@@ -112,13 +116,47 @@ def checkpoint(kind: type, rate: float, seconds: float) -> tuple[np.ndarray, int
     return np.array(times) * 1e3, wal
 
 
+def select_records(kind: str, count: int) -> float:
+    """CPU microseconds per stored Select response, in the table or in the journal."""
+    keys = [RequestKey(uuid.uuid4().hex, "Select", "f" * 64) for _ in range(count)]
+    with tempfile.TemporaryDirectory() as d:
+        if kind == "journal":
+            journal = SelectRecords(Path(d))
+            began = time.process_time()
+            for key in keys:
+                journal.put(key, RESPONSE)
+            spent = time.process_time() - began
+            journal.close()
+        else:
+            db = _connect(Path(d) / "r.sqlite", "NORMAL")
+            lock = threading.RLock()
+            records = RequestRecords(db, lock, Retention())
+            began = time.process_time()
+            for key in keys:
+                with lock:
+                    db.execute("BEGIN IMMEDIATE")
+                    records.put(key, RESPONSE, new=True)
+                    db.execute("COMMIT")
+            spent = time.process_time() - began
+            db.close()
+    return spent / count * 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cap", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=250.0)
     p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--records", type=int, default=20_000)
     args = p.parse_args()
     print("load before", *os.getloadavg())
+    costs: dict[str, list[float]] = {"table": [], "journal": []}
+    for _ in range(5):
+        for kind, spent in costs.items():
+            spent.append(select_records(kind, args.records))
+    for kind, spent in costs.items():
+        print(f"select records, {kind}: {min(spent):.1f} us best, {np.median(spent):.1f} us "
+              f"median CPU per record ({args.records:,} records, 5 rounds)")
     old = max(1, args.cap // request_records.EVICT_MARGIN)
     for label, batch in ((f"batches of {old} (1/64 of the cap, before)", old),
                          (f"batches of {request_records.EVICT_RECORDS} (now)",
