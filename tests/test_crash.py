@@ -127,3 +127,46 @@ def _read_pool(data_dir, pool_id) -> np.ndarray:
         return np.asarray(store.load(pool_id).arrays["embeddings"])
     finally:
         store.close()
+
+
+def test_sigkill_during_selects_keeps_every_answered_selects_record(tmp_path):
+    """A Select's record is on file before its answer leaves: after kill -9 mid-stream of
+    unseeded Selects (each answer drawn anew), a retry of every answered one replays it."""
+    data_dir = tmp_path / "data"
+    proc, port = _start(data_dir)
+    probs = np.random.default_rng(20261202).dirichlet(np.ones(5), size=500).astype(np.float32)
+    answered: dict[str, tuple[list[int], int]] = {}
+    stop = threading.Event()
+
+    def selects(worker: int) -> None:
+        with Client(f"127.0.0.1:{port}", timeout=30, retries=0) as c:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                request_id = f"w{worker}-{i}"
+                try:
+                    r = c.select("random", 20, probs=probs, request_id=request_id)
+                except AssayError:
+                    return  # the server was killed
+                answered[request_id] = (list(r.indices), r.seed)
+
+    threads = [threading.Thread(target=selects, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(answered) > 20, "too few Selects were answered before the kill to tell"
+
+    proc, port = _start(data_dir)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30, retries=0) as c:
+            for request_id, (indices, seed) in answered.items():
+                again = c.select("random", 20, probs=probs, request_id=request_id)
+                assert (list(again.indices), again.seed) == (indices, seed), request_id
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -19,7 +19,7 @@ from assay.server.pools import select_records
 from assay.server.pools.request_records import RequestKey, Retention
 from assay.server.pools.select_records import SelectRecords
 from assay.server.pools.store import PoolStore
-from assay.vocab.errors import FailedPrecondition
+from assay.vocab.errors import FailedPrecondition, ResourceExhausted
 
 SEED = 20261202
 
@@ -160,8 +160,9 @@ def test_a_failed_write_leaves_no_torn_frame(tmp_path, monkeypatch):
         return real(fd, data[: len(data) // 2])  # what a full disk does
 
     monkeypatch.setattr(select_records.os, "write", short)
-    with pytest.raises(OSError):
+    with pytest.raises(ResourceExhausted) as raised:
         records.put(_key(1), b"x" * 1000)
+    assert raised.value.reason == "DISK_FULL"
     monkeypatch.setattr(select_records.os, "write", real)
     assert records.get(_key(1)) is None
     records.put(_key(2), b"next")

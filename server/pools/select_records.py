@@ -24,6 +24,7 @@ failing its checksum, ends its segment there.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import google_crc32c
+
+from assay.vocab.errors import ResourceExhausted
 
 from .request_records import RequestKey, Retention, StoredResponse, check_same_request, over_cap
 
@@ -195,11 +198,15 @@ class SelectRecords:
             if segment.size and segment.size + len(frame) > self.segment_bytes:
                 segment = self._current = self._open(segment.seq + 1)
             try:
-                written = os.write(segment.fd, frame)
-                if written != len(frame):
-                    raise OSError(f"wrote {written} of the record's {len(frame)} bytes")
-            except BaseException:
+                if os.write(segment.fd, frame) != len(frame):
+                    raise OSError(errno.ENOSPC, "a short write")
+            except BaseException as error:
                 os.ftruncate(segment.fd, segment.size)  # no torn frame before the next one
+                if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceExhausted(
+                        "the data directory's disk is full: the Select's answer could not be "
+                        "stored for its retries, and it was not sent", reason="DISK_FULL",
+                    ) from error
                 raise
             self._add(key.request_id,
                       _Record(segment.seq, segment.size, len(frame), len(response), now))

@@ -106,11 +106,11 @@ class ServerConfig:
         "help": "how long the response to a request with a request_id is kept for its "
                 "retries; a retry after that runs again as a new request (0: no time limit)"})
     max_request_records: int = field(default=100_000, metadata={
-        "help": "most stored request responses; beyond it the oldest are dropped first "
-                "(0: no limit)"})
+        "help": "most stored request responses, counted apart for Selects and for the other "
+                "requests; beyond it the oldest are dropped first (0: no limit)"})
     max_request_bytes: int = field(default=256 * MIB, metadata={
-        "help": "most bytes of stored request responses; beyond it the oldest are dropped "
-                "first (0: no limit)"})
+        "help": "most bytes of stored request responses, counted apart for Selects and for "
+                "the other requests; beyond it the oldest are dropped first (0: no limit)"})
     max_model_bytes: int = field(default=256 * MIB, metadata={
         "help": "largest ONNX model accepted by RegisterModel"})
     max_model_memory_bytes: int = field(default=2048 * MIB, metadata={
