@@ -81,7 +81,7 @@ def test_a_torn_last_frame_drops_that_record_alone(tmp_path):
     os.truncate(segment, size - max(1, len(responses[-1]) // 2))  # a crash mid-write
     reopened = SelectRecords(tmp_path)
     assert [reopened.get(_key(i)) is not None for i in range(10)] == [True] * 9 + [False]
-    reopened.put(_key(10), b"after the crash")  # the journal goes on past the cut
+    reopened.put(_key(10), b"after the crash")  # written after the restart: kept too
     reopened.close()
     again = SelectRecords(tmp_path)
     assert again.get(_key(8)).response == responses[8], f"seed {SEED + 1}"
@@ -112,8 +112,9 @@ def test_the_record_cap_drops_the_oldest_and_their_segments(tmp_path):
         records.put(_key(i), bytes(100))
         assert len(records) == min(i + 1, 5)
     assert [records.get(_key(i)) is not None for i in range(40)] == [False] * 35 + [True] * 5
-    # one record per segment at this size: the five live ones and the one being written
-    assert len(_segments(tmp_path)) <= 6
+    # two frames fit in a segment: at most three hold the five live records, one more
+    # is being written; those of dropped records are gone
+    assert len(_segments(tmp_path)) <= 4
     records.close()
     reopened = SelectRecords(tmp_path, Retention(seconds=0, max_records=5, max_bytes=0))
     assert [reopened.get(_key(i)) is not None for i in range(40)] == [False] * 35 + [True] * 5
@@ -128,6 +129,9 @@ def test_the_byte_cap_keeps_at_least_the_newest(tmp_path):
     records.put(_key(4), bytes(1000))  # alone over the cap: kept, every other dropped
     assert [records.get(_key(i)) is not None for i in range(5)] == [False] * 4 + [True]
     records.close()
+    reopened = SelectRecords(tmp_path, Retention(seconds=0, max_records=0, max_bytes=250))
+    assert [reopened.get(_key(i)) is not None for i in range(5)] == [False] * 4 + [True]
+    reopened.close()
 
 
 def test_records_past_the_window_are_not_found_and_leave(tmp_path, monkeypatch):
@@ -196,6 +200,58 @@ def test_concurrent_writers_all_land(tmp_path):
     for key in keys:
         assert reopened.get(key).response == key.request_id.encode() * 20
     reopened.close()
+
+
+def test_lookups_while_records_and_segments_leave_find_only_their_own(tmp_path):
+    """Readers race writers whose puts drop the oldest records and delete their segments:
+    a lookup finds its own answer or nothing, never another's, never an error."""
+    records = SelectRecords(tmp_path, Retention(seconds=0, max_records=8, max_bytes=0),
+                            segment_bytes=300)
+    stop, failures = threading.Event(), []
+
+    def writer(w):
+        for i in range(300):
+            records.put(_key(w * 1000 + i), f"answer {w * 1000 + i}".encode() * 5)
+
+    def reader():
+        rng = np.random.default_rng(SEED + 2)
+        while not stop.is_set():
+            i = int(rng.choice([0, 1000, 2000])) + int(rng.integers(0, 300))
+            try:
+                stored = records.get(_key(i))
+            except Exception as error:  # any error is the failure
+                failures.append(repr(error))
+                return
+            if stored is not None and stored.response != f"answer {i}".encode() * 5:
+                failures.append(f"record {i} answered {stored.response[:20]!r}")
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert failures == [], f"seed {SEED + 2}"
+    assert len(records) == 8 and len(_segments(tmp_path)) <= 6
+    records.close()
+
+
+def test_a_put_after_close_writes_nowhere(tmp_path):
+    records = SelectRecords(tmp_path)
+    records.put(_key(0), b"before")
+    records.close()
+    other = tmp_path / "other.bin"
+    fd = os.open(other, os.O_RDWR | os.O_CREAT)  # likely the number the segment had
+    try:
+        with pytest.raises(RuntimeError, match="closed"):
+            records.put(_key(1), b"after")
+        assert records.get(_key(0)) is None
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
 
 
 def test_select_ids_and_the_tables_ids_are_one_namespace(tmp_path):

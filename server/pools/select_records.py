@@ -24,6 +24,7 @@ failing its checksum, ends its segment there.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -114,26 +115,32 @@ class SelectRecords:
         self._records: OrderedDict[str, _Record] = OrderedDict()
         self._segments: dict[int, _Segment] = {}
         self._bytes = 0
-        for path in sorted(self.directory.glob("*.log")):
-            if path.stem.isdigit():
-                self._read(int(path.stem), path)
-        self._current = self._open(max(self._segments, default=0) + 1)
+        self._closed = False
+        try:
+            for seq, path in sorted((int(p.stem), p) for p in self.directory.glob("*.log")
+                                    if p.stem.isdigit()):
+                self._read(seq, path)
+            self._current = self._open(max(self._segments, default=0) + 1)
+        except BaseException:
+            self.close()
+            raise
         with self._lock:
-            self._leave(time.time())
+            # the newest is kept even alone over the byte cap, as when it was written
+            self._leave(time.time(), keep=next(reversed(self._records), None))
 
     def __len__(self) -> int:
         return len(self._records)
 
     def _read(self, seq: int, path: Path) -> None:
-        """Take the records of segment ``path`` in, cutting off a damaged tail."""
+        """Take the records of segment ``path`` in, up to a frame a crash cut short or
+        one damaged since (the segment is never written again: new frames go to a new
+        one, so nothing ever follows a torn frame)."""
         data = path.read_bytes()
         segment = self._open(seq, path)
         for offset, length, body in _frames(data):
             create_time, strings, response = _parse(body)
             self._add(strings[0], _Record(seq, offset, length, len(response), create_time))
-            segment.size = offset + length
-        if segment.size < len(data):
-            os.ftruncate(segment.fd, segment.size)
+        segment.size = len(data)
 
     def _open(self, seq: int, path: Path | None = None) -> _Segment:
         path = path or self.directory / f"{seq:08d}.log"
@@ -185,7 +192,9 @@ class SelectRecords:
         frame = next(_frames(data), None)
         if frame is None:
             return None  # damaged on disk since it was read at start
-        _, (_, method, fingerprint, pool_uid, digest), response = _parse(frame[2])
+        _, (request_id, method, fingerprint, pool_uid, digest), response = _parse(frame[2])
+        if request_id != key.request_id:
+            return None  # never another id's answer, whatever the index says
         check_same_request(key, method, fingerprint, pool_uid)
         return StoredResponse(response, digest)
 
@@ -194,14 +203,16 @@ class SelectRecords:
         now = time.time()
         frame = _frame(key, response, now)
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the Select records are closed: the server is stopping")
             segment = self._current
-            if segment.size and segment.size + len(frame) > self.segment_bytes:
-                segment = self._current = self._open(segment.seq + 1)
             try:
+                if segment.size and segment.size + len(frame) > self.segment_bytes:
+                    segment = self._current = self._open(segment.seq + 1)
                 if os.write(segment.fd, frame) != len(frame):
                     raise OSError(errno.ENOSPC, "a short write")
             except BaseException as error:
-                os.ftruncate(segment.fd, segment.size)  # no torn frame before the next one
+                self._cut(segment)
                 if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise ResourceExhausted(
                         "the data directory's disk is full: the Select's answer could not be "
@@ -213,8 +224,21 @@ class SelectRecords:
             segment.size += len(frame)
             self._leave(now, keep=key.request_id)
 
+    def _cut(self, segment: _Segment) -> None:
+        """After a failed write: no torn frame before the next one. Where the file cannot
+        be cut back, the next frames go to a new segment (a restart reads a segment up
+        to its first torn frame)."""
+        try:
+            os.ftruncate(segment.fd, segment.size)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._current = self._open(segment.seq + 1)
+
     def close(self) -> None:
+        """Close the files; a ``put`` after this raises (a Select still running while the
+        server stops), a ``get`` finds nothing."""
         with self._lock:
+            self._closed = True
             for segment in self._segments.values():
                 os.close(segment.fd)
             self._segments.clear()
