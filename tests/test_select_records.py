@@ -153,6 +153,11 @@ def test_records_past_the_window_are_not_found_and_leave(tmp_path, monkeypatch):
     assert len(reopened) == 1 and reopened.get(_key(2)).response == b"newest"
     assert len(_segments(tmp_path)) == 2  # record 2's and the new one to write in
     reopened.close()
+    clock[0] += 10  # every record expired, the newest too: none left after a restart
+    again = SelectRecords(tmp_path, Retention(seconds=10, max_records=0, max_bytes=0))
+    assert len(again) == 0 and again.get(_key(2)) is None
+    assert len(_segments(tmp_path)) == 1  # the new one to write in
+    again.close()
 
 
 def test_a_failed_write_leaves_no_torn_frame(tmp_path, monkeypatch):

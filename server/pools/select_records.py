@@ -161,15 +161,15 @@ class SelectRecords:
             self._segments[record.segment].live -= 1
 
     def _leave(self, now: float, keep: str | None = None) -> None:
-        """Drop the oldest records while they are expired or a cap is broken (never
-        ``keep``, the newest: its retry must still find it), then delete the segments
-        left without a record."""
+        """Drop the oldest records while they are expired or a cap is broken (a cap never
+        drops ``keep``, the newest: its retry must still find it), then delete the
+        segments left without a record."""
         horizon = now - self.retention.seconds if self.retention.seconds else None
         while self._records:
             request_id, record = next(iter(self._records.items()))
             expired = horizon is not None and record.create_time < horizon
-            if request_id == keep or not (
-                    expired or over_cap(self.retention, len(self._records), self._bytes)):
+            if not expired and (request_id == keep or not over_cap(
+                    self.retention, len(self._records), self._bytes)):
                 break
             self._drop(request_id)
         for seq, segment in list(self._segments.items()):
