@@ -2,7 +2,9 @@
 
 A record is written in the same SQLite transaction as the change it answers for
 (an append, a labeling, an epoch), so a retry either finds the committed
-response or finds nothing and nothing was changed: never half of one.
+response or finds nothing and nothing was changed: never half of one. A Select
+changes nothing: its record goes to a journal of its own (``select_records``),
+with the same retention and the same checks (``check_same_request``).
 
 What makes a retry "the same request":
 
@@ -102,8 +104,8 @@ class RequestRecords:
     connections of its own when ``path`` names the database file, without the lock
     (WAL readers never wait for the writer): every Select with a request id looks
     its id up first, and it should not wait behind a pool change committing with its
-    fsyncs, or a group of records, that holds the store's lock. (Without ``path`` it
-    reads on ``db`` with the lock held.)
+    fsyncs, which holds the store's lock. (Without ``path`` it reads on ``db`` with the
+    lock held.)
 
     Most lookups are of ids never used (every new request), so the ids the table may
     hold are also kept in memory (``KNOWN_IDS_MAX`` at most): an id not among them is
