@@ -170,7 +170,7 @@ class RequestRecords:
         if known is not None and key.request_id not in known:
             return None
         row = self._lookup(key.request_id)
-        if row is None or self._expired(row[5], now):
+        if row is None or expired(self.retention, row[5], now):
             return None
         method, fingerprint, pool_uid, response, digest, _ = row
         check_same_request(key, method, fingerprint, pool_uid)
@@ -204,9 +204,6 @@ class RequestRecords:
             for reader in self._opened:
                 reader.close()
             self._opened.clear()
-
-    def _expired(self, create_time: float, now: float) -> bool:
-        return bool(self.retention.seconds) and create_time < now - self.retention.seconds
 
     # -- writes ------------------------------------------------------------------------
 
@@ -324,6 +321,11 @@ class RequestRecords:
         if self.retention.seconds:
             interval = min(interval, self.retention.seconds / 2)
         self._next_sweep = now + interval
+
+
+def expired(retention: Retention, create_time: float, now: float) -> bool:
+    """Whether a record made at ``create_time`` is past ``retention``'s window at ``now``."""
+    return bool(retention.seconds) and create_time < now - retention.seconds
 
 
 def over_cap(retention: Retention, count: int, size: int) -> bool:

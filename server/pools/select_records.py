@@ -38,7 +38,14 @@ import google_crc32c
 
 from assay.vocab.errors import ResourceExhausted
 
-from .request_records import RequestKey, Retention, StoredResponse, check_same_request, over_cap
+from .request_records import (
+    RequestKey,
+    Retention,
+    StoredResponse,
+    check_same_request,
+    expired,
+    over_cap,
+)
 
 MAGIC = b"ASR1"
 _HEAD = struct.Struct("<4sII")
@@ -58,8 +65,8 @@ class _Record(NamedTuple):
 class _Segment:
     __slots__ = ("fd", "live", "path", "seq", "size")
 
-    def __init__(self, seq: int, path: Path, fd: int, size: int):
-        self.seq, self.path, self.fd, self.size, self.live = seq, path, fd, size, 0
+    def __init__(self, seq: int, path: Path, fd: int):
+        self.seq, self.path, self.fd, self.size, self.live = seq, path, fd, 0, 0
 
 
 def _frame(key: RequestKey, response: bytes, create_time: float) -> bytes:
@@ -127,6 +134,7 @@ class SelectRecords:
         with self._lock:
             # the newest is kept even alone over the byte cap, as when it was written
             self._leave(time.time(), keep=next(reversed(self._records), None))
+            self._delete_empty()  # also those a crash left without one whole frame
 
     def __len__(self) -> int:
         return len(self._records)
@@ -145,7 +153,7 @@ class SelectRecords:
     def _open(self, seq: int, path: Path | None = None) -> _Segment:
         path = path or self.directory / f"{seq:08d}.log"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        segment = self._segments[seq] = _Segment(seq, path, fd, 0)
+        segment = self._segments[seq] = _Segment(seq, path, fd)
         return segment
 
     def _add(self, request_id: str, record: _Record) -> None:
@@ -163,15 +171,21 @@ class SelectRecords:
     def _leave(self, now: float, keep: str | None = None) -> None:
         """Drop the oldest records while they are expired or a cap is broken (a cap never
         drops ``keep``, the newest: its retry must still find it), then delete the
-        segments left without a record."""
-        horizon = now - self.retention.seconds if self.retention.seconds else None
+        segments that left them without a record."""
+        dropped = False
         while self._records:
             request_id, record = next(iter(self._records.items()))
-            expired = horizon is not None and record.create_time < horizon
-            if not expired and (request_id == keep or not over_cap(
-                    self.retention, len(self._records), self._bytes)):
+            if not expired(self.retention, record.create_time, now) and (
+                    request_id == keep
+                    or not over_cap(self.retention, len(self._records), self._bytes)):
                 break
             self._drop(request_id)
+            dropped = True
+        if dropped:
+            self._delete_empty()
+
+    def _delete_empty(self) -> None:
+        """Delete the segments without a live record, but the one being written."""
         for seq, segment in list(self._segments.items()):
             if segment.live == 0 and segment is not self._current:
                 os.close(segment.fd)
@@ -183,7 +197,7 @@ class SelectRecords:
         record = self._records.get(key.request_id)
         if record is None:
             return None
-        if self.retention.seconds and record.create_time < time.time() - self.retention.seconds:
+        if expired(self.retention, record.create_time, time.time()):
             return None
         with self._lock:
             if self._records.get(key.request_id) is not record:
