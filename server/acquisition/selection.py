@@ -236,27 +236,26 @@ def _order(items: np.ndarray, values: np.ndarray, budget: int, ctx: Context,
            last: bool) -> np.ndarray:
     """Positions in ``items`` (sorted candidate indices) of the ``budget`` best
     ``values``, best first: ``argselect``'s rule, with the priority of each item
-    taken at its position among all ``ctx.candidates``."""
+    taken at its position among all ``ctx.candidates``.
+
+    A stable sort of the values, best first, orders equal values by position, that
+    is by item index (``items`` is sorted): the rule without a seed. With one, the
+    tie-break permutation is drawn only when it can matter, as ``top_scores`` says.
+    """
     if np.isnan(values).any():
         raise InvalidInput("strategy produced NaN scores; check the inputs", field="inputs")
-    k = values.size
-    threshold = np.partition(values, k - budget)[k - budget]
-    above = np.flatnonzero(values > threshold)
-    ties = np.flatnonzero(values == threshold)
-    kept = values[values >= threshold]
-    kept.sort()
-    equal = kept.size > 1 and bool((kept[1:] == kept[:-1]).any())
+    best = np.argsort(-values, kind="stable")
     if not ctx.seeded_ties:
-        rank = items  # lower index first
-    elif equal or not last:
-        candidates = ctx.selectable  # None: every item, an item's position is its index
-        positions = items if candidates is None else np.searchsorted(candidates, items)
-        rank = permutation_at(ctx.tiebreak_rng, ctx.count, positions)
-    else:
-        rank = np.zeros(k, dtype=np.int64)  # no equal scores: the priority is never read
-    ties = ties[np.argsort(rank[ties], kind="stable")[: budget - above.size]]
-    chosen = np.concatenate([above, ties])
-    return chosen[np.lexsort((rank[chosen], -values[chosen]))]
+        return best[:budget]
+    if last:
+        ranked = values[best]
+        kept = budget + int(np.count_nonzero(ranked[budget:] == ranked[budget - 1]))
+        if not (ranked[1:kept] == ranked[:kept - 1]).any():
+            return best[:budget]  # no equal scores among the kept: the priority is never read
+    candidates = ctx.selectable  # None: every item, an item's position is its index
+    positions = items if candidates is None else np.searchsorted(candidates, items)
+    rank = permutation_at(ctx.tiebreak_rng, ctx.count, positions)
+    return np.lexsort((rank, -values))[:budget]
 
 
 def _prefilter(resolved: dict, budget: int, arrays: Mapping[str, np.ndarray],
