@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 
 from assay.client import AssayError, Client
 from assay.server.acquisition import selection
+from assay.server.edge import idempotency
 from assay.server.edge.idempotency import MAX_REQUEST_ID, StreamDigest
 from assay.server.pools import request_records
 from assay.server.pools.request_records import (
@@ -204,6 +205,23 @@ def test_stream_digest_is_crc32c_of_each_array_whatever_the_chunking():
     assert google_crc32c.value(b"123456789") == 0xE3069283
     want = f"crc32c:{google_crc32c.value(a):08x},{google_crc32c.value(b):08x}"
     assert whole.value() == pieces.value() == want, f"seed {SEED + 3}"
+
+
+def test_large_buffers_are_checksummed_like_small_ones():
+    """Buffers from UNLOCKED_CRC_BYTES on take the path without the interpreter lock;
+    both paths must give the standard's CRC32C, continued and on memoryview slices."""
+    # The wheel ships the library the lock-free path calls; a build without it falls
+    # back to the extension (and this test then checks that path alone).
+    if list(Path(google_crc32c.__file__).parent.parent.glob("google_crc32c.libs/*")):
+        assert idempotency._extend_unlocked is not None
+    rng = np.random.default_rng(SEED + 4)
+    limit = idempotency.UNLOCKED_CRC_BYTES
+    for size in (0, 1, limit - 1, limit, limit + 7, 5 * limit + 3):
+        data = rng.integers(0, 256, size + 5, dtype=np.uint8).tobytes()
+        view = memoryview(data)[5:]
+        assert idempotency.crc32c(view) == google_crc32c.value(data[5:]), f"size {size}"
+        head = google_crc32c.value(data[:5])
+        assert idempotency.crc32c(view, head) == google_crc32c.value(data), f"size {size}"
 
 
 # -- exactly once ------------------------------------------------------------------------
