@@ -12,7 +12,9 @@ b. mixed: open loop at half the saturation rate, with and without 100 MB pool up
    streaming in the background;
 c. overload: open loop at 4x the saturation rate (the server must shed with
    RESOURCE_EXHAUSTED/UNAVAILABLE quickly), then half the rate (it must recover);
-d. soak: open loop at 70% of saturation for --soak-seconds; server RSS and open file
+d. soak: open loop for --soak-seconds at 70% of the saturation measured right before it
+   (median of three closed-loop steps at the best step's concurrency), with the echo at
+   that concurrency before and after (the machine's drift); server RSS and open file
    descriptors at start and end, errors.
 
 Every run is bounded in time and requests and only talks to 127.0.0.1.
@@ -132,11 +134,20 @@ def main() -> int:
                                    "-warmup", "1s", "-timeout", "5s")
         results["recovery"] = load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
                                    "-duration", f"{2 * args.seconds}s", "-warmup", "0s")
-        # (d) soak at 70% of saturation; server RSS/fds sampled every 10 s.
+        # (d) soak at 70% of the saturation the server sustains now: the median of three
+        # closed-loop steps at the best step's concurrency, measured right before the soak
+        # (the sweep's best step is a peak of a few seconds, and this machine's speed drifts
+        # by a quarter within minutes); the echo at that concurrency before and after shows
+        # the drift. Server RSS/fds sampled every 10 s.
+        conc = str(best["concurrency"])
+        closed = ["-mode", "closed", "-concurrency", conc, "-duration", dur, "-warmup", warm]
+        steps = [load(port, *closed)["throughput_rps"] for _ in range(3)]
+        sustained = sorted(steps)[1]
+        echo_before = load(eport, "-method", "echo", *closed)["throughput_rps"]
         soak = subprocess.Popen([str(LOADGEN), "-target", f"127.0.0.1:{port}", "-mode", "open",
-                                 "-rate", f"{0.7 * sat:.1f}", "-concurrency", "256",
+                                 "-rate", f"{0.7 * sustained:.1f}", "-concurrency", "256",
                                  "-duration", f"{args.soak_seconds}s", "-warmup", "5s",
-                                 "-max-requests", str(int(sat * (args.soak_seconds + 10))),
+                                 "-max-requests", str(int(sustained * (args.soak_seconds + 10))),
                                  "-json", args.out + ".soak"])
         time.sleep(5)
         samples = [{"t": 0, **proc_stats(server.pid)}]
@@ -145,7 +156,10 @@ def main() -> int:
             time.sleep(min(10, max(0.5, args.soak_seconds - (time.monotonic() - t0))))
             samples.append({"t": round(time.monotonic() - t0, 1), **proc_stats(server.pid)})
         results["soak"] = {"result": json.loads(Path(args.out + ".soak").read_text()),
-                           "samples": samples}
+                           "samples": samples, "sustained_steps_rps": steps,
+                           "sustained_rps": sustained, "echo_before_rps": echo_before,
+                           "echo_after_rps": load(eport, "-method", "echo",
+                                                  *closed)["throughput_rps"]}
         os.unlink(args.out + ".soak")
     finally:
         for proc in (server, echo):
@@ -234,7 +248,11 @@ def markdown(res: dict) -> str:
     sk = res["soak"]
     a, z = sk["samples"][0], sk["samples"][-1]
     r = sk["result"]
-    out += [f"**(d) Soak** {r['duration_s']:.0f} s at {r['offered_rate']:.0f}/s (70%): "
+    steps = ", ".join(f"{x:.0f}" for x in sk["sustained_steps_rps"])
+    out += [f"**(d) Soak** {r['duration_s']:.0f} s at {r['offered_rate']:.0f}/s (70% of "
+            f"{sk['sustained_rps']:.0f}/s, the median of closed-loop steps of {steps}/s just "
+            f"before; echo {sk['echo_before_rps']:.0f}/s before, {sk['echo_after_rps']:.0f}/s "
+            "after): "
             f"{r['ok']} Selects, errors: {_errors(r)}, p99 {r['latency_ms']['p99']:.1f} ms; "
             f"server RSS {a['rss_mb']:.0f} -> {z['rss_mb']:.0f} MB, open fds {a['open_fds']} -> "
             f"{z['open_fds']}, threads {a['threads']} -> {z['threads']}."]
