@@ -66,14 +66,14 @@ def fingerprint(message) -> str:
         message.request_id = request_id
 
 
-#: From this many bytes a CRC runs without the interpreter lock (``_unlocked_extend``):
+#: From this many bytes a CRC runs without the interpreter lock (``_load_unlocked_extend``):
 #: an upload's 4 MiB chunks, not a small Select's payload (400 KB take 16 us, less than
 #: what handing the lock to another thread and taking it back costs the server: with
 #: a 64 KiB threshold, 1.5-2.5 more context switches per call and fewer Selects/s).
 UNLOCKED_CRC_BYTES = 1 << 20
 
 
-def _unlocked_extend() -> Callable[[int, int, int], int] | None:
+def _load_unlocked_extend() -> Callable[[int, int, int], int] | None:
     """``crc32c_extend(crc, address, length)`` of the crc32c library that google-crc32c
     wraps, called through ctypes, or None where that library cannot be found.
 
@@ -82,8 +82,8 @@ def _unlocked_extend() -> Callable[[int, int, int], int] | None:
     which no Select's Python can run, on a server whose Selects are bound by that
     lock. A ctypes call lets the lock go for the C code.
     """
-    here = Path(google_crc32c.__file__).parent
-    candidates = sorted(here.parent.glob("google_crc32c.libs/libcrc32c*.so*"))
+    wheel_libs = Path(google_crc32c.__file__).parent.parent / "google_crc32c.libs"
+    candidates = sorted(wheel_libs.glob("libcrc32c*.so*"))
     found = ctypes.util.find_library("crc32c")
     for path in [*map(str, candidates), *([found] if found else [])]:
         try:
@@ -96,14 +96,14 @@ def _unlocked_extend() -> Callable[[int, int, int], int] | None:
     return None
 
 
-_extend_unlocked = _unlocked_extend()
+_extend_unlocked = _load_unlocked_extend()
 
 
 def crc32c(data: bytes | memoryview, crc: int = 0) -> int:
     """CRC32C of ``data`` continuing ``crc``; takes the memoryviews of messages read in
     place (the C extension accepts bytes and read-only NumPy arrays, not memoryviews).
     Large buffers are checksummed without the interpreter lock where the library
-    allows it (``_unlocked_extend``)."""
+    allows it (``_load_unlocked_extend``)."""
     view = np.frombuffer(data, dtype=np.uint8)
     if _extend_unlocked is not None and view.size >= UNLOCKED_CRC_BYTES:
         return _extend_unlocked(crc, view.ctypes.data, view.size)
