@@ -244,10 +244,10 @@ def _order(items: np.ndarray, values: np.ndarray, budget: int, ctx: Context,
     """
     if np.isnan(values).any():
         raise InvalidInput("strategy produced NaN scores; check the inputs", field="inputs")
-    best = np.argsort(-values, kind="stable")
     if not ctx.seeded_ties:
-        return best[:budget]
+        return np.argsort(-values, kind="stable")[:budget]
     if last:
+        best = np.argsort(-values, kind="stable")
         ranked = values[best]
         kept = budget + int(np.count_nonzero(ranked[budget:] == ranked[budget - 1]))
         if not (ranked[1:kept] == ranked[:kept - 1]).any():

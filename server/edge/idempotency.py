@@ -83,9 +83,7 @@ def _load_unlocked_extend() -> Callable[[int, int, int], int] | None:
     lock. A ctypes call lets the lock go for the C code.
     """
     wheel_libs = Path(google_crc32c.__file__).parent.parent / "google_crc32c.libs"
-    candidates = sorted(wheel_libs.glob("libcrc32c*.so*"))
-    found = ctypes.util.find_library("crc32c")
-    for path in [*map(str, candidates), *([found] if found else [])]:
+    for path in _crc32c_libraries(wheel_libs):
         try:
             extend = ctypes.CDLL(path).crc32c_extend
         except (OSError, AttributeError):
@@ -94,6 +92,14 @@ def _load_unlocked_extend() -> Callable[[int, int, int], int] | None:
         extend.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
         return extend
     return None
+
+
+def _crc32c_libraries(wheel_libs: Path) -> Iterator[str]:
+    """The wheel's copy first; the system's only if that fails (``find_library`` runs
+    ``ldconfig``, which an import should not pay for when the wheel has the library)."""
+    yield from map(str, sorted(wheel_libs.glob("libcrc32c*.so*")))
+    if found := ctypes.util.find_library("crc32c"):
+        yield found
 
 
 _extend_unlocked = _load_unlocked_extend()
