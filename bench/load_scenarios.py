@@ -6,10 +6,13 @@ and writes ``bench/load_results.json``, the plot ``docs/load_latency.png`` and a
 summary on stdout:
 
 a. sidecar: inline Selects (N = 10k, C = 10, entropy, b = 100), closed loop at rising
-   concurrency, Select and echo of the same payload; the knee, its p99, and the ratio to echo;
-   then open loop at fractions of the saturation rate for the latency-vs-load plot;
-b. mixed: open loop at half the saturation rate, with and without 100 MB pool uploads
-   streaming in the background;
+   concurrency, Select and echo of the same payload; the knee and its p99; then, at the best
+   step's concurrency, --repeats alternating Select / echo steps, each Select step's ratio
+   to the echo step next to it (best and median: this machine's speed drifts by a quarter
+   within minutes, so a ratio is only read between neighbours); then open loop at fractions
+   of the saturation rate for the latency-vs-load plot;
+b. mixed: open loop at half the saturation rate, --repeats alternating steps without and
+   with 100 MB pool uploads streaming in the background; each pair's p99 ratio;
 c. overload: open loop at 4x the saturation rate (the server must shed with
    RESOURCE_EXHAUSTED/UNAVAILABLE quickly), then half the rate (it must recover);
 d. soak: open loop for --soak-seconds at 70% of the saturation measured right before it
@@ -17,6 +20,7 @@ d. soak: open loop for --soak-seconds at 70% of the saturation measured right be
    that concurrency before and after (the machine's drift); server RSS and open file
    descriptors at start and end, errors.
 
+Each scenario records the load average before and after it.
 Every run is bounded in time and requests and only talks to 127.0.0.1.
 """
 
@@ -27,6 +31,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,6 +83,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--max-concurrent-selects", type=int, default=4)
     p.add_argument("--concurrency", default="1,2,4,8,16,32")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="alternating pairs of the saturation ratio and of the mixed scenario")
     p.add_argument("--out", default=str(ROOT / "bench" / "load_results.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "load_latency.png"))
     args = p.parse_args()
@@ -106,12 +113,25 @@ def main() -> int:
         best = max(sweep, key=lambda s: s["select"]["throughput_rps"])
         sat = best["select"]["throughput_rps"]
         knee = next(s for s in sweep if s["select"]["throughput_rps"] >= 0.95 * sat)
-        echo_sat = max(s["echo"]["throughput_rps"] for s in sweep)
+        conc = str(best["concurrency"])
+        closed = ["-mode", "closed", "-concurrency", conc, "-duration", dur, "-warmup", warm]
+        pairs = []
+        for _ in range(args.repeats):
+            loads = os.getloadavg()[0]
+            sel = load(port, *closed)
+            ech = load(eport, "-method", "echo", *closed)
+            pairs.append({"select_rps": sel["throughput_rps"], "echo_rps": ech["throughput_rps"],
+                          "select_p99_ms": sel["latency_ms"]["p99"], "errors": sel["errors"],
+                          "ratio": sel["throughput_rps"] / ech["throughput_rps"],
+                          "load": [loads, os.getloadavg()[0]]})
         results["saturation"] = {
-            "select_rps": sat, "echo_rps": echo_sat, "ratio": sat / echo_sat,
+            "concurrency": best["concurrency"], "pairs": pairs,
+            **spread("ratio", [q["ratio"] for q in pairs]),
+            **spread("select_rps", [q["select_rps"] for q in pairs]),
             "knee_concurrency": knee["concurrency"],
             "knee_rps": knee["select"]["throughput_rps"],
             "knee_p99_ms": knee["select"]["latency_ms"]["p99"]}
+        sat = results["saturation"]["select_rps_median"]
         # Open loop at fractions of saturation: latency vs offered load.
         open_sweep = []
         for frac in (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.2):
@@ -120,27 +140,35 @@ def main() -> int:
             r["fraction"] = frac
             open_sweep.append(r)
         results["open_sweep"] = open_sweep
-        # (b) mixed: Selects at half saturation, without and with 100 MB uploads.
-        half = f"{0.5 * sat:.1f}"
-        results["mixed"] = {
-            "without_uploads": load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
-                                    "-duration", f"{2 * args.seconds}s", "-warmup", warm),
-            "with_uploads": load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
-                                 "-duration", f"{2 * args.seconds}s", "-warmup", warm,
-                                 "-upload-mb", "100")}
+        # (b) mixed: Selects at half saturation, without and with 100 MB uploads, alternating.
+        half = ["-mode", "open", "-rate", f"{0.5 * sat:.1f}", "-concurrency", "256",
+                "-duration", f"{2 * args.seconds}s", "-warmup", warm]
+        mixed = []
+        for _ in range(args.repeats):
+            loads = os.getloadavg()[0]
+            pair = {"without_uploads": load(port, *half),
+                    "with_uploads": load(port, *half, "-upload-mb", "100")}
+            pair["p99_ratio"] = (pair["with_uploads"]["latency_ms"]["p99"]
+                                 / pair["without_uploads"]["latency_ms"]["p99"])
+            pair["load"] = [loads, os.getloadavg()[0]]
+            mixed.append(pair)
+        results["mixed"] = {"pairs": mixed, **spread("p99_ratio",
+                                                     [q["p99_ratio"] for q in mixed], low=True)}
         # (c) overload at 4x saturation, then recovery at half.
+        loads = os.getloadavg()[0]
         results["overload"] = load(port, "-mode", "open", "-rate", f"{4 * sat:.1f}",
                                    "-concurrency", "1024", "-duration", f"{2 * args.seconds}s",
                                    "-warmup", "1s", "-timeout", "5s")
-        results["recovery"] = load(port, "-mode", "open", "-rate", half, "-concurrency", "256",
-                                   "-duration", f"{2 * args.seconds}s", "-warmup", "0s")
+        results["recovery"] = load(port, "-mode", "open", "-rate", f"{0.5 * sat:.1f}",
+                                   "-concurrency", "256", "-duration", f"{2 * args.seconds}s",
+                                   "-warmup", "0s")
+        results["overload"]["load"] = [loads, os.getloadavg()[0]]
         # (d) soak at 70% of the saturation the server sustains now: the median of three
         # closed-loop steps at the best step's concurrency, measured right before the soak
         # (the sweep's best step is a peak of a few seconds, and this machine's speed drifts
         # by a quarter within minutes); the echo at that concurrency before and after shows
         # the drift. Server RSS/fds sampled every 10 s.
-        conc = str(best["concurrency"])
-        closed = ["-mode", "closed", "-concurrency", conc, "-duration", dur, "-warmup", warm]
+        loads = os.getloadavg()[0]
         steps = [load(port, *closed)["throughput_rps"] for _ in range(3)]
         sustained = sorted(steps)[1]
         echo_before = load(eport, "-method", "echo", *closed)["throughput_rps"]
@@ -159,7 +187,8 @@ def main() -> int:
                            "samples": samples, "sustained_steps_rps": steps,
                            "sustained_rps": sustained, "echo_before_rps": echo_before,
                            "echo_after_rps": load(eport, "-method", "echo",
-                                                  *closed)["throughput_rps"]}
+                                                  *closed)["throughput_rps"],
+                           "load": [loads, os.getloadavg()[0]]}
         os.unlink(args.out + ".soak")
     finally:
         for proc in (server, echo):
@@ -174,6 +203,13 @@ def main() -> int:
     return 0
 
 
+def spread(name: str, values: list[float], *, low: bool = False) -> dict:
+    """``name``'s best value (the highest, or with ``low`` the lowest), median and worst."""
+    best, worst = (min, max) if low else (max, min)
+    return {f"{name}_best": best(values), f"{name}_median": statistics.median(values),
+            f"{name}_worst": worst(values)}
+
+
 def plot(results: dict, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -183,9 +219,10 @@ def plot(results: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for q, style in (("p50", "o-"), ("p90", "s-"), ("p99", "^-"), ("p99.9", "v--")):
         ax.plot(offered, [r["latency_ms"][q] for r in rows], style, label=q)
-    sat = results["saturation"]["select_rps"]
+    sat = results["saturation"]["select_rps_median"]
     ax.axvline(sat, color="grey", lw=0.8, ls=":")
-    ax.text(sat, ax.get_ylim()[1] * 0.9, " closed-loop saturation", color="grey", fontsize=8)
+    ax.text(sat, ax.get_ylim()[1] * 0.9, " closed-loop saturation (median)", color="grey",
+            fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("offered load (Select/s, open loop)")
     ax.set_ylabel("latency (ms, successful calls)")
@@ -201,6 +238,10 @@ def _lat(r: dict) -> str:
     lat = r["latency_ms"]
     return f"{lat['p50']:.1f} / {lat['p90']:.1f} / {lat['p99']:.1f} / {lat['p99.9']:.1f} / " \
            f"{lat['max']:.1f}"
+
+
+def _load(r: dict) -> str:
+    return f"{r['load'][0]:.1f} / {r['load'][1]:.1f}"
 
 
 def _errors(r: dict) -> str:
@@ -222,8 +263,16 @@ def markdown(res: dict) -> str:
                    f"{_errors(sel)} | {ech['throughput_rps']:.0f} | "
                    f"{ech['latency_ms']['p99']:.1f} |")
     out += ["", f"Knee at concurrency {s['knee_concurrency']}: {s['knee_rps']:.0f} Select/s, "
-            f"p99 {s['knee_p99_ms']:.1f} ms. Saturation {s['select_rps']:.0f} Select/s vs "
-            f"{s['echo_rps']:.0f} echo/s: ratio {s['ratio']:.2f}.", "",
+            f"p99 {s['knee_p99_ms']:.1f} ms. At concurrency {s['concurrency']}, "
+            f"{len(s['pairs'])} alternating Select / echo steps:", "",
+            "| pair | load before / after | Select/s | echo/s | ratio | Select p99 ms | errors |",
+            "|---|---|---|---|---|---|---|"]
+    for i, q in enumerate(s["pairs"], 1):
+        out.append(f"| {i} | {_load(q)} | {q['select_rps']:.0f} | {q['echo_rps']:.0f} | "
+                   f"{q['ratio']:.2f} | {q['select_p99_ms']:.1f} | {_errors(q)} |")
+    out += ["", f"Select ÷ echo: best {s['ratio_best']:.2f}, median {s['ratio_median']:.2f}, "
+            f"worst {s['ratio_worst']:.2f}; Select/s best {s['select_rps_best']:.0f}, median "
+            f"{s['select_rps_median']:.0f} (the rate the scenarios below are fractions of).", "",
             "**Open loop** (latency from the scheduled send time, so queueing is counted):", "",
             "| offered /s | achieved /s | p50 / p90 / p99 / p99.9 / max ms | errors |",
             "|---|---|---|---|"]
@@ -231,11 +280,18 @@ def markdown(res: dict) -> str:
         out.append(f"| {r['offered_rate']:.0f} | {r['throughput_rps']:.0f} | {_lat(r)} | "
                    f"{_errors(r)} |")
     mx = res["mixed"]
-    w, wo = mx["with_uploads"], mx["without_uploads"]
-    out += ["", f"**(b) Mixed** at {wo['offered_rate']:.0f} Select/s: p99 "
-            f"{wo['latency_ms']['p99']:.1f} ms without uploads, {w['latency_ms']['p99']:.1f} ms "
-            f"with 100 MB pool uploads streaming ({w['uploads_completed']} uploads, "
-            f"{w['upload_mb_per_s']:.0f} MB/s); errors: {_errors(wo)} / {_errors(w)}.", ""]
+    out += ["", f"**(b) Mixed**: Selects at {mx['pairs'][0]['without_uploads']['offered_rate']:.0f}"
+            "/s without, then with 100 MB pool uploads streaming, alternating:", "",
+            "| pair | load before / after | p99 without ms | p99 with ms | ratio | uploads | "
+            "upload MB/s | errors without / with |", "|---|---|---|---|---|---|---|---|"]
+    for i, q in enumerate(mx["pairs"], 1):
+        wo, w = q["without_uploads"], q["with_uploads"]
+        out.append(f"| {i} | {_load(q)} | {wo['latency_ms']['p99']:.1f} | "
+                   f"{w['latency_ms']['p99']:.1f} | {q['p99_ratio']:.2f} | "
+                   f"{w['uploads_completed']} | {w['upload_mb_per_s']:.0f} | "
+                   f"{_errors(wo)} / {_errors(w)} |")
+    out += ["", f"p99 with ÷ without uploads: best {mx['p99_ratio_best']:.2f}, median "
+            f"{mx['p99_ratio_median']:.2f}, worst {mx['p99_ratio_worst']:.2f}.", ""]
     o, rc = res["overload"], res["recovery"]
     shed = sum(o["errors"].get(k, 0) for k in ("ResourceExhausted", "Unavailable"))
     out += [f"**(c) Overload** at {o['offered_rate']:.0f}/s (4x): {o['throughput_rps']:.0f} "
@@ -244,7 +300,7 @@ def markdown(res: dict) -> str:
             f"p99 {o['error_latency_ms']['p99']:.1f} ms; {o['not_sent']} not sent (client "
             f"in-flight cap). Recovery at {rc['offered_rate']:.0f}/s right after: "
             f"{rc['throughput_rps']:.0f}/s, p99 {rc['latency_ms']['p99']:.1f} ms, errors: "
-            f"{_errors(rc)}.", ""]
+            f"{_errors(rc)}. Load {_load(o)}.", ""]
     sk = res["soak"]
     a, z = sk["samples"][0], sk["samples"][-1]
     r = sk["result"]
@@ -255,7 +311,7 @@ def markdown(res: dict) -> str:
             "after): "
             f"{r['ok']} Selects, errors: {_errors(r)}, p99 {r['latency_ms']['p99']:.1f} ms; "
             f"server RSS {a['rss_mb']:.0f} -> {z['rss_mb']:.0f} MB, open fds {a['open_fds']} -> "
-            f"{z['open_fds']}, threads {a['threads']} -> {z['threads']}."]
+            f"{z['open_fds']}, threads {a['threads']} -> {z['threads']}; load {_load(sk)}."]
     return "\n".join(out)
 
 
