@@ -134,15 +134,15 @@ def test_a_service_config_retry_waits_out_a_full_select_queue(server_factory, he
     pushback as trailing metadata and succeeds on the retry, with no loop of its own."""
     entered, release = held_selection
     refused = []
-    real_full = SelectLane.full
+    real_admission = SelectLane.admission
 
     def counting(self):
-        full = real_full(self)
-        if full:
+        refusal = real_admission(self)
+        if refusal is not None:
             refused.append(1)
-        return full
+        return refusal
 
-    monkeypatch.setattr(SelectLane, "full", counting)
+    monkeypatch.setattr(SelectLane, "admission", counting)
     srv = server_factory(max_concurrent_selects=1, max_queued_selects=0, warmup=False)
     config = json.dumps({"methodConfig": [{
         "name": [{"service": "assay.v1.AssayService", "method": "Select"}],

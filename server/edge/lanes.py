@@ -100,8 +100,9 @@ class Foreground:
 
 
 class SelectLane(futures.ThreadPoolExecutor):
-    """The threads that run Select (``running`` of them) and a queue of at most
-    ``queued`` calls waiting for one; beyond both, TOO_MANY_SELECTS at once.
+    """The threads that run Select (``running`` of them) and a queue in front of them:
+    a newcomer is refused (TOO_MANY_SELECTS, at once) when ``queued`` calls wait
+    already, or when the oldest of them has waited ``max_wait`` seconds.
 
     Why a lane and not the shared workers: a small Select is bound by the Python it
     runs under the interpreter lock, and every thread that takes one up (gRPC reads
@@ -111,6 +112,18 @@ class SelectLane(futures.ThreadPoolExecutor):
     the other calls wait in this queue, before gRPC has read them, and cost
     nothing (docs/benchmarks.md). So the lane's threads are the selection slots.
 
+    Why the queue is bounded by its wait as well as its length: a count alone is a
+    wait that depends on the calls. A hundred small Selects drain in a tenth of a
+    second, and a server stalled for half a second (a host's hiccup, a page-in) finds
+    more than that waiting when it resumes: at 60 % of its rate it refused one call in
+    twenty after each such stall, although the queue would drain in a quarter of a
+    second. A hundred large Selects, on the other hand, are minutes of work. So the
+    count is large (memory for the requests the transport holds, and a limit on a
+    flood) and the wait is what sheds load: once the head of the queue has waited
+    ``max_wait``, the server is behind by that much and newcomers are refused until
+    it catches up. (The head's age, not an estimate from past calls' durations: a
+    stall would inflate the estimate just when the queue needs to absorb it.)
+
     A queued call its client cancelled, or whose deadline passed, frees its place
     as soon as a newcomer needs it: ``full`` asks gRPC's state of each queued call
     whether it is still live. (That state is gRPC's own, found among the arguments
@@ -118,25 +131,29 @@ class SelectLane(futures.ThreadPoolExecutor):
     until a thread reaches it and gRPC skips it.)
     """
 
-    def __init__(self, running: int, queued: int):
-        if running < 1 or queued < 0:
-            raise ValueError(f"need running >= 1 and queued >= 0, got {running}, {queued}")
+    def __init__(self, running: int, queued: int, max_wait: float = 0.0):
+        if running < 1 or queued < 0 or max_wait < 0:
+            raise ValueError(f"need running >= 1, queued >= 0 and max_wait >= 0, got "
+                             f"{running}, {queued}, {max_wait}")
         super().__init__(max_workers=running, thread_name_prefix="assay-select")
-        self.running, self.queued = running, queued
+        self.running, self.queued, self.max_wait = running, queued, max_wait or math.inf
         self.refusals = futures.ThreadPoolExecutor(1, thread_name_prefix="assay-select-refuse")
-        #: What a call beyond the lane and its queue gets (made once: ``refusal_handler``).
+        #: What a call beyond the queue's length, or behind a wait too long, gets (each
+        #: made once: ``refusal_handler``).
         self.refusal_handler = refusal_handler(self.refusal(), self.refusals)
+        self.late_handler = refusal_handler(self.late(), self.refusals)
         self._lock = threading.Lock()
         self._busy = 0
-        #: Calls submitted and not started yet -> gRPC's state of each (None: unknown).
-        self._waiting: dict[object, Any] = {}
+        #: Calls submitted and not started yet -> (gRPC's state of each or None: unknown,
+        #: when it was queued); in the order they were queued.
+        self._waiting: dict[object, tuple[Any, float]] = {}
 
     def submit(self, fn, /, *args, **kwargs):
         key = object()
         state = next((a for a in args if hasattr(a, "client") and hasattr(a, "statused")),
                      None)
         with self._lock:
-            self._waiting[key] = state
+            self._waiting[key] = (state, time.monotonic())
 
         def run():
             with self._lock:
@@ -156,21 +173,45 @@ class SelectLane(futures.ThreadPoolExecutor):
         with self._lock:
             return len(self._waiting)
 
-    def full(self) -> bool:
-        """Whether a new call must be refused; drops queued calls gRPC has ended."""
+    def admission(self) -> grpc.RpcMethodHandler | None:
+        """None when a new call may queue, else the refusal it gets (too many waiting, or
+        waiting too long); drops queued calls gRPC has ended."""
         with self._lock:
-            if self._busy + len(self._waiting) < self.running + self.queued:
-                return False
-            for key, state in list(self._waiting.items()):
+            if not self._waiting and self._busy < self.running:
+                return None
+            now = time.monotonic()
+            if self._queue_ok(now):
+                return None
+            for key, (state, _) in list(self._waiting.items()):
                 if state is not None and (state.client == "cancelled" or state.statused):
                     del self._waiting[key]
-            return self._busy + len(self._waiting) >= self.running + self.queued
+            if self._queue_ok(now):
+                return None
+            if self._busy + len(self._waiting) >= self.running + self.queued:
+                return self.refusal_handler
+            return self.late_handler
+
+    def full(self) -> bool:
+        """Whether a new call must be refused (``admission``)."""
+        return self.admission() is not None
+
+    def _queue_ok(self, now: float) -> bool:
+        if self._busy + len(self._waiting) >= self.running + self.queued:
+            return False
+        head = next(iter(self._waiting.values()), None)
+        return head is None or now - head[1] < self.max_wait
 
     def refusal(self) -> ResourceExhausted:
         return ResourceExhausted(
             f"the server is already running {self.running} selections with "
             f"{self.queued} waiting (max_concurrent_selects, max_queued_selects); "
             "retry with backoff", reason="TOO_MANY_SELECTS")
+
+    def late(self) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the selections waiting for one of the server's {self.running} threads have "
+            f"waited {self.max_wait:g} s already (max_select_wait_seconds): the server is "
+            "behind; retry with backoff", reason="TOO_MANY_SELECTS")
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self.refusals.shutdown(wait=False, cancel_futures=True)
@@ -271,10 +312,11 @@ class LaneInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         selects = self.lanes.selects
         if method == SELECT and selects is not None and handler.unary_unary:
-            if selects.full():
+            refused = selects.admission()
+            if refused is not None:
                 if self.lanes.metrics is not None:
                     self.lanes.metrics.observe_rpc(method, "RESOURCE_EXHAUSTED", 0.0)
-                return selects.refusal_handler
+                return refused
             inner, tagged = self._select
             if inner is not handler:
                 tagged = grpc.unary_unary_rpc_method_handler(

@@ -203,7 +203,8 @@ def _start(config: ServerConfig, credentials: grpc.ServerCredentials | None,
                   ceiling=config.max_deadline_seconds, metrics=metrics,
                   pace=lambda: foreground.wait_idle(UPLOAD_YIELD_SECONDS),
                   selects=SelectLane(config.max_concurrent_selects,
-                                     config.max_queued_selects))
+                                     config.max_queued_selects,
+                                     config.max_select_wait_seconds))
     # The call log outermost, so that it sees refusals by the gate and the lanes too.
     interceptors: list[grpc.ServerInterceptor] = [CallLog(metrics), gate.interceptor,
                                                   lanes.interceptor, ErrorInterceptor(metrics)]

@@ -74,17 +74,21 @@ class ServerConfig:
     max_inline_bytes: int = field(default=32 * MIB, metadata={
         "help": "largest inline Select inputs; larger inputs belong in a pool"})
     workers: int = field(default=8, metadata={"help": "gRPC worker threads"})
-    max_concurrent_rpcs: int = field(default=128, metadata={
+    max_concurrent_rpcs: int = field(default=640, metadata={
         "help": "RPCs in flight (running or queued for a thread) before new ones get "
-                "RESOURCE_EXHAUSTED at once: room for the bursts of a busy sidecar (open-loop "
-                "traffic at 70-90 % of capacity queues a hundred Selects at moments); a "
-                "queued call's message is not read until a thread takes it up (what of it "
-                "has arrived the transport holds, within its flow-control window)"})
+                "RESOURCE_EXHAUSTED at once: room for the Select queue and the bursts of a "
+                "busy sidecar; a queued call's message is not read until a thread takes it up "
+                "(what of it has arrived the transport holds, within its flow-control window)"})
     max_concurrent_selects: int = field(default=4, metadata={
         "help": "Select calls running at once: the threads of Select's own lane"})
-    max_queued_selects: int = field(default=96, metadata={
+    max_queued_selects: int = field(default=512, metadata={
         "help": "Select calls that may wait for a thread of that lane (within their "
                 "deadline); beyond them, RESOURCE_EXHAUSTED at once (0: no waiting)"})
+    max_select_wait_seconds: float = field(default=1.0, metadata={
+        "help": "once the oldest waiting Select has waited this long, new ones get "
+                "RESOURCE_EXHAUSTED at once until the server catches up: the queue absorbs "
+                "bursts and short stalls, not an overload (0: bounded by max_queued_selects "
+                "only)"})
     max_deadline_seconds: float = field(default=600.0, metadata={
         "help": "ceiling on the time one Select or upload may run, whatever deadline the "
                 "client set or when it set none (DEADLINE_EXCEEDED past it; 0: the "
@@ -219,9 +223,10 @@ class ServerConfig:
                      "max_concurrent_streams", "max_inline_bytes", "max_model_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_queued_selects", "max_pool_bytes", "max_pool_items", "max_pools",
-                     "min_free_disk_bytes", "max_model_memory_bytes", "max_model_macs",
-                     "max_deadline_seconds", "grace_seconds"):
+        for name in ("max_queued_selects", "max_select_wait_seconds", "max_pool_bytes",
+                     "max_pool_items", "max_pools", "min_free_disk_bytes",
+                     "max_model_memory_bytes", "max_model_macs", "max_deadline_seconds",
+                     "grace_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 switches it off), got "
                                  f"{getattr(self, name)}")
