@@ -18,7 +18,10 @@ c. overload: open loop at 4x the saturation rate (the server must shed with
 d. soak: open loop for --soak-seconds at 70% of the saturation measured right before it
    (median of three closed-loop steps at the best step's concurrency), with the echo at
    that concurrency before and after (the machine's drift); server RSS and open file
-   descriptors at start and end, errors.
+   descriptors at start and end, errors;
+e. stalls: open loop at the soak's rate for 30 s while the server is stopped (SIGSTOP) for
+   0.4 s every 5 s, as a host's hiccup or a page-in would: the Selects that arrive meanwhile
+   must wait in the queue, not be refused.
 
 Each scenario records the load average before and after it.
 Every run is bounded in time and requests and only talks to 127.0.0.1.
@@ -31,6 +34,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOADGEN = ROOT / "clients" / "go" / "bin" / "assay-load"
+#: How long the stalls scenario stops the server each time.
+STALL_SECONDS = 0.4
 
 
 def start(cmd: list[str], pattern: str) -> tuple[subprocess.Popen, int]:
@@ -190,6 +196,24 @@ def main() -> int:
                                                   *closed)["throughput_rps"],
                            "load": [loads, os.getloadavg()[0]]}
         os.unlink(args.out + ".soak")
+        # (e) the same rate while the server stalls for 0.4 s every 5 s.
+        loads = os.getloadavg()[0]
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            stalled = subprocess.Popen([
+                str(LOADGEN), "-target", f"127.0.0.1:{port}", "-mode", "open", "-rate",
+                f"{0.7 * sustained:.1f}", "-concurrency", "1024", "-duration", "30s",
+                "-warmup", "2s", "-json", out.name])
+            stalls = 0
+            time.sleep(4)
+            while stalled.poll() is None:
+                os.kill(server.pid, signal.SIGSTOP)
+                time.sleep(STALL_SECONDS)
+                os.kill(server.pid, signal.SIGCONT)
+                stalls += 1
+                time.sleep(5)
+            results["stalls"] = {**json.loads(Path(out.name).read_text()), "stalls": stalls,
+                                 "stall_seconds": STALL_SECONDS,
+                                 "load": [loads, os.getloadavg()[0]]}
     finally:
         for proc in (server, echo):
             proc.terminate()
@@ -311,7 +335,13 @@ def markdown(res: dict) -> str:
             "after): "
             f"{r['ok']} Selects, errors: {_errors(r)}, p99 {r['latency_ms']['p99']:.1f} ms; "
             f"server RSS {a['rss_mb']:.0f} -> {z['rss_mb']:.0f} MB, open fds {a['open_fds']} -> "
-            f"{z['open_fds']}, threads {a['threads']} -> {z['threads']}; load {_load(sk)}."]
+            f"{z['open_fds']}, threads {a['threads']} -> {z['threads']}; load {_load(sk)}.", ""]
+    st = res["stalls"]
+    out += [f"**(e) Stalls**: {st['offered_rate']:.0f} Select/s for {st['duration_s']:.0f} s, "
+            f"the server stopped {st['stalls']} times for {st['stall_seconds']} s: {st['ok']} "
+            f"Selects, errors: {_errors(st)}, p50 {st['latency_ms']['p50']:.1f} ms, p99 "
+            f"{st['latency_ms']['p99']:.1f} ms, max {st['latency_ms']['max']:.1f} ms; load "
+            f"{_load(st)}."]
     return "\n".join(out)
 
 
