@@ -125,7 +125,7 @@ class SelectLane(futures.ThreadPoolExecutor):
     stall would inflate the estimate just when the queue needs to absorb it.)
 
     A queued call its client cancelled, or whose deadline passed, frees its place
-    as soon as a newcomer needs it: ``full`` asks gRPC's state of each queued call
+    as soon as a newcomer needs it: ``admission`` asks gRPC's state of each queued call
     whether it is still live. (That state is gRPC's own, found among the arguments
     of the task it submits; where it cannot be found, a queued call holds its place
     until a thread reaches it and gRPC skips it.)
