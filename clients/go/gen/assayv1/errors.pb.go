@@ -167,8 +167,9 @@ const (
 	// RESOURCE_EXHAUSTED. The data directory has too little free space; nothing
 	// was stored. Retryable once space is freed (RetryInfo).
 	ErrorReason_ERROR_REASON_DISK_FULL ErrorReason = 404
-	// RESOURCE_EXHAUSTED. The Select slots and their waiting queue are full.
-	// Retryable with back-off (RetryInfo).
+	// RESOURCE_EXHAUSTED. The Select slots and their waiting queue are full, or
+	// the oldest waiting Select has waited max_select_wait_seconds (the server is
+	// behind). Retryable with back-off (RetryInfo).
 	ErrorReason_ERROR_REASON_TOO_MANY_SELECTS ErrorReason = 405
 	// RESOURCE_EXHAUSTED. The server has max_concurrent_rpcs calls in flight and
 	// sheds this one before it queues. Retryable with back-off (RetryInfo).
