@@ -165,9 +165,7 @@ def main() -> int:
         results["overload"] = load(port, "-mode", "open", "-rate", f"{4 * sat:.1f}",
                                    "-concurrency", "1024", "-duration", f"{2 * args.seconds}s",
                                    "-warmup", "1s", "-timeout", "5s")
-        results["recovery"] = load(port, "-mode", "open", "-rate", f"{0.5 * sat:.1f}",
-                                   "-concurrency", "256", "-duration", f"{2 * args.seconds}s",
-                                   "-warmup", "0s")
+        results["recovery"] = load(port, *half, "-warmup", "0s")  # the last -warmup wins
         results["overload"]["load"] = [loads, os.getloadavg()[0]]
         # (d) soak at 70% of the saturation the server sustains now: the median of three
         # closed-loop steps at the best step's concurrency, measured right before the soak

@@ -113,24 +113,24 @@ def test_the_lane_counts_queued_calls_and_drops_the_ones_grpc_ended():
         assert started.wait(30)
         live, ended = _call_state(), _call_state()
         lane.submit(lambda state: None, ended)
-        assert not lane.full()  # 1 running + 1 queued, of 1 + 2
+        assert lane.admission() is None  # 1 running + 1 queued, of 1 + 2
         lane.submit(lambda state: None, live)
         assert lane.waiting == 2
         ended.client = "cancelled"  # its client went away while it waited
-        assert not lane.full() and lane.waiting == 1
+        assert lane.admission() is None and lane.waiting == 1
         finished = _call_state()
         lane.submit(lambda state: None, finished)
         finished.statused = True  # answered already (e.g. its deadline passed)
-        assert not lane.full() and lane.waiting == 1
+        assert lane.admission() is None and lane.waiting == 1
         lane.submit(lambda state: None, _call_state())
-        assert lane.full(), "1 running + 2 live queued calls fill a lane of 1 + 2"
+        assert lane.admission() is not None, "1 running + 2 live queued fill a lane of 1 + 2"
         assert "1 selections with 2 waiting" in lane.refusal().message
         release.set()
         busy.result(30)
         deadline = time.monotonic() + 30
         while lane.waiting and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not lane.full() and lane.waiting == 0
+        assert lane.admission() is None and lane.waiting == 0
     finally:
         release.set()
         lane.shutdown()
@@ -143,12 +143,12 @@ def test_without_a_call_state_a_queued_call_holds_its_place_until_it_runs():
         lane.submit(lambda: (started.set(), release.wait(30)))
         assert started.wait(30)
         lane.submit(lambda: None)  # nothing to ask whether it is still live
-        assert lane.full()
+        assert lane.admission() is not None
         release.set()
         deadline = time.monotonic() + 30
-        while lane.full() and time.monotonic() < deadline:
+        while lane.admission() is not None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert not lane.full()
+        assert lane.admission() is None
     finally:
         release.set()
         lane.shutdown()
@@ -197,7 +197,7 @@ def test_newcomers_are_refused_once_the_oldest_queued_call_has_waited_too_long(
         cancelled.client = "cancelled"  # the head leaves; the oldest live one waited 0.3 s
         assert lane.admission() is None and lane.waiting == 1
         clock.now += 0.3
-        assert lane.full()
+        assert lane.admission() is not None
         for _ in range(7):  # the count refuses with its own message, whatever the wait
             lane.submit(lambda state: None, _call_state())
         assert lane.admission() is lane.refusal_handler

@@ -191,10 +191,6 @@ class SelectLane(futures.ThreadPoolExecutor):
                 return self.refusal_handler
             return self.late_handler
 
-    def full(self) -> bool:
-        """Whether a new call must be refused (``admission``)."""
-        return self.admission() is not None
-
     def _queue_ok(self, now: float) -> bool:
         if self._busy + len(self._waiting) >= self.running + self.queued:
             return False
