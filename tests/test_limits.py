@@ -575,3 +575,37 @@ def test_disk_filling_up_during_an_upload_is_resource_exhausted(client, server, 
     pool = client.get_pool("full")
     assert (pool.item_count, pool.version) == (0, 0)
     assert list(server.store.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("code, refused", [("ENOSPC", True), ("EOPNOTSUPP", False)])
+def test_space_reserved_before_the_chunks(client, server, monkeypatch, code, refused):
+    """An upload's files are allocated before its first chunk: a disk that cannot hold
+    them refuses it at once (RESOURCE_EXHAUSTED, DISK_FULL, nothing left behind), while
+    a filesystem that cannot allocate ahead still takes the upload, chunk by chunk."""
+    import ctypes
+    import errno
+
+    import assay.server.pools.appends as appends_module
+
+    asked = []
+
+    def fallocate(fd, mode, offset, size):
+        asked.append((mode, offset, size))
+        ctypes.set_errno(getattr(errno, code))
+        return -1
+
+    monkeypatch.setattr(appends_module, "_fallocate", fallocate)
+    client.create_pool("reserve")
+    probs = np.full((100, 2), 0.5, np.float32)
+    if refused:
+        with pytest.raises(AssayError) as err:
+            client.append("reserve", probs=probs)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert _reason(err.value) == "DISK_FULL"
+        _assert_unchanged(server, "reserve", 0, 0)
+        assert list(server.store.tmp_dir.iterdir()) == []
+    else:
+        assert client.append("reserve", probs=probs)[0].item_count == 100
+        np.testing.assert_array_equal(server.store.load("reserve").arrays["probs"], probs)
+    # One request, for the whole file: the .npy header and the array's 800 bytes.
+    assert len(asked) == 1 and asked[0][:2] == (0, 0) and asked[0][2] >= probs.nbytes + 64
