@@ -14,13 +14,17 @@ allow? Every figure is measured in the same run on the same machine:
      how much of that is outside the strategy (wall time minus the server's
      reported ``compute_seconds``);
 raw  a bare grpcio stream-unary bytes handler receiving the same bytes in the
-     same chunk size, and a unary echo of the whole payload, on the same
-     loopback: what the transport allows;
+     same chunk size, a unary echo of the whole payload, and a unary call
+     answered with as many bytes as the Select's answer, on the same loopback:
+     what the transport allows;
 disk a sequential write of the same bytes, in the same chunks, into the data
      directory's filesystem followed by one fsync: what durability allows.
 
 Upload targets are stated against ``min(raw stream, disk write)``: a durable
-upload has to cross both, so it cannot beat the slower one. Both servers run in
+upload has to cross both, so it cannot beat the slower one. The CPU time the
+raw stream and the upload take, in the server's process and in the client's,
+is counted too: the client shares the machine's cores, so their sum over the
+cores is a floor on the wall time that no overlap can beat. Both servers run in
 a child process, as a trainer and Assay would (``--in-process`` keeps them in
 this one). Measurements are interleaved in rounds, so load from other work on
 the machine falls on all of them alike; the table gives best and median.
@@ -50,8 +54,10 @@ import numpy as np
 
 from assay.client import Client
 from assay.server.acquisition import selection
+from assay.server.wiring import allocator, switching
 from assay.server.wiring.app import start
 from assay.server.wiring.config import ServerConfig
+from assay.v1 import assay_pb2
 
 MB = 1e6
 MIB = 1 << 20
@@ -59,6 +65,7 @@ MIB = 1 << 20
 CHUNK_BYTES = 4 * MIB
 RAW_UPLOAD = "/assay.bench.Raw/Upload"
 RAW_ECHO = "/assay.bench.Raw/Echo"
+RAW_REPLY = "/assay.bench.Raw/Reply"
 
 
 # -- machine -------------------------------------------------------------------------
@@ -121,6 +128,49 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+def process_cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid``, this one by default.
+
+    Another process's time is read from ``/proc`` in clock ticks (10 ms), so it is
+    only summed over many calls, never read per call.
+    """
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent in the server's process and in this one, per measurement.
+
+    Sums over all rounds (a tick is 10 ms, an upload a few ticks), divided by
+    the calls: the mean CPU of one call.
+    """
+
+    def __init__(self, server_pid: int | None):
+        #: None when the servers run in this process: then only the total is known.
+        self.server_pid = server_pid if server_pid and Path("/proc/self/stat").exists() else None
+        self.totals: dict[str, list[float]] = {}
+
+    def timed(self, name: str, fn: Callable[[], object]) -> float:
+        """Wall seconds of one call of ``fn``, its CPU added to ``name``'s totals."""
+        server = process_cpu(self.server_pid) if self.server_pid else 0.0
+        client = process_cpu()
+        wall = timed(fn)
+        client = process_cpu() - client
+        server = process_cpu(self.server_pid) - server if self.server_pid else 0.0
+        total = self.totals.setdefault(name, [0.0, 0.0, 0])
+        total[0] += server
+        total[1] += client
+        total[2] += 1
+        return wall
+
+    def per_call(self, name: str) -> tuple[float, float]:
+        """Mean (server, client) CPU seconds of one ``name`` call."""
+        server, client, calls = self.totals[name]
+        return server / calls, client / calls
+
+
 def make_probs(n: int, c: int, seed: int = 0) -> np.ndarray:
     """float32[n, c]: softmax of Gaussian logits, so rows are valid probabilities."""
     rng = np.random.default_rng(seed)
@@ -129,6 +179,12 @@ def make_probs(n: int, c: int, seed: int = 0) -> np.ndarray:
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=1, keepdims=True)
     return logits
+
+
+def selection_request(budget: int, pool_id: str) -> bytes:
+    """The serialized ``Select`` of the bench's entropy top-``budget`` from a pool."""
+    return assay_pb2.SelectRequest(strategy="entropy", budget=budget, pool_id=pool_id,
+                                   seed=0).SerializeToString()
 
 
 def chunks_of(payload: bytes, size: int) -> list[bytes]:
@@ -169,9 +225,17 @@ def start_raw_server(max_bytes: int) -> tuple[grpc.Server, int]:
     def echo(request: bytes, context) -> bytes:
         return request
 
+    replies: dict[int, bytes] = {}
+
+    def reply(request: bytes, context) -> bytes:
+        """As many bytes as the request's 8-byte size asks: an answer that costs nothing."""
+        size = int.from_bytes(request, "little")
+        return replies.setdefault(size, bytes(size))
+
     handler = grpc.method_handlers_generic_handler("assay.bench.Raw", {
         "Upload": grpc.stream_unary_rpc_method_handler(upload),
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        "Reply": grpc.unary_unary_rpc_method_handler(reply),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[
         ("grpc.max_receive_message_length", max_bytes),
@@ -185,10 +249,17 @@ def start_raw_server(max_bytes: int) -> tuple[grpc.Server, int]:
 
 
 def _serve(conn, data_dir: str, limit: int) -> None:
-    """Child process: run both servers, report their ports, stop when told."""
+    """Child process: run both servers, report their ports, stop when told.
+
+    The process is tuned as ``assay serve`` tunes its own (allocator thresholds,
+    switch interval), and the raw server shares it, so both run under the same
+    settings and the ratios measure what the handlers do.
+    """
+    allocator.tune()
     raw_server, raw_port = start_raw_server(limit)
     server = start(ServerConfig(address="127.0.0.1:0", data_dir=data_dir,
                                 max_message_bytes=limit, max_inline_bytes=limit))
+    switching.tune()
     try:
         conn.send((raw_port, server.port))
         conn.recv()
@@ -230,6 +301,11 @@ class Servers:
                 raise RuntimeError("the server process did not start within 60 s")
         return self._conn.recv()
 
+    @property
+    def pid(self) -> int | None:
+        """The servers' child process, None when they run in this one."""
+        return None if self._process is None else self._process.pid
+
     def stop(self) -> None:
         if self._assay is not None:
             self._assay.stop(0)
@@ -263,6 +339,8 @@ def compute_ratios(t: dict[str, float]) -> dict[str, float]:
     ``1+overhead/a`` is Select by pool over in-process with the strategy's own
     time replaced by the in-process one: on a busy machine the strategy's time
     swings by more than the 10% being judged, the serving overhead far less.
+    ``c_select/(a+reply)`` is Select by pool over in-process plus one bare round
+    trip carrying an answer of the same size: what no server could go below.
     """
     bound = max(t["raw_stream"], t["disk"])
     return {
@@ -273,6 +351,7 @@ def compute_ratios(t: dict[str, float]) -> dict[str, float]:
         "1+overhead/a": 1 + t["c_select_overhead"] / t["a"],
         "1+overhead_first/a": 1 + t["c_select_first_overhead"] / t["a"],
         "c_total/a": (t["upload"] + t["c_select_first"]) / t["a"],
+        "c_select/(a+reply)": t["c_select"] / (t["a"] + t["raw_reply"]),
         "upload/min(raw,disk)": bound / t["upload"],
         "upload/raw": t["raw_stream"] / t["upload"],
         "upload/disk": t["disk"] / t["upload"],
@@ -328,10 +407,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         options = [("grpc.max_send_message_length", limit),
                    ("grpc.max_receive_message_length", limit)]
         with grpc.insecure_channel(f"127.0.0.1:{raw_port}", options=options) as channel, \
+                grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as assay_channel, \
                 Client(f"127.0.0.1:{port}", max_message_bytes=limit,
                        timeout=120.0) as client:
             raw_upload = channel.stream_unary(RAW_UPLOAD)
             raw_echo = channel.unary_unary(RAW_ECHO)
+            raw_reply = channel.unary_unary(RAW_REPLY)
+            bare_select = assay_channel.unary_unary("/assay.v1.AssayService/Select")
+            cpu = CpuMeter(servers.pid)
+            reply = {}
 
             def check(indices: np.ndarray, what: str) -> None:
                 if not np.array_equal(indices, expected):
@@ -352,9 +436,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 # the first Select opens the new segment; a second Select finds it open.
                 client.create_pool(pool_id)
                 results.setdefault("upload", []).append(
-                    timed(lambda: client.append(pool_id, probs=probs)))
+                    cpu.timed("upload", lambda: client.append(pool_id, probs=probs)))
                 select_pool(pool_id, "c_select_first")
                 select_pool(pool_id, "c_select")
+                if not reply:
+                    # The size of the Select's answer on the wire, for the bare round trip.
+                    request = selection_request(args.budget, pool_id)
+                    reply["request"] = len(bare_select(request)).to_bytes(8, "little")
                 client.delete_pool(pool_id)
 
             measurements = {
@@ -365,6 +453,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 "disk": lambda: disk_write(chunks, data_dir),
                 "raw_stream": lambda: raw_upload(iter(chunks)),
                 "raw_echo": lambda: raw_echo(payload),
+                "raw_reply": lambda: raw_reply(reply["request"]),
                 "b": lambda: check(client.select("entropy", args.budget, probs=probs,
                                                  seed=0).indices, "inline Select"),
             }
@@ -373,15 +462,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 raise RuntimeError("the raw stream lost bytes")
             if raw_echo(payload) != payload:
                 raise RuntimeError("the raw echo changed the bytes")
+            upload_round("bench-warm-up")
             for fn in measurements.values():
                 fn()
-            upload_round("bench-warm-up")
             results.clear()
+            cpu.totals.clear()
             # Rounds interleave the measurements, so a burst of load from other work
             # on the machine hits all of them alike rather than one.
             for i in range(args.repeats):
                 for name, fn in measurements.items():
-                    results.setdefault(name, []).append(timed(fn))
+                    results.setdefault(name, []).append(cpu.timed(name, fn))
                 upload_round(f"bench-{i}")
     finally:
         servers.stop()
@@ -399,7 +489,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(_row("    of which outside the strategy, warm", results["c_select_overhead"]))
     print(_row("raw grpcio: stream-unary bytes, same chunks", results["raw_stream"], nbytes))
     print(_row("raw grpcio: unary echo (bytes both ways)", results["raw_echo"], 2 * nbytes))
+    print(_row("raw grpcio: unary call, a Select-sized answer "
+               f"({int.from_bytes(reply['request'], 'little')} B)", results["raw_reply"]))
     print(_row("disk: sequential write + one fsync", results["disk"], nbytes))
+    cores = os.cpu_count() or 1
+    print(f"\nCPU ms per call, mean of {args.repeats}: server process + client process = "
+          f"total; the wall time's floor = total / {cores} cores")
+    floors = {}
+    for name, label in (("raw_stream", "raw stream"), ("upload", "upload")):
+        server, client = cpu.per_call(name)
+        floors[name] = (server + client) / cores
+        print(f"  {label:<11} {server * 1e3:6.1f} + {client * 1e3:5.1f} = "
+              f"{(server + client) * 1e3:6.1f}; floor {floors[name] * 1e3:5.1f}; "
+              f"median wall / floor {statistics.median(results[name]) / floors[name]:.2f}")
+    if cpu.server_pid is None:
+        print("  (servers in this process: the client column holds both)")
+    print(f"  raw stream CPU / upload CPU = {floors['raw_stream'] / floors['upload']:.2f}: the "
+          "upload/raw ratio of an upload that used the cores as well as the raw stream")
 
     ratios = compute_ratios(best)
     medians = compute_ratios({k: statistics.median(v) for k, v in results.items()})

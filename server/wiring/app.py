@@ -35,7 +35,7 @@ from ..models.onnx_cost import ModelLimits
 from ..models.store import ModelStore
 from ..pools.request_records import Retention
 from ..pools.store import PoolStore
-from . import heap, switching, warmup
+from . import allocator, heap, switching, warmup
 from .config import IN_PROCESS, ServerConfig
 
 if TYPE_CHECKING:
@@ -340,7 +340,9 @@ def _host_port(http: ThreadingHTTPServer) -> str:
 def serve_forever(config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully (the process is the server's own,
     so once started its interpreter is tuned for serving: ``switching``; not before, while
-    the kernel warm-up holds the lock for long stretches)."""
+    the kernel warm-up holds the lock for long stretches), and its allocator keeps
+    message buffers (``allocator``)."""
+    log.info("%s", allocator.tune())
     running = start(config)
     switching.tune()
     done = threading.Event()
