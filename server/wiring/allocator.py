@@ -7,7 +7,7 @@ heap's free top back to the kernel once it exceeds the *trim threshold*. Its
 defaults adapt upward after the first large free (to that block's size, and twice
 that), which for the 4 MiB chunks of an upload leaves the heap trimmed and grown
 again every few messages: each page of each chunk was faulted in and zeroed on the
-thread that receives, a fifth of a raw stream's CPU on a 2-core machine.
+thread that receives, about a third of a raw stream's CPU on a 2-core machine.
 
 Keeping blocks up to ``MMAP_THRESHOLD`` in the heap, and up to ``TRIM_THRESHOLD`` of
 free top before trimming, made 40 MB uploads 20 % faster (best and median), for
