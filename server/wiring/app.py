@@ -342,8 +342,9 @@ def serve_forever(config: ServerConfig) -> None:
     so once started its interpreter is tuned for serving: ``switching``; not before, while
     the kernel warm-up holds the lock for long stretches), and its allocator keeps
     message buffers (``allocator``)."""
-    log.info("%s", allocator.tune())
+    tuned = allocator.tune()
     running = start(config)
+    log.info("%s", tuned)
     switching.tune()
     done = threading.Event()
 
